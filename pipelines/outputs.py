@@ -1,0 +1,312 @@
+"""Output directories that describe themselves, shared by both pipelines.
+
+An output directory holds:
+  <subdir>/part-NNNNN-of-MMMMM.parquet   rows, explicit pyarrow schema, written by `WriteShards`
+  rejects/part-...parquet                 every rejected input record with its reason
+  manifest.json                           what was made, from what, with which tokenizer, and the counts
+  _SUCCESS                                written last; readers refuse a directory without it
+
+`WriteShards` is our own keyed sink (not `beam.io.WriteToParquet`): each row is assigned a shard by a stable
+hash of its key, rows are grouped per shard, sorted by key inside it, written to a temporary name and renamed into
+place. Output bytes therefore depend only on the rows, never on bundling, runner, worker count or retries.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+FORMAT_VERSION = 1
+CODE_VERSION = "0.1.0"
+MANIFEST_NAME = "manifest.json"
+SUCCESS_MARKER = "_SUCCESS"
+REJECTS_SUBDIR = "rejects"
+
+REJECT_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("row_index", pa.int64(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("record", pa.string()),
+])
+
+
+class OutputExistsError(RuntimeError):
+    """The output directory already holds files and the user did not ask to overwrite it."""
+
+
+def stable_hash(key: Any) -> int:
+    """A 64-bit hash of `key` that is the same in every process and on every machine.
+
+    `key` is a str, bytes, int or a (nested) tuple of them; Python's `hash()` is salted per process and so unusable.
+    """
+    data = key if isinstance(key, bytes) else repr(key).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def shard_file_name(index: int, num_shards: int) -> str:
+    return f"part-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def join_path(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts) if parts else base
+
+
+def reject(source: str, row_index: int, reason: str, record: Any) -> Dict[str, Any]:
+    """A rejects row; `record` is kept as readable text whatever its type."""
+    if isinstance(record, bytes):
+        record = record.decode("utf-8", errors="backslashreplace")
+    elif not isinstance(record, str):
+        record = json.dumps(record, ensure_ascii=False, default=str)
+    return {"source": source, "row_index": int(row_index), "reason": reason, "record": record}
+
+
+def prepare_output_dir(output_dir: str, *, overwrite: bool) -> None:
+    """Makes sure `output_dir` can be written: stops on a non-empty directory unless `overwrite`.
+
+    Raises:
+      OutputExistsError: the directory holds files and `overwrite` is False.
+    """
+    pattern = join_path(output_dir, "**")
+    existing = [m.path for m in FileSystems.match([pattern])[0].metadata_list] if FileSystems.exists(output_dir) else []
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"output directory {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it "
+            "or choose another --output")
+    if existing:
+        FileSystems.delete(existing)
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
+
+
+def write_table_atomically(table: pa.Table, directory: str, name: str) -> str:
+    """Writes `table` as Parquet to directory/name through a temporary name, so readers never see half a file."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=65536)
+    final_path = join_path(directory, name)
+    tmp_path = join_path(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+    if not FileSystems.exists(directory):
+        try:
+            FileSystems.mkdirs(directory)
+        except IOError:  # another worker made it first
+            pass
+    with FileSystems.create(tmp_path) as handle:
+        handle.write(buffer.getvalue().to_pybytes())
+    if FileSystems.exists(final_path):  # a retried or duplicated bundle: same rows, same bytes
+        FileSystems.delete([final_path])
+    FileSystems.rename([tmp_path], [final_path])
+    return final_path
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """One set of Parquet shards in an output directory.
+
+    Attributes:
+      subdir: directory under the output root, e.g. "data", "epoch-0" or "rejects".
+      num_shards: how many part files the set has (empty shards are written too).
+      schema: the explicit pyarrow schema of every file.
+      stats: optional function from the rows of one shard to extra integer counts for the manifest (e.g. tokens).
+    """
+    subdir: str
+    num_shards: int
+    schema: pa.Schema
+    stats: Optional[Callable[[List[Dict[str, Any]]], Dict[str, int]]] = None
+
+
+class WriteShardFn(beam.DoFn):
+    """Writes one shard: rows sorted by key, to a temporary name, then renamed into place. Yields its stats."""
+
+    def __init__(self, output_dir: str, shard_set: ShardSet):
+        self._output_dir = output_dir
+        self._shard_set = shard_set
+        self._rows_written = Metrics.counter("WriteShards", f"rows_{shard_set.subdir}")
+
+    def process(self, element: Tuple[int, Iterable[Tuple[Any, Dict[str, Any]]]]):
+        shard, keyed_rows = element
+        # Sort by key (then by content, should a caller repeat a key) so that a shard's bytes never depend on the
+        # order in which bundles reached the GroupByKey.
+        ordered = sorted(keyed_rows, key=lambda kv: (kv[0], repr(kv[1])))
+        rows = [row for _, row in ordered]
+        yield _write_shard(self._output_dir, self._shard_set, shard, rows)
+        self._rows_written.inc(len(rows))
+
+
+def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    table = pa.Table.from_pylist(rows, schema=shard_set.schema)
+    name = shard_file_name(shard, shard_set.num_shards)
+    write_table_atomically(table, join_path(output_dir, shard_set.subdir), name)
+    stats = {"path": f"{shard_set.subdir}/{name}", "shard": shard, "rows": len(rows)}
+    if shard_set.stats is not None:
+        stats.update(shard_set.stats(rows))
+    return stats
+
+
+class WriteShards(beam.PTransform):
+    """Writes a PCollection of (key, row dict) as `num_shards` Parquet files under output_dir/subdir.
+
+    Args:
+      output_dir: the output root (any Beam filesystem path).
+      shard_set: subdir, shard count, schema and optional stats function.
+
+    Returns:
+      A PCollection of one stats dict per non-empty shard ({"path", "shard", "rows", ...}); `FinalizeOutput`
+      writes the empty shards and the manifest from them.
+    """
+
+    def __init__(self, output_dir: str, shard_set: ShardSet):
+        super().__init__()
+        self._output_dir = output_dir
+        self._shard_set = shard_set
+
+    def expand(self, keyed_rows):
+        num_shards = self._shard_set.num_shards
+        return (keyed_rows
+                | "AssignShard" >> beam.Map(lambda kv: (stable_hash(kv[0]) % num_shards, kv))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._shard_set)))
+
+
+class CountByKey(beam.PTransform):
+    """(key, n) pairs summed per key; used for manifest counts such as rejects by reason."""
+
+    def expand(self, pcoll):
+        return pcoll | "SumPerKey" >> beam.CombinePerKey(sum)
+
+
+class FinalizeOutputFn(beam.DoFn):
+    """Writes missing (empty) shards, then manifest.json, then the completion marker, once every input is done."""
+
+    def __init__(self, output_dir: str, header: Mapping[str, Any], shard_sets: Mapping[str, ShardSet],
+                 count_names: Sequence[str]):
+        self._output_dir = output_dir
+        self._header = dict(header)
+        self._shard_sets = dict(shard_sets)
+        self._count_names = list(count_names)
+
+    def process(self, unused_element, *side_inputs):
+        set_names = sorted(self._shard_sets)
+        stats_lists = side_inputs[:len(set_names)]
+        count_lists = side_inputs[len(set_names):]
+        outputs = {}
+        for name, stats in zip(set_names, stats_lists):
+            outputs[name] = _complete_shard_set(self._output_dir, self._shard_sets[name], list(stats))
+        counts = {name: dict(sorted((str(k), int(v)) for k, v in pairs))
+                  for name, pairs in zip(self._count_names, count_lists)}
+        manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
+                    "outputs": outputs, "counts": counts}
+        _write_text(join_path(self._output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
+        _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
+        yield manifest
+
+
+def _complete_shard_set(output_dir: str, shard_set: ShardSet, stats: List[Dict[str, Any]]) -> Dict[str, Any]:
+    by_shard = {s["shard"]: s for s in stats}  # a retried shard reports the same stats twice at most
+    for shard in range(shard_set.num_shards):
+        if shard not in by_shard:
+            by_shard[shard] = _write_shard(output_dir, shard_set, shard, [])
+    files = [by_shard[i] for i in range(shard_set.num_shards)]
+    totals: Dict[str, int] = {}
+    for item in files:
+        for key, value in item.items():
+            if key not in ("path", "shard") and isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    return {"subdir": shard_set.subdir, "num_shards": shard_set.num_shards, "schema": shard_set.schema.to_string(),
+            "files": [{k: v for k, v in f.items() if k != "shard"} for f in files], "totals": totals}
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+class FinalizeOutput(beam.PTransform):
+    """Completes an output directory from the shard stats and counts of a pipeline; apply it to the pipeline root.
+
+    Args:
+      output_dir: the output root.
+      header: manifest fields known before the run (inputs, tokenizer, seed, options...).
+      shard_stats: {name: (ShardSet, PCollection of stats dicts from WriteShards)}.
+      counts: {name: PCollection of (key, count)}, e.g. rejects by reason.
+
+    Returns:
+      A PCollection holding the manifest dict, once written.
+    """
+
+    def __init__(self, *, output_dir: str, header: Mapping[str, Any],
+                 shard_stats: Mapping[str, Tuple[ShardSet, beam.PCollection]],
+                 counts: Mapping[str, beam.PCollection]):
+        super().__init__()
+        self._output_dir = output_dir
+        self._header = header
+        self._shard_stats = dict(shard_stats)
+        self._counts = dict(counts)
+
+    def expand(self, pipeline):
+        set_names = sorted(self._shard_stats)
+        count_names = sorted(self._counts)
+        side_inputs = ([beam.pvalue.AsList(self._shard_stats[n][1]) for n in set_names]
+                       + [beam.pvalue.AsList(self._counts[n]) for n in count_names])
+        shard_sets = {n: self._shard_stats[n][0] for n in set_names}
+        return (pipeline
+                | "Trigger" >> beam.Create([None])
+                | "WriteManifest" >> beam.ParDo(
+                    FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names), *side_inputs))
+
+
+def read_manifest(output_dir: str) -> Dict[str, Any]:
+    """Reads a finished output directory's manifest.
+
+    Raises:
+      FileNotFoundError: no completion marker (the run did not finish) or no manifest.
+    """
+    if not FileSystems.exists(join_path(output_dir, SUCCESS_MARKER)):
+        raise FileNotFoundError(
+            f"{output_dir} has no {SUCCESS_MARKER} marker: the run that wrote it did not finish; rerun it")
+    with FileSystems.open(join_path(output_dir, MANIFEST_NAME)) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def summarize(manifest: Mapping[str, Any]) -> str:
+    """One readable paragraph: rows written per output, rejects by reason."""
+    lines = []
+    for name, out in sorted(manifest["outputs"].items()):
+        lines.append(f"{name}: {out['totals'].get('rows', 0)} rows in {out['num_shards']} files under "
+                     f"{out['subdir']}/")
+    for name, counts in sorted(manifest.get("counts", {}).items()):
+        if counts:
+            lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return "\n".join(lines)
+
+
+def input_files(pattern: str) -> List[Dict[str, Any]]:
+    """The files matching a Beam filesystem glob, with their sizes, sorted by path.
+
+    Raises:
+      FileNotFoundError: nothing matches.
+    """
+    metadata = FileSystems.match([pattern])[0].metadata_list
+    if not metadata:
+        raise FileNotFoundError(f"no input file matches {pattern}; check --input")
+    return [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]
+
+
+def tokenizer_fingerprint(tokenizer: Any, name_or_path: str) -> Dict[str, Any]:
+    """What a manifest records about a Hugging Face tokenizer, and what readers compare against their model's.
+
+    The vocab SHA-256 is over the tokens in id order joined by newlines, so the same vocab file hashes the same
+    whether it was loaded from the hub, a directory or a tokenizer.json.
+    """
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    digest = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+    normalizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    return {"name_or_path": str(name_or_path), "vocab_sha256": digest, "vocab_size": len(tokens),
+            "do_lower_case": bool(normalizer.get("lowercase", False))}
