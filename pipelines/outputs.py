@@ -90,6 +90,11 @@ def write_table_atomically(table: pa.Table, directory: str, name: str) -> str:
     """Writes `table` as Parquet to directory/name through a temporary name, so readers never see half a file."""
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd", row_group_size=65536)
+    return write_bytes_atomically(buffer.getvalue().to_pybytes(), directory, name)
+
+
+def write_bytes_atomically(data: bytes, directory: str, name: str) -> str:
+    """Writes `data` to directory/name through a temporary name and a rename."""
     final_path = join_path(directory, name)
     tmp_path = join_path(directory, f".tmp-{uuid.uuid4().hex}-{name}")
     if not FileSystems.exists(directory):
@@ -98,7 +103,7 @@ def write_table_atomically(table: pa.Table, directory: str, name: str) -> str:
         except IOError:  # another worker made it first
             pass
     with FileSystems.create(tmp_path) as handle:
-        handle.write(buffer.getvalue().to_pybytes())
+        handle.write(data)
     if FileSystems.exists(final_path):  # a retried or duplicated bundle: same rows, same bytes
         FileSystems.delete([final_path])
     FileSystems.rename([tmp_path], [final_path])
@@ -114,11 +119,17 @@ class ShardSet:
       num_shards: how many part files the set has (empty shards are written too).
       schema: the explicit pyarrow schema of every file.
       stats: optional function from the rows of one shard to extra integer counts for the manifest (e.g. tokens).
+      file_format: "parquet" (rows are dicts) or "tsv" (rows are lines of text; `schema` is ignored).
     """
     subdir: str
     num_shards: int
-    schema: pa.Schema
-    stats: Optional[Callable[[List[Dict[str, Any]]], Dict[str, int]]] = None
+    schema: Optional[pa.Schema]
+    stats: Optional[Callable[[List[Any]], Dict[str, int]]] = None
+    file_format: str = "parquet"
+
+    def file_name(self, shard: int) -> str:
+        name = shard_file_name(shard, self.num_shards)
+        return name if self.file_format == "parquet" else name[:-len(".parquet")] + "." + self.file_format
 
 
 class WriteShardFn(beam.DoFn):
@@ -139,10 +150,13 @@ class WriteShardFn(beam.DoFn):
         self._rows_written.inc(len(rows))
 
 
-def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    table = pa.Table.from_pylist(rows, schema=shard_set.schema)
-    name = shard_file_name(shard, shard_set.num_shards)
-    write_table_atomically(table, join_path(output_dir, shard_set.subdir), name)
+def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: List[Any]) -> Dict[str, Any]:
+    name = shard_set.file_name(shard)
+    directory = join_path(output_dir, shard_set.subdir)
+    if shard_set.file_format == "parquet":
+        write_table_atomically(pa.Table.from_pylist(rows, schema=shard_set.schema), directory, name)
+    else:
+        write_bytes_atomically("".join(line + "\n" for line in rows).encode("utf-8"), directory, name)
     stats = {"path": f"{shard_set.subdir}/{name}", "shard": shard, "rows": len(rows)}
     if shard_set.stats is not None:
         stats.update(shard_set.stats(rows))
@@ -218,7 +232,8 @@ def _complete_shard_set(output_dir: str, shard_set: ShardSet, stats: List[Dict[s
         for key, value in item.items():
             if key not in ("path", "shard") and isinstance(value, int):
                 totals[key] = totals.get(key, 0) + value
-    return {"subdir": shard_set.subdir, "num_shards": shard_set.num_shards, "schema": shard_set.schema.to_string(),
+    schema = shard_set.schema.to_string() if shard_set.schema is not None else shard_set.file_format
+    return {"subdir": shard_set.subdir, "num_shards": shard_set.num_shards, "schema": schema,
             "files": [{k: v for k, v in f.items() if k != "shard"} for f in files], "totals": totals}
 
 

@@ -1,0 +1,161 @@
+"""Task formats: which columns of a training file hold the texts, the label and the id.
+
+The eight GLUE tasks are read as the reference reads their `train.tsv` (tab-separated, no quoting, header line
+except CoLA); any other data set is a generic TSV/CSV/JSONL/Parquet table with named text and label columns.
+"""
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from augment.algorithm import DEFAULT_NUM_AUG
+
+
+class RejectedRecord(ValueError):
+    """An input record that cannot be augmented; `reason` is a short stable name for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFormat:
+    """Where a task's fields are.
+
+    Attributes:
+      name: task name ("SST-2", ..., or "generic").
+      text_fields: names of the text fields, in the order they are augmented.
+      text_columns: their column indices (GLUE) or None for named columns (generic).
+      label_column: index of the label column (negative counts from the end), or None.
+      id_column: index of the id column, or None (the data row index is the id).
+      label_list: the allowed labels, or None for any (regression: checked as a number).
+      regression: the label is a real number (STS-B).
+      has_header: the first line is a header (copied to train_aug.tsv as the reference does).
+      num_columns: the exact number of columns of a data row, or None to take the header's.
+    """
+    name: str
+    text_fields: Tuple[str, ...]
+    text_columns: Optional[Tuple[int, ...]]
+    label_column: Optional[int]
+    id_column: Optional[int]
+    label_list: Optional[Tuple[str, ...]]
+    regression: bool = False
+    has_header: bool = True
+    num_columns: Optional[int] = None
+
+    @property
+    def default_num_aug(self) -> int:
+        return DEFAULT_NUM_AUG.get(self.name, 20)
+
+
+_BINARY = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+
+GLUE_TASKS: Dict[str, TaskFormat] = {
+    "CoLA": TaskFormat("CoLA", ("sentence",), (3,), 1, None, _BINARY, has_header=False, num_columns=4),
+    "SST-2": TaskFormat("SST-2", ("sentence",), (0,), 1, None, _BINARY),
+    "MRPC": TaskFormat("MRPC", ("sentence1", "sentence2"), (3, 4), 0, None, _BINARY),
+    "STS-B": TaskFormat("STS-B", ("sentence1", "sentence2"), (7, 8), -1, 0, None, regression=True),
+    "QQP": TaskFormat("QQP", ("question1", "question2"), (3, 4), 5, 0, _BINARY),
+    "MNLI": TaskFormat("MNLI", ("sentence1", "sentence2"), (8, 9), -1, 0, ("contradiction", "entailment", "neutral")),
+    "QNLI": TaskFormat("QNLI", ("question", "sentence"), (1, 2), -1, 0, _NLI2),
+    "RTE": TaskFormat("RTE", ("sentence1", "sentence2"), (1, 2), -1, 0, _NLI2),
+}
+# Names people type for the same tasks.
+TASK_ALIASES = {name.lower(): name for name in GLUE_TASKS}
+TASK_ALIASES.update({"sst2": "SST-2", "stsb": "STS-B", "sts-b": "STS-B", "mnli-m": "MNLI"})
+
+
+def resolve_task(name: str) -> TaskFormat:
+    """The GLUE format of `name` (any case, with or without the dash).
+
+    Raises:
+      KeyError: not a GLUE task; the message lists the known ones.
+    """
+    key = TASK_ALIASES.get(name.lower())
+    if key is None:
+        raise KeyError(f"unknown task {name!r}; use one of {', '.join(GLUE_TASKS)} or --task generic "
+                       "with --text_columns")
+    return GLUE_TASKS[key]
+
+
+def generic_task(text_fields: Sequence[str], label_field: Optional[str],
+                 label_list: Optional[Sequence[str]] = None) -> TaskFormat:
+    """A named-column task (TSV/CSV with a header, JSONL, Parquet)."""
+    if not text_fields:
+        raise ValueError("a generic task needs at least one text column (--text_columns)")
+    return TaskFormat("generic", tuple(text_fields), None, None, None,
+                      tuple(label_list) if label_list else None, has_header=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One input example: its id, its row in the input, its texts (in text_fields order), and its label."""
+    example_id: str
+    row_index: int
+    texts: Tuple[str, ...]
+    label: Optional[str]
+    cells: Optional[Tuple[str, ...]] = None  # the whole GLUE row, for train_aug.tsv
+
+
+def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
+    if label is None:
+        return None
+    label = label.strip()
+    if task.regression:
+        try:
+            value = float(label)
+        except ValueError:
+            raise RejectedRecord("bad_label", f"{label!r} is not a number") from None
+        if not math.isfinite(value):
+            raise RejectedRecord("bad_label", f"{label!r} is not finite")
+    elif task.label_list is not None and label not in task.label_list:
+        raise RejectedRecord("bad_label", f"{label!r} is not one of {list(task.label_list)}")
+    return label
+
+
+def _check_texts(task: TaskFormat, texts: Sequence[Optional[str]]) -> Tuple[str, ...]:
+    for field, text in zip(task.text_fields, texts):
+        if text is None or not str(text).strip():
+            raise RejectedRecord("empty_text", f"field {field} is empty")
+    return tuple(str(text) for text in texts)
+
+
+def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_columns: int) -> Example:
+    """An example from the cells of one data row of a GLUE train.tsv.
+
+    Raises:
+      RejectedRecord: wrong column count, empty text, or a label outside the task's labels.
+    """
+    if len(cells) != num_columns:
+        raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, expected {num_columns}")
+    texts = _check_texts(task, [cells[i] for i in task.text_columns])
+    label = _check_label(task, cells[task.label_column])
+    example_id = cells[task.id_column].strip() if task.id_column is not None else str(row_index)
+    return Example(example_id or str(row_index), row_index, texts, label, tuple(cells))
+
+
+def parse_named_row(task: TaskFormat, record: Dict[str, object], row_index: int, *,
+                    label_field: Optional[str], id_field: Optional[str]) -> Example:
+    """An example from a named record (a CSV/TSV row with a header, a JSON object, a Parquet row).
+
+    Raises:
+      RejectedRecord: a missing column, empty text or a label outside `task.label_list`.
+    """
+    missing = [name for name in list(task.text_fields) + [label_field, id_field] if name and name not in record]
+    if missing:
+        raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
+    texts = _check_texts(task, [record[name] for name in task.text_fields])
+    raw_label = record[label_field] if label_field else None
+    label = _check_label(task, None if raw_label is None else str(raw_label))
+    example_id = str(record[id_field]).strip() if id_field else str(row_index)
+    return Example(example_id or str(row_index), row_index, texts, label)
+
+
+def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> List[str]:
+    """The cells of a GLUE row with its text fields replaced (an augmented row of train_aug.tsv)."""
+    out = list(cells)
+    for column, text in zip(task.text_columns, texts):
+        out[column] = text
+    return out

@@ -1,0 +1,610 @@
+"""TinyBERT data augmentation of a task's training set, as a Beam pipeline.
+
+Usage:
+  python -m pipelines.augment --runner=DirectRunner --task SST-2 --input glue/SST-2/train.tsv \
+      --output out/sst2-aug --model bert-base-uncased --glove glove.6B.300d.txt
+
+Steps: read and validate the examples (rejects to rejects/), split each text into words and plan its candidate
+lookups, answer each distinct masked-LM sentence once in length-grouped batches, answer each distinct GloVe word
+once (a side input), run Algorithm 1 per example with an RNG seeded from (seed, example id), then write Parquet
+shards under data/, train_aug.tsv in the reference layout, optional candidates/, a manifest and _SUCCESS.
+"""
+
+import csv
+import io
+import json
+import logging
+import os
+import pathlib
+import sys
+import zipfile
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from augment.algorithm import DEFAULT_NUM_AUG
+from augment.augmenter import augment_example, field_candidates, plan_fields
+from augment.glove import GloveIndex
+from augment.mlm import MAX_POSITIONS, PRECISIONS, MaskedLMScorer, MaskedQuery
+from augment.tasks import (Example, RejectedRecord, TaskFormat, generic_task, parse_glue_row, parse_named_row,
+                           replace_cells, resolve_task)
+from augment.words import WordSplitter
+from pipelines import outputs
+
+SAMPLE_INPUT = str(pathlib.Path(__file__).resolve().parents[1] / "samples" / "sst2" / "train.tsv")
+INPUT_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet")
+
+
+# ----------------------------------------------------------------------------------------------------------- I/O
+def open_glove_lines(spec: str) -> Iterable[str]:
+    """Lines of a published GloVe file: `.txt`, `.txt.gz`, or a `.zip` member as `archive.zip:member.txt`.
+
+    A `.zip` without a member name reads its only (or first `.txt`) member.
+    """
+    archive, _, member = spec.partition(".zip:")
+    if spec.endswith(".zip") or member:
+        archive = archive if spec.endswith(".zip") and not member else archive + ".zip"
+        with FileSystems.open(archive, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            with zipfile.ZipFile(io.BytesIO(raw.read())) as bundle:
+                names = [n for n in bundle.namelist() if n.endswith(".txt")] or bundle.namelist()
+                with bundle.open(member or names[0]) as handle:
+                    for line in io.TextIOWrapper(handle, encoding="utf-8"):
+                        yield line
+        return
+    with FileSystems.open(spec, compression_type=CompressionTypes.AUTO) as handle:
+        for line in io.TextIOWrapper(handle, encoding="utf-8"):
+            yield line
+
+
+def glove_exists(spec: str) -> bool:
+    archive, _, member = spec.partition(".zip:")
+    return FileSystems.exists(archive + ".zip" if member else spec)
+
+
+def load_masked_lm(name_or_path: str):
+    from transformers import AutoModelForMaskedLM
+    return AutoModelForMaskedLM.from_pretrained(name_or_path).eval()
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{name_or_path} has no fast (Rust) tokenizer")
+    return tokenizer
+
+
+def choose_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _split_lines(data: bytes) -> List[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+# ------------------------------------------------------------------------------------------------------- DoFns
+class ReadExamplesFn(beam.DoFn):
+    """Reads one input file into Examples; every record that cannot be used goes to the rejects output."""
+    REJECTS = "rejects"
+
+    def __init__(self, task: TaskFormat, *, input_format: str, label_field: Optional[str],
+                 id_field: Optional[str], multiple_files: bool):
+        self._task = task
+        self._format = input_format
+        self._label_field = label_field
+        self._id_field = id_field
+        self._multiple_files = multiple_files
+        self._examples = Metrics.counter("ReadExamples", "examples")
+        self._rejected = Metrics.counter("ReadExamples", "rejected")
+
+    def process(self, element: Tuple[int, str]):
+        file_index, path = element
+        prefix = f"{os.path.basename(path)}:" if self._multiple_files else ""
+        for row_index, example, failure in self._records(path):
+            if failure is not None:
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput(self.REJECTS, ((file_index, row_index), outputs.reject(
+                    path, row_index, failure[0], failure[1])))
+                continue
+            if prefix:
+                example = Example(prefix + example.example_id, example.row_index, example.texts, example.label,
+                                  example.cells)
+            self._examples.inc()
+            yield (file_index, row_index), example
+
+    def _records(self, path: str):
+        """Yields (row index, Example or None, (reason, raw record) or None)."""
+        fmt = self._format
+        if fmt == "parquet":
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                table = pq.ParquetFile(handle)
+                row_index = 0
+                for batch in table.iter_batches(batch_size=4096):
+                    for record in batch.to_pylist():
+                        yield self._named(record, row_index, record)
+                        row_index += 1
+            return
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+            lines = _split_lines(handle.read())
+        header: Optional[List[str]] = None
+        if self._task.has_header and fmt != "jsonl" and lines:
+            header = _split_cells(lines[0].decode("utf-8", errors="replace"), fmt)
+            lines = lines[1:]
+        num_columns = self._task.num_columns or (len(header) if header else None)
+        for row_index, raw in enumerate(lines):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield row_index, None, ("undecodable_utf8", raw)
+                continue
+            try:
+                if fmt == "jsonl":
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise RejectedRecord("bad_json", "not a JSON object")
+                    yield self._named(record, row_index, line)
+                    continue
+                cells = _split_cells(line, fmt)
+                if self._task.text_columns is not None:
+                    yield row_index, parse_glue_row(self._task, cells, row_index, num_columns), None
+                else:
+                    if len(cells) != len(header):
+                        raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, expected {len(header)}")
+                    yield self._named(dict(zip(header, cells)), row_index, line)
+            except json.JSONDecodeError:
+                yield row_index, None, ("bad_json", line)
+            except RejectedRecord as error:
+                yield row_index, None, (error.reason, line)
+
+    def _named(self, record: Dict[str, Any], row_index: int, raw: Any):
+        try:
+            return row_index, parse_named_row(self._task, record, row_index, label_field=self._label_field,
+                                              id_field=self._id_field), None
+        except RejectedRecord as error:
+            return row_index, None, (error.reason, raw)
+
+
+def _split_cells(line: str, fmt: str) -> List[str]:
+    if fmt == "csv":
+        return next(csv.reader([line]))
+    return line.split("\t")  # GLUE files are read without quoting, as the reference reads them
+
+
+class PlanExamplesFn(beam.DoFn):
+    """Splits every text field into words and emits the lookups its candidate words need."""
+    MLM_REQUESTS = "mlm_requests"
+    GLOVE_WORDS = "glove_words"
+
+    def __init__(self, model_name: str):
+        self._model_name = model_name
+
+    def setup(self):
+        self._tokenizer = load_tokenizer(self._model_name)
+        self._splitter = WordSplitter(self._tokenizer.backend_tokenizer)
+
+    def process(self, element):
+        key, example = element
+        plans = plan_fields(example.texts, splitter=self._splitter, tokenizer=self._tokenizer)
+        for field_index, plan in enumerate(plans):
+            if plan.mlm_words:
+                sentence = np.asarray(plan.piece_ids, dtype=np.int32).tobytes()
+                positions = tuple(position for _, position in plan.mlm_words)
+                yield beam.pvalue.TaggedOutput(self.MLM_REQUESTS, (sentence, (key, field_index, positions)))
+            for _, word in plan.glove_words:
+                yield beam.pvalue.TaggedOutput(self.GLOVE_WORDS, word)
+        yield key, (example, plans)
+
+
+class ScoreMaskedLMFn(beam.DoFn):
+    """Answers the masked-LM queries of a group of distinct sentences in batches, one model per worker."""
+
+    def __init__(self, model_name: str, *, top_k: int, precision: str, device: str, max_batch_tokens: int):
+        self._model_name = model_name
+        self._top_k = top_k
+        self._precision = precision
+        self._device = device
+        self._max_batch_tokens = max_batch_tokens
+        self._queries = Metrics.counter("ScoreMaskedLM", "distinct_queries")
+        self._truncated = Metrics.counter("ScoreMaskedLM", "queries_beyond_512")
+
+    def setup(self):
+        self._scorer = MaskedLMScorer(load_masked_lm(self._model_name), load_tokenizer(self._model_name),
+                                      top_k=self._top_k, precision=self._precision,
+                                      device=choose_device(self._device), max_batch_tokens=self._max_batch_tokens)
+
+    def process(self, element):
+        _, sentences = element
+        queries = {}
+        for sentence, requests in sentences:
+            piece_ids = tuple(np.frombuffer(sentence, dtype=np.int32).tolist())
+            positions = sorted({p for _, _, field_positions in requests for p in field_positions})
+            queries[sentence] = [MaskedQuery(piece_ids, p) for p in positions]
+        answers = self._scorer.candidates(q for qs in queries.values() for q in qs)
+        beyond = sum(1 for qs in queries.values() for q in qs if q.position + 1 >= MAX_POSITIONS)
+        self._queries.inc(len(answers))
+        self._truncated.inc(beyond)
+        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", len(answers)))
+        if beyond:
+            yield beam.pvalue.TaggedOutput("stats", ("mlm_queries_beyond_512_tokens", beyond))
+        for sentence, requests in sentences:
+            by_position = {q.position: answers[q] for q in queries[sentence]}
+            for key, field_index, positions in requests:
+                yield key, (field_index, {p: by_position[p] for p in positions})
+
+
+class GloveNeighboursFn(beam.DoFn):
+    """Nearest GloVe words of every distinct word, with one matrix product per batch of words."""
+
+    def __init__(self, glove: str, *, vocab_limit: int, top_k: int):
+        self._glove = glove
+        self._vocab_limit = vocab_limit
+        self._top_k = top_k
+
+    def setup(self):
+        self._index = GloveIndex.from_lines(open_glove_lines(self._glove), vocab_limit=self._vocab_limit)
+
+    def process(self, element):
+        _, words = element
+        neighbours = self._index.neighbours(words, self._top_k)
+        missing = sum(1 for found in neighbours.values() if not found)
+        yield beam.pvalue.TaggedOutput("stats", ("glove_distinct_words", len(neighbours)))
+        yield beam.pvalue.TaggedOutput("stats", ("glove_words_not_in_vocab", missing))
+        yield from neighbours.items()
+
+
+class AugmentExamplesFn(beam.DoFn):
+    """Algorithm 1 for one example, from its plan, its masked-LM answers and the GloVe side input."""
+    TSV = "tsv"
+    CANDIDATES = "candidates"
+    STATS = "stats"
+
+    def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool):
+        self._task = task
+        self._num_aug = num_aug
+        self._replace_prob = replace_prob
+        self._seed = seed
+        self._emit_candidates = emit_candidates
+        self._rows = Metrics.counter("AugmentExamples", "rows")
+
+    def process(self, element, glove):
+        key, grouped = element
+        (example, plans), = grouped["example"]
+        mlm = [dict() for _ in plans]
+        for field_index, answers in grouped["mlm"]:
+            mlm[field_index].update(answers)
+        candidates = [field_candidates(plan, mlm[i], glove) for i, plan in enumerate(plans)]
+        rows = augment_example(example, plans, candidates, num_aug=self._num_aug, replace_prob=self._replace_prob,
+                               seed=self._seed)
+        fields = self._task.text_fields
+        for row in rows:
+            row_key = key + (row.aug_index,)
+            record = {"example_id": example.example_id, "row_index": example.row_index, "aug_index": row.aug_index,
+                      "augmented_field": None if row.augmented_field is None else fields[row.augmented_field],
+                      "label": example.label, "replaced_word_indices": list(row.replaced_word_indices)}
+            record.update(zip(fields, row.texts))
+            yield row_key, record
+            yield beam.pvalue.TaggedOutput(self.TSV, (row_key, self._tsv_line(example, row.texts)))
+        self._rows.inc(len(rows))
+        yield beam.pvalue.TaggedOutput(self.STATS, ("examples", 1))
+        yield beam.pvalue.TaggedOutput(self.STATS, ("rows", len(rows)))
+        if self._emit_candidates:
+            for field_index, plan in enumerate(plans):
+                mlm_words = {w for w, _ in plan.mlm_words}
+                for word_index, word in enumerate(plan.words):
+                    found = candidates[field_index].get(word_index)
+                    source = "none" if found is None else ("mlm" if word_index in mlm_words else "glove")
+                    yield beam.pvalue.TaggedOutput(self.CANDIDATES, (key + (field_index, word_index), {
+                        "example_id": example.example_id, "field": fields[field_index], "word_index": word_index,
+                        "word": word, "source": source, "candidates": list(found or [])}))
+
+    def _tsv_line(self, example: Example, texts) -> str:
+        if example.cells is not None:
+            cells = replace_cells(self._task, list(example.cells), texts)
+        else:
+            cells = list(texts) + ([example.label] if example.label is not None else [])
+        return "\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in cells)
+
+
+class WriteTrainAugTsvFn(beam.DoFn):
+    """Joins the TSV shards, in shard order, into one train_aug.tsv (header first) and removes the parts."""
+
+    def __init__(self, output_dir: str, header: Optional[str], shard_set: outputs.ShardSet):
+        self._output_dir = output_dir
+        self._header = header
+        self._shard_set = shard_set
+
+    def process(self, unused, stats):
+        del stats  # only waited for: every part is written
+        parts = [outputs.join_path(self._output_dir, self._shard_set.subdir, self._shard_set.file_name(i))
+                 for i in range(self._shard_set.num_shards)]
+        parts = [p for p in parts if FileSystems.exists(p)]
+        target = outputs.join_path(self._output_dir, "train_aug.tsv")
+        tmp = outputs.join_path(self._output_dir, ".tmp-train_aug.tsv")
+        lines = 0
+        with FileSystems.create(tmp) as out:
+            if self._header is not None:
+                out.write((self._header + "\n").encode("utf-8"))
+            for part in parts:
+                with FileSystems.open(part, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                    while True:
+                        chunk = handle.read(1 << 20)
+                        if not chunk:
+                            break
+                        lines += chunk.count(b"\n")
+                        out.write(chunk)
+        if FileSystems.exists(target):
+            FileSystems.delete([target])
+        FileSystems.rename([tmp], [target])
+        FileSystems.delete([outputs.join_path(self._output_dir, self._shard_set.subdir)])
+        yield "train_aug_tsv_rows", lines
+
+
+# -------------------------------------------------------------------------------------------------- Composites
+class ReadExamples(beam.PTransform):
+    """Input files -> ((file index, row index), Example), with rejects as a tagged output."""
+
+    def __init__(self, files: List[str], read_fn: ReadExamplesFn):
+        super().__init__()
+        self._files = files
+        self._read_fn = read_fn
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ListFiles" >> beam.Create(list(enumerate(self._files)))
+                | "ReadFile" >> beam.ParDo(self._read_fn).with_outputs(ReadExamplesFn.REJECTS, main="examples"))
+
+
+class FindMaskedLMCandidates(beam.PTransform):
+    """(sentence, request) pairs -> (example key, (field, {position: candidates})), each distinct sentence once.
+
+    Distinct sentences are grouped by input length and a hash partition, and batched inside the group in sorted
+    order, so which queries share a forward pass depends only on the data, never on the runner's bundles.
+    """
+
+    def __init__(self, score_fn: ScoreMaskedLMFn, partitions: int):
+        super().__init__()
+        self._score_fn = score_fn
+        self._partitions = partitions
+
+    def expand(self, requests):
+        partitions = self._partitions
+
+        def batch_key(item):
+            sentence, _ = item
+            length = min(2 * (len(sentence) // 4) + 3, MAX_POSITIONS)
+            return (length, outputs.stable_hash(sentence) % partitions), item
+
+        return (requests
+                | "GroupBySentence" >> beam.GroupByKey()
+                | "KeyByLength" >> beam.Map(lambda kv: batch_key((kv[0], list(kv[1]))))
+                | "GroupByLength" >> beam.GroupByKey()
+                | "Score" >> beam.ParDo(self._score_fn).with_outputs("stats", main="answers"))
+
+
+class FindGloveNeighbours(beam.PTransform):
+    """Words -> (word, neighbours), each distinct word once, all in one batched computation."""
+
+    def __init__(self, neighbours_fn: GloveNeighboursFn):
+        super().__init__()
+        self._neighbours_fn = neighbours_fn
+
+    def expand(self, words):
+        return (words
+                | "DistinctWords" >> beam.Distinct()
+                | "KeyAll" >> beam.Map(lambda word: (0, word))
+                | "GatherWords" >> beam.GroupByKey()
+                | "Neighbours" >> beam.ParDo(self._neighbours_fn).with_outputs("stats", main="neighbours"))
+
+
+# ---------------------------------------------------------------------------------------------------- Options
+class AugmentOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--task", default="SST-2", help="GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, "
+                            "RTE) or 'generic' with --text_columns")
+        parser.add_argument("--input", default=SAMPLE_INPUT, help="training file(s), a glob on any Beam filesystem")
+        parser.add_argument("--output", default="out/augment", help="output directory")
+        parser.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
+                            help="file format; auto = from the extension (GLUE tasks are TSV)")
+        parser.add_argument("--text_columns", default=None, help="generic: comma-separated text columns")
+        parser.add_argument("--label_column", default=None, help="generic: label column")
+        parser.add_argument("--id_column", default=None, help="generic: id column (default: the data row index)")
+        parser.add_argument("--label_list", default=None, help="generic: comma-separated allowed labels")
+        parser.add_argument("--model", default="bert-base-uncased",
+                            help="BERT masked LM: hub name or local directory (with its tokenizer)")
+        parser.add_argument("--glove", default="glove.6B.300d.txt",
+                            help="GloVe text file (.txt, .txt.gz, .zip or archive.zip:member.txt)")
+        parser.add_argument("--glove_vocab", type=int, default=100_000, help="use the first N GloVe words")
+        parser.add_argument("--num_aug", type=int, default=None,
+                            help="draws per sentence (N); default per task: " + ", ".join(
+                                f"{k} {v}" for k, v in DEFAULT_NUM_AUG.items()) + ", generic 20")
+        parser.add_argument("--top_k", type=int, default=15, help="candidates per word (M)")
+        parser.add_argument("--replace_prob", type=float, default=0.4, help="replacement probability (p)")
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                            help="masked-LM encoder precision; fp32 gives the reference's candidates")
+        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        parser.add_argument("--emit_candidates", action="store_true",
+                            help="also write every word's candidates under OUTPUT/candidates/")
+        parser.add_argument("--num_shards", type=int, default=4, help="Parquet shards of the augmented rows")
+        parser.add_argument("--max_batch_tokens", type=int, default=8192, help="tokens per masked-LM forward")
+        parser.add_argument("--mlm_partitions", type=int, default=4,
+                            help="hash partitions per input length for masked-LM batching (parallelism at scale)")
+        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+
+def augmented_schema(task: TaskFormat) -> pa.Schema:
+    """The explicit schema of the augmented rows."""
+    return pa.schema(
+        [pa.field("example_id", pa.string(), nullable=False), pa.field("row_index", pa.int64(), nullable=False),
+         pa.field("aug_index", pa.int32(), nullable=False), pa.field("augmented_field", pa.string())]
+        + [pa.field(name, pa.string(), nullable=False) for name in task.text_fields]
+        + [pa.field("label", pa.string()), pa.field("replaced_word_indices", pa.list_(pa.int32()))])
+
+
+CANDIDATE_SCHEMA = pa.schema([
+    pa.field("example_id", pa.string(), nullable=False), pa.field("field", pa.string(), nullable=False),
+    pa.field("word_index", pa.int32(), nullable=False), pa.field("word", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False), pa.field("candidates", pa.list_(pa.string()))])
+
+
+class UsageError(ValueError):
+    """An option or input a person can fix; run() turns it into one clear line."""
+
+
+def _resolve_task(options) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
+    """(task format, input format, label field, id field), or UsageError."""
+    files = outputs.input_files(options.input)
+    ext = files[0]["path"].rsplit(".", 1)[-1].lower()
+    if options.task.lower() == "generic":
+        if not options.text_columns:
+            raise UsageError("--task generic needs --text_columns (and usually --label_column)")
+        fmt = options.input_format if options.input_format != "auto" else {
+            "tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
+        if fmt is None:
+            raise UsageError(f"cannot tell the format of {files[0]['path']}; pass --input_format")
+        labels = options.label_list.split(",") if options.label_list else None
+        task = generic_task([c.strip() for c in options.text_columns.split(",")], options.label_column, labels)
+        return task, fmt, options.label_column, options.id_column
+    try:
+        task = resolve_task(options.task)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    if options.input_format not in ("auto", "tsv"):
+        raise UsageError(f"GLUE task {task.name} reads its train.tsv; --input_format must be tsv")
+    return task, "tsv", None, None
+
+
+def _read_header(path: str, task: TaskFormat, fmt: str) -> Optional[str]:
+    if not task.has_header or fmt in ("jsonl", "parquet"):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        first = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+    return first if task.text_columns is not None else "\t".join(list(task.text_fields) + ["label"])
+
+
+def _check_options(options) -> None:
+    if options.top_k < 1:
+        raise UsageError("--top_k must be at least 1")
+    if not 0.0 <= options.replace_prob <= 1.0:
+        raise UsageError("--replace_prob must be within [0, 1]")
+    if options.num_aug is not None and options.num_aug < 0:
+        raise UsageError("--num_aug must be >= 0")
+    if options.num_shards < 1 or options.mlm_partitions < 1 or options.glove_vocab < 1:
+        raise UsageError("--num_shards, --mlm_partitions and --glove_vocab must be >= 1")
+    if not glove_exists(options.glove):
+        raise UsageError(f"GloVe file {options.glove} not found; pass --glove PATH to a GloVe text file "
+                         "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
+
+
+def build_pipeline(pipeline: beam.Pipeline, options, tokenizer) -> None:
+    """Adds the augmentation graph for `options` to `pipeline`."""
+    task, fmt, label_field, id_field = _resolve_task(options)
+    files = outputs.input_files(options.input)
+    num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
+    output = options.output
+    header_line = _read_header(files[0]["path"], task, fmt)
+
+    read = pipeline | "ReadExamples" >> ReadExamples(
+        [f["path"] for f in files],
+        ReadExamplesFn(task, input_format=fmt, label_field=label_field, id_field=id_field,
+                       multiple_files=len(files) > 1))
+    # Reading is one task per file: spread the examples over the workers.
+    examples = read.examples | "SpreadExamples" >> beam.Reshuffle()
+    planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(options.model)).with_outputs(
+        PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
+    mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
+        ScoreMaskedLMFn(options.model, top_k=options.top_k, precision=options.precision, device=options.device,
+                        max_batch_tokens=options.max_batch_tokens), options.mlm_partitions)
+    glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
+        GloveNeighboursFn(options.glove, vocab_limit=options.glove_vocab, top_k=options.top_k))
+    augmented = ({"example": planned.plans, "mlm": mlm.answers}
+                 | "JoinAnswers" >> beam.CoGroupByKey()
+                 | "AugmentExamples" >> beam.ParDo(
+                     AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
+                                       emit_candidates=options.emit_candidates),
+                     glove=beam.pvalue.AsDict(glove.neighbours)).with_outputs(
+                         AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS, main="rows"))
+
+    data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task))
+    tsv_set = outputs.ShardSet("tsv-parts", options.num_shards, None, file_format="tsv")
+    rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, 1, outputs.REJECT_SCHEMA)
+    # Augmentation multiplies each example ~N times: rebalance before the shard writers.
+    data_stats = (augmented.rows | "SpreadRows" >> beam.Reshuffle()
+                  | "WriteData" >> outputs.WriteShards(output, data_set))
+    tsv_stats = augmented[AugmentExamplesFn.TSV] | "WriteTsvParts" >> outputs.WriteShards(output, tsv_set)
+    tsv_done = (pipeline | "TsvTrigger" >> beam.Create([None])
+                | "WriteTrainAugTsv" >> beam.ParDo(WriteTrainAugTsvFn(output, header_line, tsv_set),
+                                                   beam.pvalue.AsList(tsv_stats)))
+    reject_stats = read[ReadExamplesFn.REJECTS] | "WriteRejects" >> outputs.WriteShards(output, rejects_set)
+    reasons = (read[ReadExamplesFn.REJECTS] | "RejectReasons" >> beam.Map(lambda kv: (kv[1]["reason"], 1))
+               | "CountRejects" >> outputs.CountByKey())
+    stats = ((augmented[AugmentExamplesFn.STATS], mlm.stats, glove.stats, tsv_done) | "MergeStats" >> beam.Flatten()
+             | "CountStats" >> outputs.CountByKey())
+    shard_stats = {"data": (data_set, data_stats), "rejects": (rejects_set, reject_stats)}
+    if options.emit_candidates:
+        cand_set = outputs.ShardSet("candidates", options.num_shards, CANDIDATE_SCHEMA)
+        shard_stats["candidates"] = (cand_set, augmented[AugmentExamplesFn.CANDIDATES]
+                                     | "WriteCandidates" >> outputs.WriteShards(output, cand_set))
+    header = {
+        "kind": "augmented-task", "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
+        "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
+        "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
+        "glove": options.glove, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
+        "replace_prob": options.replace_prob, "seed": options.seed, "precision": options.precision,
+        "input_format": fmt, "inputs": files, "tsv_header": header_line,
+        "pair_fields": "other fields of an augmented row keep their original text",
+    }
+    _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
+        output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats})
+
+
+def run(argv=None, save_main_session=True):
+    """Parses options, checks what a person can fix, runs the pipeline, and logs a summary.
+
+    Returns:
+      The manifest of the finished output directory.
+    """
+    options = PipelineOptions(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    aug = options.view_as(AugmentOptions)
+    try:
+        _check_options(aug)
+        _resolve_task(aug)
+        try:
+            tokenizer = load_tokenizer(aug.model)
+        except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
+            raise UsageError(f"cannot load the tokenizer of --model {aug.model} ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
+                             "directory holding a BERT masked LM and its tokenizer") from None
+        outputs.prepare_output_dir(aug.output, overwrite=aug.overwrite)
+    except (UsageError, FileNotFoundError, outputs.OutputExistsError) as error:
+        raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, aug, tokenizer)
+    manifest = outputs.read_manifest(aug.output)
+    logging.info("augmentation finished: %s\n%s", aug.output, outputs.summarize(manifest))
+    return manifest
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    run(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
