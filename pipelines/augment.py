@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import sys
+import threading
 import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -28,6 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.utils import shared
 
 from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
@@ -68,14 +70,21 @@ def glove_exists(spec: str) -> bool:
     return FileSystems.exists(archive + ".zip" if member else spec)
 
 
+# transformers' loading is not thread-safe (weights are materialised from the meta device); runners may call
+# DoFn.setup from several threads of one process.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_masked_lm(name_or_path: str):
     from transformers import AutoModelForMaskedLM
-    return AutoModelForMaskedLM.from_pretrained(name_or_path).eval()
+    with _LOAD_LOCK:
+        return AutoModelForMaskedLM.from_pretrained(name_or_path).eval()
 
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{name_or_path} has no fast (Rust) tokenizer")
     return tokenizer
@@ -96,6 +105,13 @@ def _split_lines(data: bytes) -> List[bytes]:
 
 
 # ------------------------------------------------------------------------------------------------------- DoFns
+class _Holder:
+    """`shared.Shared` keeps weak references: wrap objects (like tuples or dicts) that cannot have one."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class ReadExamplesFn(beam.DoFn):
     """Reads one input file into Examples; every record that cannot be used goes to the rejects output."""
     REJECTS = "rejects"
@@ -219,11 +235,17 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._max_batch_tokens = max_batch_tokens
         self._queries = Metrics.counter("ScoreMaskedLM", "distinct_queries")
         self._truncated = Metrics.counter("ScoreMaskedLM", "queries_beyond_512")
+        self._shared = shared.Shared()  # one model per worker process, whatever the number of threads
 
     def setup(self):
-        self._scorer = MaskedLMScorer(load_masked_lm(self._model_name), load_tokenizer(self._model_name),
-                                      top_k=self._top_k, precision=self._precision,
-                                      device=choose_device(self._device), max_batch_tokens=self._max_batch_tokens)
+        def load():
+            return _Holder(MaskedLMScorer(
+                load_masked_lm(self._model_name), load_tokenizer(self._model_name), top_k=self._top_k,
+                precision=self._precision, device=choose_device(self._device),
+                max_batch_tokens=self._max_batch_tokens))
+        tag = f"mlm:{self._model_name}:{self._top_k}:{self._precision}:{self._device}:{self._max_batch_tokens}"
+        self._holder = self._shared.acquire(load, tag=tag)  # keep a strong reference, or it may be reloaded
+        self._scorer = self._holder.value
 
     def process(self, element):
         _, sentences = element
@@ -252,9 +274,13 @@ class GloveNeighboursFn(beam.DoFn):
         self._glove = glove
         self._vocab_limit = vocab_limit
         self._top_k = top_k
+        self._shared = shared.Shared()
 
     def setup(self):
-        self._index = GloveIndex.from_lines(open_glove_lines(self._glove), vocab_limit=self._vocab_limit)
+        def load():
+            return _Holder(GloveIndex.from_lines(open_glove_lines(self._glove), vocab_limit=self._vocab_limit))
+        self._holder = self._shared.acquire(load, tag=f"glove:{self._glove}:{self._vocab_limit}")
+        self._index = self._holder.value
 
     def process(self, element):
         _, words = element

@@ -15,3 +15,43 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+SAMPLE_TEXTS = [
+    "a warm , funny and thoughtful film that earns every one of its tears .",
+    "the cinematography is murky and the pacing is sluggish .",
+    "Héllo, WORLD! It's a naïve co-op movie about 東京 and unbelievably overwrought melodrama.",
+    "an incoherent story told with no sense of rhythm .",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, shared_data_optional):
+    """A 2-layer BERT masked LM saved with save_pretrained: the real bert-base-uncased vocab where present."""
+    from pipelines import demo_assets
+    out = tmp_path_factory.mktemp("tiny-bert")
+    if shared_data_optional is not None:
+        tokenizer = demo_assets.wordpiece_tokenizer(
+            vocab=demo_assets.read_vocab(str(shared_data_optional / "bert-base-uncased-vocab.txt")))
+    else:
+        tokenizer = demo_assets.wordpiece_tokenizer(texts=SAMPLE_TEXTS * 4, vocab_size=300)
+    return demo_assets.build_masked_lm(str(out), tokenizer, layers=2, hidden=32, heads=2, intermediate=64, seed=3)
+
+
+@pytest.fixture(scope="session")
+def shared_data_optional():
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_glove(tmp_path_factory, tiny_bert):
+    """A GloVe-format text file of co-occurrence vectors over the sample task's words."""
+    import csv
+    from pipelines import demo_assets
+    from augment.words import WordSplitter
+    from transformers import AutoTokenizer
+    splitter = WordSplitter(AutoTokenizer.from_pretrained(tiny_bert).backend_tokenizer)
+    with open(demo_assets.SAMPLE_TRAIN, encoding="utf-8") as handle:
+        texts = [row[0] for row in list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+    words, vectors = demo_assets.cooccurrence_vectors([splitter.split(t) for t in texts + SAMPLE_TEXTS], dim=8)
+    return demo_assets.write_glove(str(tmp_path_factory.mktemp("glove") / "glove.txt"), words, vectors)

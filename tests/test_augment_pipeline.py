@@ -1,0 +1,188 @@
+"""pipelines.augment end to end: formats, rejects, determinism across runner modes, clear errors."""
+
+import csv
+import json
+import pathlib
+
+import pyarrow.parquet as pq
+import pytest
+
+from augment.tasks import GLUE_TASKS
+from pipelines import augment as augment_pipeline
+from pipelines import outputs
+
+# One data row per GLUE task, in the layout of its train.tsv (header, columns), texts at the reference's indices.
+GLUE_ROWS = {
+    "CoLA": (None, ["gj04", "1", "", "the sailors rode the breeze clear of the rocks ."]),
+    "SST-2": (["sentence", "label"], ["a gorgeous , witty film .", "1"]),
+    "MRPC": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+             ["1", "702876", "702977", "The film opened on Friday .", "The movie opened Friday ."]),
+    "STS-B": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+               "score"], ["7", "main-captions", "MSRvid", "2012test", "0001", "none", "none",
+                          "A plane is taking off .", "An air plane is taking off .", "5.000"]),
+    "QQP": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            ["133273", "213221", "213222", "How do movies get made ?", "How is a film produced ?", "1"]),
+    "MNLI": (["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+             ["12", "31193", "31193n", "government", "( ( x ) )", "( ( y ) )", "(ROOT x)", "(ROOT y)",
+              "Conceptually cream skimming has two basic dimensions .", "Product and geography are what make "
+              "cream skimming work .", "neutral", "neutral"]),
+    "QNLI": (["index", "question", "sentence", "label"],
+             ["3", "When did the film open ?", "The film opened in Paris in 1999 .", "entailment"]),
+    "RTE": (["index", "sentence1", "sentence2", "label"],
+            ["5", "Dana Reeve died of lung cancer .", "Christopher Reeve had an accident .", "not_entailment"]),
+}
+
+
+def _write_tsv(path, header, rows):
+    lines = (["\t".join(header)] if header else []) + ["\t".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _run(tmp_path, tiny_bert, tiny_glove, *extra, name="out"):
+    out = tmp_path / name
+    manifest = augment_pipeline.run(["--runner=DirectRunner", f"--model={tiny_bert}", f"--glove={tiny_glove}",
+                                     f"--output={out}", "--num_shards=2", *extra])
+    return out, manifest
+
+
+def _rows(out):
+    manifest = outputs.read_manifest(str(out))
+    rows = []
+    for f in manifest["outputs"]["data"]["files"]:
+        rows += pq.read_table(out / f["path"]).to_pylist()
+    return sorted(rows, key=lambda r: (r["row_index"], r["aug_index"]))
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_ROWS))
+def test_every_glue_format_is_read_as_the_reference_reads_it(tmp_path, task):
+    header, row = GLUE_ROWS[task]
+    fmt = GLUE_TASKS[task]
+    path = _write_tsv(tmp_path / "train.tsv", header, [row])
+    fn = augment_pipeline.ReadExamplesFn(fmt, input_format="tsv", label_field=None, id_field=None,
+                                         multiple_files=False)
+    (key, example), = list(fn.process((0, str(path))))
+    assert key == (0, 0)
+    assert example.texts == tuple(row[i] for i in fmt.text_columns)
+    assert example.label == row[fmt.label_column]
+    assert example.example_id == (row[fmt.id_column] if fmt.id_column is not None else "0")
+
+
+def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert, tiny_glove):
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=5", "--emit_candidates")
+    assert (out / "_SUCCESS").exists()
+    rows = _rows(out)
+    assert manifest["kind"] == "augmented-task" and manifest["task"] == "SST-2"
+    assert manifest["num_aug"] == 5 and manifest["text_fields"] == ["sentence"]
+    assert manifest["outputs"]["data"]["totals"]["rows"] == len(rows) == manifest["counts"]["stats"]["rows"]
+    assert manifest["counts"]["stats"]["examples"] == 32
+    source = list(csv.reader(open(augment_pipeline.SAMPLE_INPUT, encoding="utf-8"), delimiter="\t",
+                             quoting=csv.QUOTE_NONE))[1:]
+    originals = [r for r in rows if r["aug_index"] == 0]
+    assert [(r["sentence"], r["label"]) for r in originals] == [(s, label) for s, label in source]
+    for r in rows:
+        assert 0 <= r["aug_index"] <= 5 and (r["augmented_field"] is None) == (r["aug_index"] == 0)
+        assert r["example_id"] == str(r["row_index"])
+    schema = pq.read_schema(out / manifest["outputs"]["data"]["files"][0]["path"])
+    assert schema.equals(augment_pipeline.augmented_schema(GLUE_TASKS["SST-2"]))
+    # train_aug.tsv: the header, then every row in the input's own layout.
+    tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
+    assert tsv[0] == "sentence\tlabel" and len(tsv) == len(rows) + 1
+    assert sorted(tsv[1:]) == sorted(f"{r['sentence']}\t{r['label']}" for r in rows)
+    # candidates/: every word, with its source
+    cands = [r for f in manifest["outputs"]["candidates"]["files"] for r in pq.read_table(out / f["path"]).to_pylist()]
+    assert {r["source"] for r in cands} <= {"mlm", "glove", "none"} and any(r["source"] == "mlm" for r in cands)
+    assert all((r["source"] == "none") == (r["candidates"] == []) for r in cands)
+    import datasets
+    loaded = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert loaded.num_rows == len(rows) and "sentence" in loaded.column_names
+
+
+def test_pair_task_other_field_keeps_original_text(tmp_path, tiny_bert, tiny_glove):
+    header, row = GLUE_ROWS["MNLI"]
+    second = list(row)
+    second[0], second[8], second[9] = "13", "The old film was a great success .", "Nobody saw the film ."
+    path = _write_tsv(tmp_path / "train.tsv", header, [row, second])
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=MNLI", f"--input={path}", "--num_aug=6")
+    assert manifest["num_aug"] == 6
+    rows = _rows(out)
+    by_id = {"12": row, "13": second}
+    assert sum(1 for r in rows if r["aug_index"] == 0) == 2
+    for r in rows:
+        original = by_id[r["example_id"]]
+        if r["augmented_field"] == "sentence1":
+            assert r["sentence2"] == original[9]
+        elif r["augmented_field"] == "sentence2":
+            assert r["sentence1"] == original[8]
+    assert {r["augmented_field"] for r in rows} == {None, "sentence1", "sentence2"}
+    tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
+    assert tsv[0].split("\t") == header
+    assert all(len(line.split("\t")) == 12 and line.split("\t")[11] == "neutral" for line in tsv[1:])
+
+
+def test_bad_records_go_to_rejects_with_reasons(tmp_path, tiny_bert, tiny_glove):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"sentence\tlabel\n"
+                     b"a fine film .\t1\n"
+                     b"too\tmany\tcolumns\n"
+                     b"\t0\n"
+                     b"caf\xe9 society\t1\n"
+                     b"a dull film .\tpositive\n"
+                     b"a dull film .\t0\n")
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}", "--num_aug=2")
+    assert manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1, "undecodable_utf8": 1,
+                                             "wrong_column_count": 1}
+    rejects = pq.read_table(out / "rejects" / "part-00000-of-00001.parquet").to_pylist()
+    assert sorted((r["row_index"], r["reason"]) for r in rejects) == [
+        (1, "wrong_column_count"), (2, "empty_text"), (3, "undecodable_utf8"), (4, "bad_label")]
+    assert next(r for r in rejects if r["reason"] == "undecodable_utf8")["record"] == "caf\\xe9 society\t1"
+    assert sorted({r["row_index"] for r in _rows(out)}) == [0, 5]
+
+
+def test_generic_jsonl_with_named_columns(tmp_path, tiny_bert, tiny_glove):
+    path = tmp_path / "data.jsonl"
+    records = [{"id": "a1", "text": "a warm and funny film .", "y": "pos"},
+               {"id": "a2", "text": "a loud joyless sequel .", "y": "neg"}, "not an object", {"id": "a3", "y": "neg"}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n{broken\n", encoding="utf-8")
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={path}", "--text_columns=text",
+                         "--label_column=y", "--id_column=id", "--label_list=pos,neg", "--num_aug=3")
+    assert manifest["counts"]["rejects"] == {"bad_json": 2, "missing_column": 1}
+    assert {r["example_id"] for r in _rows(out)} == {"a1", "a2"}
+    assert manifest["text_fields"] == ["text"] and manifest["label_list"] == ["pos", "neg"]
+
+
+@pytest.mark.parametrize("mode", ["multi_threading", "multi_processing"])
+def test_same_seed_same_bytes_whatever_the_runner_mode(tmp_path, tiny_bert, tiny_glove, mode):
+    one, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--direct_num_workers=1", name="one")
+    two, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--direct_num_workers=2",
+                  f"--direct_running_mode={mode}", name="two")
+    files = sorted(p.relative_to(one) for p in one.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*.parquet")) and files
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
+    assert (one / "train_aug.tsv").read_bytes() == (two / "train_aug.tsv").read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task=NOPE"], "unknown task 'NOPE'"),
+    (["--glove=/nonexistent/glove.txt"], "GloVe file /nonexistent/glove.txt not found"),
+    (["--input=/nonexistent/train.tsv"], "no input file matches /nonexistent/train.tsv"),
+    (["--model=/nonexistent/model"], "cannot load the tokenizer of --model /nonexistent/model"),
+    (["--replace_prob=2"], "--replace_prob must be within [0, 1]"),
+])
+def test_fixable_errors_stop_with_one_line(tmp_path, tiny_bert, tiny_glove, argv, message):
+    base = ["--runner=DirectRunner", f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--output={tmp_path / 'o'}"]
+    with pytest.raises(SystemExit) as info:
+        augment_pipeline.run(base + argv)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_non_empty_output_needs_overwrite(tmp_path, tiny_bert, tiny_glove):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old").write_text("x")
+    with pytest.raises(SystemExit, match="--overwrite"):
+        augment_pipeline.run([f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--output={out}"])
