@@ -1,0 +1,576 @@
+"""Wikipedia dumps or any text -> general-distillation Parquet shards (TinyBERT's `pregenerate_training_data.py`).
+
+Usage:
+  python -m pipelines.corpus \\
+      --input '/data/enwiki-latest-pages-articles-multistream*.xml.bz2' --input_format wikipedia-xml \\
+      --output /data/tinybert-general --tokenizer bert-base-uncased --epochs 3 --seed 42 --num_shards 64
+
+Output (see docs/corpus.md for the data contract): `epoch-E/part-NNNNN-of-MMMMM.parquet` for each epoch,
+`rejects/part-...parquet`, `manifest.json`, `_SUCCESS`.
+
+Random-next sentences come from a bucket of documents: each epoch, every document is hashed with (seed, epoch, its
+key) into one of ceil(documents / docs_per_bucket) buckets, and a document's random-next B is drawn from the other
+documents of its bucket, so no worker ever needs the whole corpus.
+"""
+
+import argparse
+import array
+import hashlib
+import logging
+import math
+import random
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from pipelines import documents as documents_lib
+from pipelines import instances as instances_lib
+from pipelines import outputs
+from pipelines import wiki
+
+INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
+INSTANCE_MODES = ("pairs", "single")
+KIND = "general-distillation"
+
+
+class CorpusOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", help="input files, a glob on any Beam filesystem")
+        parser.add_argument("--input_format", choices=INPUT_FORMATS, default="text",
+                            help="wikipedia-xml: pages-articles*.xml[.bz2] dumps; wikipedia-parquet: Hugging Face "
+                                 "wikimedia/wikipedia files; text: one sentence per line, blank line between "
+                                 "documents")
+        parser.add_argument("--output", help="output directory")
+        parser.add_argument("--tokenizer", default="bert-base-uncased",
+                            help="Hugging Face hub name or local directory of a fast tokenizer")
+        parser.add_argument("--max_seq_len", type=int, default=128)
+        parser.add_argument("--short_seq_prob", type=float, default=0.1)
+        parser.add_argument("--masked_lm_prob", type=float, default=0.0,
+                            help="0 (TinyBERT's default) stores no masked-LM predictions")
+        parser.add_argument("--max_predictions_per_seq", type=int, default=20)
+        parser.add_argument("--whole_word_mask", action="store_true",
+                            help="mask all pieces of a word together (with --masked_lm_prob > 0)")
+        parser.add_argument("--epochs", type=int, default=3, help="differently sampled epochs of instances")
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--num_shards", type=int, default=8, help="Parquet files per epoch")
+        parser.add_argument("--instance_mode", choices=INSTANCE_MODES, default="pairs",
+                            help="pairs: [CLS] A [SEP] B [SEP] with 50%% random-next B; single: [CLS] text [SEP]")
+        parser.add_argument("--docs_per_bucket", type=int, default=1000,
+                            help="documents per random-next bucket (see docs/corpus.md)")
+        parser.add_argument("--dedup", action="store_true", help="drop documents identical to another one")
+        parser.add_argument("--split_bytes", type=int, default=64 << 20,
+                            help="work range size for splittable dumps (uncompressed or multistream .bz2 XML)")
+        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DoFns
+
+
+class SplitInputFn(beam.DoFn):
+    """An input file to work items: byte ranges of a splittable dump, Parquet row groups, or the whole file."""
+
+    def __init__(self, input_format: str, split_bytes: int):
+        self._input_format = input_format
+        self._split_bytes = split_bytes
+
+    def process(self, file_info):
+        path, size = file_info["path"], file_info["bytes"]
+        if self._input_format == "wikipedia-xml":
+            for _, start, end in wiki.plan_ranges(path, size, split_bytes=self._split_bytes, open_fn=_open_raw):
+                yield {"path": path, "start": start, "end": end, "size": size}
+        elif self._input_format == "wikipedia-parquet":
+            import pyarrow.parquet as pq
+            with _open_raw(path) as handle:
+                num_row_groups = pq.ParquetFile(handle).num_row_groups
+            for group in range(num_row_groups):
+                yield {"path": path, "start": group, "end": group + 1, "size": size}
+        else:
+            yield {"path": path, "start": 0, "end": size, "size": size}
+
+
+class ReadDocumentsFn(beam.DoFn):
+    """A work item to documents (key, paragraphs, already_split); bad records go to REJECTS."""
+    REJECTS = "rejects"
+
+    def __init__(self, input_format: str):
+        self._input_format = input_format
+        self._rejected = Metrics.counter("ReadDocuments", "rejected")
+        self._read = Metrics.counter("ReadDocuments", "documents")
+
+    def process(self, work):
+        reader = {"wikipedia-xml": self._read_xml, "wikipedia-parquet": self._read_parquet,
+                  "text": self._read_text}[self._input_format]
+        for item in reader(work):
+            if isinstance(item, dict):
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput(self.REJECTS, item)
+            else:
+                self._read.inc()
+                yield item
+
+    def _read_xml(self, work):
+        path, start, end = work["path"], work["start"], work["end"]
+        # Offsets inside a bz2 range count decompressed bytes from the range's first stream: name the range.
+        source = path if start == 0 else f"{path}@{start}"
+        with _open_raw(path) as handle:
+            for page in wiki.iter_pages(handle, path, start, end, work["size"]):
+                try:
+                    article = wiki.parse_page(page.xml)
+                except wiki.MalformedPage as error:
+                    yield outputs.reject(source, page.offset, "malformed_page", f"{error}\n{_excerpt(page.xml)}")
+                    continue
+                label = f"{article.page_id}\t{article.title}"
+                if article.namespace != "0":
+                    yield outputs.reject(source, page.offset, "not_article", f"ns={article.namespace}\t{label}")
+                elif article.redirect:
+                    yield outputs.reject(source, page.offset, "redirect", label)
+                else:
+                    try:
+                        paragraphs = wiki.wikitext_to_paragraphs(article.wikitext)
+                    except Exception as error:  # the parser's own failure on odd markup: one reject, not a crash
+                        yield outputs.reject(source, page.offset, "unparsable_wikitext", f"{label}\t{error}")
+                        continue
+                    if not paragraphs:
+                        yield outputs.reject(source, page.offset, "empty_article",
+                                             f"{label}\t{article.wikitext[:1000]}")
+                        continue
+                    yield (documents_lib.document_key(path, article.page_id), paragraphs, False)
+
+    def _read_parquet(self, work):
+        import pyarrow.parquet as pq
+        path, group = work["path"], work["start"]
+        with _open_raw(path) as handle:
+            parquet_file = pq.ParquetFile(handle)
+            names = set(parquet_file.schema_arrow.names)
+            if "text" not in names:
+                yield outputs.reject(path, group, "no_text_column", f"columns: {sorted(names)}")
+                return
+            columns = [name for name in ("id", "title", "text") if name in names]
+            table = parquet_file.read_row_group(group, columns=columns)
+            first_row = sum(parquet_file.metadata.row_group(g).num_rows for g in range(group))
+        rows = table.to_pydict()
+        for index, text in enumerate(rows["text"]):
+            row_index = first_row + index
+            local_id = rows["id"][index] if "id" in rows and rows["id"][index] is not None else row_index
+            paragraphs = [line for line in (documents_lib.normalize_text(p) for p in (text or "").split("\n"))
+                          if line]
+            if not paragraphs:
+                yield outputs.reject(path, row_index, "empty_article",
+                                     {k: rows[k][index] for k in rows})
+                continue
+            yield (documents_lib.document_key(path, local_id), paragraphs, False)
+
+    def _read_text(self, work):
+        path = work["path"]
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+            for item in documents_lib.iter_text_documents(handle):
+                if isinstance(item, documents_lib.BadLine):
+                    yield outputs.reject(path, item.offset, item.reason, item.raw)
+                else:
+                    yield (documents_lib.document_key(path, item.offset), item.lines, True)
+
+
+class SplitSentencesFn(beam.DoFn):
+    """(key, paragraphs, already_split) to (key, sentences) with Punkt; a document without sentences is rejected."""
+    REJECTS = "rejects"
+
+    def setup(self):
+        self._splitter = documents_lib.make_sentence_splitter()
+
+    def process(self, element):
+        key, paragraphs, already_split = element
+        sentences = paragraphs if already_split else documents_lib.split_sentences(self._splitter, paragraphs)
+        if not sentences:
+            yield beam.pvalue.TaggedOutput(self.REJECTS, outputs.reject(key, 0, "empty_document", paragraphs))
+            return
+        yield key, sentences
+
+
+class TokenizeDocumentsFn(beam.DoFn):
+    """Batches of (key, sentences) to (key, [token ids of each sentence as packed bytes]), one fast-tokenizer call
+    per batch. Sentences with no tokens are left out; a document left with none is rejected."""
+    REJECTS = "rejects"
+    COUNTS = "counts"
+
+    def __init__(self, tokenizer: str, typecode: str):
+        self._tokenizer_name = tokenizer
+        self._typecode = typecode
+        self._empty_sentences = Metrics.counter("TokenizeDocuments", "sentences_without_tokens")
+
+    def setup(self):
+        self._tokenizer = _load_backend_tokenizer(self._tokenizer_name)
+
+    def process(self, batch):
+        texts = [sentence for _, sentences in batch for sentence in sentences]
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        position = 0
+        documents = sentences_total = tokens_total = 0
+        for key, sentences in batch:
+            packed = []
+            for encoding in encodings[position:position + len(sentences)]:
+                if encoding.ids:
+                    packed.append(array.array(self._typecode, encoding.ids).tobytes())
+                    tokens_total += len(encoding.ids)
+                else:
+                    self._empty_sentences.inc()
+            position += len(sentences)
+            if not packed:
+                yield beam.pvalue.TaggedOutput(self.REJECTS, outputs.reject(key, 0, "no_tokens", sentences))
+                continue
+            documents += 1
+            sentences_total += len(packed)
+            yield key, packed
+        for name, value in (("documents", documents), ("sentences", sentences_total), ("tokens", tokens_total)):
+            yield beam.pvalue.TaggedOutput(self.COUNTS, (name, value))
+
+
+class AssignBucketsFn(beam.DoFn):
+    """(key, document) to ((epoch, bucket), (key, document)) for every epoch; see the module docstring."""
+
+    def __init__(self, *, seed: int, epochs: int, docs_per_bucket: int):
+        self._seed = seed
+        self._epochs = epochs
+        self._docs_per_bucket = docs_per_bucket
+
+    def process(self, element, num_documents):
+        key, _ = element
+        num_buckets = max(1, math.ceil(num_documents / self._docs_per_bucket))
+        for epoch in range(self._epochs):
+            bucket = outputs.stable_hash(("bucket", self._seed, epoch, key)) % num_buckets
+            yield (epoch, bucket), element
+
+
+class CreateInstancesFn(beam.DoFn):
+    """A bucket of documents to (epoch, (instance_id, row)) for each instance of each of its documents."""
+    COUNTS = "counts"
+
+    def __init__(self, *, seed: int, mode: str, config: instances_lib.InstanceConfig,
+                 special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str):
+        self._seed = seed
+        self._mode = mode
+        self._config = config
+        self._special = special
+        self._continuation_ids = continuation_ids
+        self._typecode = typecode
+        self._lonely = Metrics.counter("CreateInstances", "buckets_of_one_document")
+
+    def process(self, element):
+        (epoch, _), members = element
+        members = sorted(members, key=lambda kv: kv[0])  # bucket order must not depend on bundle order
+        keys = [key for key, _ in members]
+        docs = [[array.array(self._typecode, sentence) for sentence in packed] for _, packed in members]
+        del members
+        if len(docs) == 1 and self._mode == "pairs":
+            self._lonely.inc()
+        instances = tokens = 0
+        for index, key in enumerate(keys):
+            rng = random.Random(outputs.stable_hash(("instances", self._seed, epoch, key)))
+            if self._mode == "pairs":
+                made = instances_lib.create_pair_instances(docs, index, rng, config=self._config,
+                                                           special=self._special,
+                                                           continuation_ids=self._continuation_ids)
+            else:
+                made = instances_lib.create_single_segment_instances(docs[index], rng, config=self._config,
+                                                                     special=self._special,
+                                                                     continuation_ids=self._continuation_ids)
+            for number, instance in enumerate(made):
+                instance_id = f"{key}:{number}"
+                tokens += len(instance.input_ids)
+                yield epoch, (instance_id, {
+                    "instance_id": instance_id,
+                    "input_ids": instance.input_ids,
+                    "segment_a_len": instance.segment_a_len,
+                    "is_random_next": instance.is_random_next,
+                    "masked_lm_positions": instance.masked_lm_positions,
+                    "masked_lm_labels": instance.masked_lm_labels,
+                })
+            instances += len(made)
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ("instances", instances))
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ("instance_tokens", tokens))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Composites
+
+
+class ReadDocuments(beam.PTransform):
+    """Input files to documents (key, paragraphs, already_split).
+
+    Args:
+      files: [{"path", "bytes"}] from `outputs.input_files`.
+      input_format: one of INPUT_FORMATS.
+      split_bytes: work range size for splittable dumps.
+
+    Returns:
+      A DoOutputsTuple: main = documents, `rejects` = reject rows.
+    """
+
+    def __init__(self, files: Sequence[Dict[str, Any]], *, input_format: str, split_bytes: int):
+        super().__init__()
+        self._files = list(files)
+        self._input_format = input_format
+        self._split_bytes = split_bytes
+
+    def expand(self, pipeline):
+        return (pipeline
+                | "ListInputs" >> beam.Create(self._files)
+                | "SplitInputs" >> beam.ParDo(SplitInputFn(self._input_format, self._split_bytes))
+                # One file fans out to many ranges: spread them over the workers before reading.
+                | "SpreadRanges" >> beam.Reshuffle()
+                | "ReadRanges" >> beam.ParDo(ReadDocumentsFn(self._input_format)).with_outputs(
+                    ReadDocumentsFn.REJECTS, main="documents"))
+
+
+class DropDuplicateDocuments(beam.PTransform):
+    """Keeps one document (the smallest key) of each set of identical ones; the others become rejects.
+
+    Returns:
+      A dict: "documents" (key, sentences), "rejects" reject rows.
+    """
+
+    def expand(self, documents):
+        grouped = (documents
+                   | "KeyByContent" >> beam.Map(
+                       lambda kv: (hashlib.sha256("\n".join(kv[1]).encode("utf-8")).hexdigest(), kv))
+                   | "GroupByContent" >> beam.GroupByKey())
+        kept = grouped | "KeepFirst" >> beam.Map(lambda kv: min(kv[1], key=lambda doc: doc[0]))
+        rejects = grouped | "RejectOthers" >> beam.FlatMap(_duplicate_rejects)
+        return {"documents": kept, "rejects": rejects}
+
+
+class TokenizeDocuments(beam.PTransform):
+    """(key, sentences) to (key, packed token ids per sentence), batched through the fast tokenizer.
+
+    Returns:
+      A DoOutputsTuple: main = documents, `rejects`, `counts` (documents, sentences, tokens).
+    """
+
+    def __init__(self, tokenizer: str, typecode: str):
+        super().__init__()
+        self._tokenizer = tokenizer
+        self._typecode = typecode
+
+    def expand(self, documents):
+        return (documents
+                | "BatchDocuments" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
+                | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(self._tokenizer, self._typecode)).with_outputs(
+                    TokenizeDocumentsFn.REJECTS, TokenizeDocumentsFn.COUNTS, main="documents"))
+
+
+class CreateInstances(beam.PTransform):
+    """Tokenized documents to instances of every epoch, drawn per random-next bucket.
+
+    Returns:
+      A DoOutputsTuple: main = (epoch, (instance_id, row)), `counts` (instances, instance_tokens).
+    """
+
+    def __init__(self, *, seed: int, epochs: int, docs_per_bucket: int, fn: CreateInstancesFn):
+        super().__init__()
+        self._seed = seed
+        self._epochs = epochs
+        self._docs_per_bucket = docs_per_bucket
+        self._fn = fn
+
+    def expand(self, documents):
+        num_documents = documents | "CountDocuments" >> beam.combiners.Count.Globally()
+        return (documents
+                | "AssignBuckets" >> beam.ParDo(
+                    AssignBucketsFn(seed=self._seed, epochs=self._epochs, docs_per_bucket=self._docs_per_bucket),
+                    num_documents=beam.pvalue.AsSingleton(num_documents))
+                | "GroupBuckets" >> beam.GroupByKey()
+                | "MakeInstances" >> beam.ParDo(self._fn).with_outputs(CreateInstancesFn.COUNTS, main="instances"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _open_raw(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _excerpt(data: bytes, limit: int = 2000) -> str:
+    return data[:limit].decode("utf-8", errors="backslashreplace")
+
+
+def _duplicate_rejects(group):
+    _, docs = group
+    docs = sorted(docs, key=lambda doc: doc[0])
+    for key, sentences in docs[1:]:
+        yield outputs.reject(key, 0, "duplicate_document", f"same text as {docs[0][0]}: {sentences[:3]}")
+
+
+def _load_backend_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def instance_schema(vocab_size: int) -> pa.Schema:
+    """The Parquet schema of general-distillation rows; token ids in the narrowest type the vocab allows."""
+    id_type = pa.uint16() if vocab_size <= 65536 else pa.int32()
+    return pa.schema([
+        pa.field("instance_id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(id_type), nullable=False),
+        pa.field("segment_a_len", pa.int16(), nullable=False),
+        pa.field("is_random_next", pa.bool_(), nullable=False),
+        pa.field("masked_lm_positions", pa.list_(pa.int16()), nullable=False),
+        pa.field("masked_lm_labels", pa.list_(id_type), nullable=False),
+    ])
+
+
+def _instance_stats(rows: List[Dict[str, Any]]) -> Dict[str, int]:
+    return {"tokens": sum(len(row["input_ids"]) for row in rows)}
+
+
+def _reject_key(row: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    return f"{row['source']}\x00{row['row_index']:016d}\x00{row['reason']}", row
+
+
+def _load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    except Exception as error:  # OSError, ValueError, hub errors: all mean "cannot use this --tokenizer"
+        raise SystemExit(f"error: cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}")
+    if not tokenizer.is_fast:
+        raise SystemExit(f"error: tokenizer {name_or_path!r} has no fast (Rust) implementation")
+    return tokenizer
+
+
+def _special_tokens(tokenizer) -> instances_lib.SpecialTokens:
+    missing = [name for name in ("cls_token_id", "sep_token_id", "mask_token_id")
+               if getattr(tokenizer, name) is None]
+    if missing:
+        raise SystemExit(f"error: tokenizer lacks {', '.join(missing)}; a BERT-style WordPiece tokenizer is needed")
+    filler = tokenizer.convert_tokens_to_ids(".")
+    return instances_lib.SpecialTokens(
+        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, mask_id=tokenizer.mask_token_id,
+        filler_id=filler if filler is not None else tokenizer.sep_token_id, vocab_size=len(tokenizer))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> Dict[str, Any]:
+    """Runs the pipeline and returns the manifest it wrote.
+
+    Raises:
+      SystemExit: with a one-line message for unusable options, a missing input, an unloadable tokenizer or a
+        non-empty output without --overwrite.
+    """
+    pipeline_options = PipelineOptions(argv)
+    options = pipeline_options.view_as(CorpusOptions)
+    pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
+    if not options.input or not options.output:
+        raise SystemExit("error: --input and --output are required")
+    if options.epochs < 1 or options.num_shards < 1 or options.docs_per_bucket < 1:
+        raise SystemExit("error: --epochs, --num_shards and --docs_per_bucket must be at least 1")
+    try:
+        config = instances_lib.InstanceConfig(
+            max_seq_len=options.max_seq_len, short_seq_prob=options.short_seq_prob,
+            masked_lm_prob=options.masked_lm_prob, max_predictions_per_seq=options.max_predictions_per_seq,
+            whole_word_mask=options.whole_word_mask)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if options.max_seq_len > 32767:
+        raise SystemExit("error: --max_seq_len must fit int16 positions (<= 32767)")
+    try:
+        files = outputs.input_files(options.input)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}")
+    tokenizer = _load_tokenizer(options.tokenizer)
+    special = _special_tokens(tokenizer)
+    typecode = "H" if special.vocab_size <= 65536 else "i"
+    continuation_ids = frozenset()
+    if options.whole_word_mask:
+        continuation_ids = frozenset(i for t, i in tokenizer.get_vocab().items() if t.startswith("##"))
+    try:
+        outputs.prepare_output_dir(options.output, overwrite=options.overwrite)
+    except outputs.OutputExistsError as error:
+        raise SystemExit(f"error: {error}")
+
+    header = {
+        "kind": KIND,
+        "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.tokenizer),
+        "input_format": options.input_format,
+        "inputs": files,
+        "max_seq_len": options.max_seq_len,
+        "short_seq_prob": options.short_seq_prob,
+        "masked_lm_prob": options.masked_lm_prob,
+        "max_predictions_per_seq": options.max_predictions_per_seq,
+        "whole_word_mask": options.whole_word_mask,
+        "instance_mode": options.instance_mode,
+        "seed": options.seed,
+        "epochs": options.epochs,
+        "docs_per_bucket": options.docs_per_bucket,
+        "dedup": options.dedup,
+        "token_dtype": "uint16" if typecode == "H" else "int32",
+    }
+    schema = instance_schema(special.vocab_size)
+    epoch_sets = [outputs.ShardSet(f"epoch-{epoch}", options.num_shards, schema, stats=_instance_stats)
+                  for epoch in range(options.epochs)]
+    rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, options.num_shards, outputs.REJECT_SCHEMA)
+    make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
+                                continuation_ids=continuation_ids, typecode=typecode)
+
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
+                                                           split_bytes=options.split_bytes)
+        split = read.documents | "SplitSentences" >> beam.ParDo(SplitSentencesFn()).with_outputs(
+            SplitSentencesFn.REJECTS, main="documents")
+        reject_parts = [read.rejects, split.rejects]
+        documents = split.documents
+        if options.dedup:
+            deduped = documents | "DropDuplicateDocuments" >> DropDuplicateDocuments()
+            documents = deduped["documents"]
+            reject_parts.append(deduped["rejects"])
+        tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(options.tokenizer, typecode)
+        reject_parts.append(tokenized.rejects)
+        made = tokenized.documents | "CreateInstances" >> CreateInstances(
+            seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket, fn=make_fn)
+        by_epoch = made.instances | "SplitEpochs" >> beam.Partition(lambda kv, n: kv[0], options.epochs)
+        shard_stats = {}
+        for epoch, shard_set in enumerate(epoch_sets):
+            stats = (by_epoch[epoch]
+                     | f"DropEpoch{epoch}" >> beam.Values()
+                     | f"WriteEpoch{epoch}" >> outputs.WriteShards(options.output, shard_set))
+            shard_stats[shard_set.subdir] = (shard_set, stats)
+        rejects = reject_parts | "FlattenRejects" >> beam.Flatten()
+        shard_stats[rejects_set.subdir] = (rejects_set, rejects
+                                           | "KeyRejects" >> beam.Map(_reject_key)
+                                           | "WriteRejects" >> outputs.WriteShards(options.output, rejects_set))
+        reject_counts = (rejects
+                         | "RejectReasons" >> beam.Map(lambda row: (row["reason"], 1))
+                         | "CountRejects" >> outputs.CountByKey())
+        corpus_counts = ((tokenized.counts, made.counts)
+                         | "FlattenCounts" >> beam.Flatten()
+                         | "CountCorpus" >> outputs.CountByKey())
+        _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
+            output_dir=options.output, header=header, shard_stats=shard_stats,
+            counts={"corpus": corpus_counts, "rejects": reject_counts})
+
+    manifest = outputs.read_manifest(options.output)
+    logging.info("corpus written to %s\n%s", options.output, outputs.summarize(manifest))
+    return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

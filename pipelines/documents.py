@@ -1,0 +1,93 @@
+"""Documents out of plain-text and Parquet inputs, and sentence splitting. No Beam here.
+
+Sentence splitting uses NLTK's Punkt algorithm without downloading a model: `PunktSentenceTokenizer` with fixed
+parameters, namely the untrained defaults plus a fixed list of English abbreviations (`ENGLISH_ABBREVIATIONS`). A
+model trained on the run's own corpus would need a global pass over the corpus before any splitting and would make
+the output depend on which documents are in the run; fixed parameters split a sentence the same way whatever else
+is in the corpus, on every worker, with nothing to install.
+"""
+
+import dataclasses
+import os
+import re
+import unicodedata
+from typing import BinaryIO, Iterator, List, Optional, Union
+
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+# Lower-case, without the final period, as Punkt stores them. Common in Wikipedia prose.
+ENGLISH_ABBREVIATIONS = frozenset("""
+a.d a.m approx apr assn aug ave b.c b.c.e bros c ca capt c.e cf ch co col corp cpl dec dept dr e.g ed eds est etc
+feb fig figs fl ft gen gov hon i.e inc jan jr jul jun lt ltd maj mar mr mrs ms mt no nos nov oct op p p.m pp prof
+pt rev sen sep sept sgt sr st vol vols vs u.k u.n u.s u.s.a u.s.s.r
+""".split())
+
+_SPACES = re.compile(r"\s+")
+
+
+def make_sentence_splitter() -> PunktSentenceTokenizer:
+    """Punkt with fixed parameters (see the module docstring); deterministic and download-free."""
+    params = PunktParameters()
+    params.abbrev_types = set(ENGLISH_ABBREVIATIONS)
+    return PunktSentenceTokenizer(params)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, whitespace runs to one space, trimmed."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def split_sentences(splitter: PunktSentenceTokenizer, paragraphs: List[str]) -> List[str]:
+    """Sentences of each paragraph in order; a sentence never spans two paragraphs."""
+    sentences = []
+    for paragraph in paragraphs:
+        for sentence in splitter.tokenize(paragraph):
+            sentence = normalize_text(sentence)
+            if sentence:
+                sentences.append(sentence)
+    return sentences
+
+
+@dataclasses.dataclass(frozen=True)
+class TextDocument:
+    offset: int  # byte offset of its first line
+    lines: List[str]  # one sentence per line, normalized
+
+
+@dataclasses.dataclass(frozen=True)
+class BadLine:
+    offset: int
+    reason: str
+    raw: bytes
+
+
+def iter_text_documents(handle: BinaryIO) -> Iterator[Union[TextDocument, BadLine]]:
+    """Documents of the reference's text format: one sentence per line, a blank line between documents.
+
+    Streams line by line. A line that is not UTF-8 comes out as a `BadLine` (the rest of its document is kept).
+    """
+    offset = 0
+    lines: List[str] = []
+    first: Optional[int] = None
+    for raw in iter(handle.readline, b""):
+        line_offset = offset
+        offset += len(raw)
+        try:
+            line = normalize_text(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield BadLine(line_offset, "non_utf8_line", raw.rstrip(b"\r\n"))
+            continue
+        if line:
+            if first is None:
+                first = line_offset
+            lines.append(line)
+        elif lines:
+            yield TextDocument(first, lines)
+            lines, first = [], None
+    if lines:
+        yield TextDocument(first, lines)
+
+
+def document_key(path: str, local_id: Union[int, str]) -> str:
+    """A document's stable key: input file name (not its directory, so a moved corpus keeps its keys) + local id."""
+    return f"{os.path.basename(path)}#{local_id}"

@@ -1,0 +1,211 @@
+"""Training instances for general distillation, made from tokenized documents. No Beam, no I/O.
+
+The algorithm follows the TinyBERT reference `pregenerate_training_data.py` (itself Google BERT's
+`create_pretraining_data.py`), draw for draw on an explicit `random.Random`:
+
+* per document, a target length: `max_seq_len - 3`, or with probability `short_seq_prob` a random length in
+  [2, max_seq_len - 3];
+* sentences are gathered into a chunk until the chunk reaches the target length (or the document ends); a random
+  number of the chunk's sentences (at least one) form segment A;
+* B is the rest of the chunk, or with probability 0.5 (always when the chunk holds a single sentence) a "random
+  next" B: consecutive sentences from a random start in another document, drawn with probability proportional to
+  its sentence count; the chunk's unused sentences are then put back for the next instance;
+* the pair is trimmed to fit, one token at a time from the longer segment, from its front or back at random;
+* optional masked-LM predictions (whole-word or per-WordPiece), 80% [MASK] / 10% kept / 10% random token.
+
+Two deliberate differences from the reference, both documented in docs/corpus.md:
+* `masked_lm_prob == 0` masks nothing (the reference still masks one token per instance through `max(1, ...)`,
+  which TinyBERT's "no [MASK]" setting does not intend);
+* the other documents for a random-next B come from the caller's bucket of documents, not the whole corpus.
+
+`create_single_segment_instances` is the optional packing mode: `[CLS] sentences... [SEP]`, no B.
+"""
+
+import bisect
+import dataclasses
+import random
+from typing import AbstractSet, List, Sequence
+
+Sentence = Sequence[int]
+Document = Sequence[Sentence]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids the algorithm needs from the vocabulary."""
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    filler_id: int  # stands in for an empty segment, as the reference's "." does
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceConfig:
+    max_seq_len: int = 128
+    short_seq_prob: float = 0.1
+    masked_lm_prob: float = 0.0
+    max_predictions_per_seq: int = 20
+    whole_word_mask: bool = False
+
+    def __post_init__(self):
+        if self.max_seq_len < 5:
+            raise ValueError(f"max_seq_len must be at least 5, got {self.max_seq_len}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 <= self.masked_lm_prob <= 1.0:
+            raise ValueError(f"masked_lm_prob must be in [0, 1], got {self.masked_lm_prob}")
+
+
+@dataclasses.dataclass
+class Instance:
+    input_ids: List[int]  # [CLS] A [SEP] B [SEP], or [CLS] A [SEP]; masked tokens already replaced
+    segment_a_len: int  # len("[CLS] A [SEP]"): token_type_ids are 0 for these, 1 after
+    is_random_next: bool
+    masked_lm_positions: List[int]
+    masked_lm_labels: List[int]
+
+
+def target_length(rng: random.Random, *, max_num_tokens: int, short_seq_prob: float) -> int:
+    """The reference's per-document target: usually `max_num_tokens`, sometimes a random shorter one."""
+    if rng.random() < short_seq_prob:
+        return rng.randint(2, max_num_tokens)
+    return max_num_tokens
+
+
+def truncate_seq_pair(tokens_a: List[int], tokens_b: List[int], max_num_tokens: int, rng: random.Random) -> None:
+    """Trims the longer of the two lists in place, a token at a time from the front or back, until both fit."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def sample_other_document(sentence_counts: Sequence[int], index: int, rng: random.Random) -> int:
+    """Index of a document other than `index`, drawn with probability proportional to its sentence count.
+
+    Args:
+      sentence_counts: sentences per document of the bucket; at least two documents.
+    """
+    cumulative = []
+    total = 0
+    for count in sentence_counts:
+        total += count
+        cumulative.append(total)
+    # Draw a sentence position among all sentences but those of `index`, by starting just after it and wrapping.
+    start = cumulative[index]
+    position = rng.randrange(start, start + total - sentence_counts[index]) % total
+    return bisect.bisect_right(cumulative, position)
+
+
+def mask_tokens(input_ids: List[int], rng: random.Random, *, config: InstanceConfig, special: SpecialTokens,
+                continuation_ids: AbstractSet[int]):
+    """Masked-LM predictions, in place on `input_ids`. Returns (positions, labels), sorted by position."""
+    if config.masked_lm_prob <= 0.0:
+        return [], []
+    candidates: List[List[int]] = []
+    for position, token in enumerate(input_ids):
+        if token == special.cls_id or token == special.sep_id:
+            continue
+        if config.whole_word_mask and candidates and token in continuation_ids:
+            candidates[-1].append(position)
+        else:
+            candidates.append([position])
+    num_to_mask = min(config.max_predictions_per_seq, max(1, int(round(len(input_ids) * config.masked_lm_prob))))
+    rng.shuffle(candidates)
+    labels = {}
+    for group in candidates:
+        if len(labels) >= num_to_mask:
+            break
+        if len(labels) + len(group) > num_to_mask:
+            continue
+        for position in group:
+            labels[position] = input_ids[position]
+            if rng.random() < 0.8:
+                input_ids[position] = special.mask_id
+            elif rng.random() >= 0.5:
+                input_ids[position] = rng.randrange(special.vocab_size)
+    positions = sorted(labels)
+    return positions, [labels[p] for p in positions]
+
+
+def create_pair_instances(documents: Sequence[Document], index: int, rng: random.Random, *,
+                          config: InstanceConfig, special: SpecialTokens,
+                          continuation_ids: AbstractSet[int] = frozenset()) -> List[Instance]:
+    """`[CLS] A [SEP] B [SEP]` instances from documents[index]; random-next B from the other documents.
+
+    Args:
+      documents: the bucket: documents, each a list of non-empty sentences of token ids (no special tokens).
+      index: which document to cut into instances.
+      rng: the only source of randomness.
+      continuation_ids: ids of "##" pieces, for whole-word masking.
+
+    Returns:
+      The document's instances, in document order. With a single document in the bucket, a random-next B comes
+      from the same document (the reference refuses such a corpus; a bucket of one is the caller's to avoid).
+    """
+    document = documents[index]
+    sentence_counts = [len(doc) for doc in documents]
+    max_num_tokens = config.max_seq_len - 3
+    target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
+    instances = []
+    chunk: List[Sentence] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target:
+            a_end = rng.randrange(1, len(chunk)) if len(chunk) >= 2 else 1
+            tokens_a = [token for sentence in chunk[:a_end] for token in sentence]
+            tokens_b: List[int] = []
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random_next = True
+                target_b = target - len(tokens_a)
+                other = (sample_other_document(sentence_counts, index, rng) if len(documents) > 1 else index)
+                other_doc = documents[other]
+                for sentence in other_doc[rng.randrange(0, len(other_doc)):]:
+                    tokens_b.extend(sentence)
+                    if len(tokens_b) >= target_b:
+                        break
+                i -= len(chunk) - a_end  # the chunk's B sentences were not used: start the next chunk with them
+            else:
+                is_random_next = False
+                tokens_b = [token for sentence in chunk[a_end:] for token in sentence]
+            tokens_a = tokens_a or [special.filler_id]
+            tokens_b = tokens_b or [special.filler_id]
+            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            input_ids = [special.cls_id, *tokens_a, special.sep_id, *tokens_b, special.sep_id]
+            positions, labels = mask_tokens(input_ids, rng, config=config, special=special,
+                                            continuation_ids=continuation_ids)
+            instances.append(Instance(input_ids, len(tokens_a) + 2, is_random_next, positions, labels))
+            chunk = []
+            chunk_length = 0
+        i += 1
+    return instances
+
+
+def create_single_segment_instances(document: Document, rng: random.Random, *, config: InstanceConfig,
+                                    special: SpecialTokens,
+                                    continuation_ids: AbstractSet[int] = frozenset()) -> List[Instance]:
+    """`[CLS] sentences... [SEP]` instances: whole sentences packed up to the document's target length.
+
+    A chunk that ends past `max_seq_len - 2` tokens (a long last sentence) is cut into consecutive windows, so no
+    token is dropped. No random-next, `segment_a_len == len(input_ids)`.
+    """
+    max_num_tokens = config.max_seq_len - 2
+    target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
+    instances = []
+    chunk: List[int] = []
+    for position, sentence in enumerate(document):
+        chunk.extend(sentence)
+        if position == len(document) - 1 or len(chunk) >= target:
+            for start in range(0, len(chunk), max_num_tokens):
+                input_ids = [special.cls_id, *chunk[start:start + max_num_tokens], special.sep_id]
+                positions, labels = mask_tokens(input_ids, rng, config=config, special=special,
+                                                continuation_ids=continuation_ids)
+                instances.append(Instance(input_ids, len(input_ids), False, positions, labels))
+            chunk = []
+    return instances
