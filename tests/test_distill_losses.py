@@ -1,0 +1,119 @@
+"""TinyBERT losses and layer mapping against hand-written computations."""
+
+import math
+
+import pytest
+import torch
+
+from distill import losses, models
+
+
+def test_layer_mapping_uniform():
+    attention, hidden = losses.layer_mapping(12, 4)
+    assert attention == [2, 5, 8, 11]
+    assert hidden == [0, 3, 6, 9, 12]
+    assert losses.layer_mapping(12, 6) == ([1, 3, 5, 7, 9, 11], [0, 2, 4, 6, 8, 10, 12])
+    assert losses.layer_mapping(4, 4) == ([0, 1, 2, 3], [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="multiple"):
+        losses.layer_mapping(12, 5)
+
+
+def test_attention_score_loss_zeroes_masked_positions_on_both_sides():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 3, 4, 4) for _ in range(2)]
+    teacher = [torch.randn(2, 3, 4, 4) for _ in range(4)]
+    student[0][0, :, :, 3] = -10000.0  # a padded key, masked as the reference does
+    teacher[1][0, :, :, 3] = -10000.0 + 0.5
+    teacher[3][1, 0, 0, 0] = -150.0  # below -1e2 counts as masked too
+    got = losses.attention_score_loss(student, teacher, [1, 3])
+    expected = 0.0
+    for s_index, t_index in ((0, 1), (1, 3)):
+        total, count = 0.0, 0
+        for b in range(2):
+            for h in range(3):
+                for i in range(4):
+                    for j in range(4):
+                        s = float(student[s_index][b, h, i, j])
+                        t = float(teacher[t_index][b, h, i, j])
+                        s = 0.0 if s <= -100 else s
+                        t = 0.0 if t <= -100 else t
+                        total += (s - t) ** 2
+                        count += 1
+        expected += total / count
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_hidden_state_loss_goes_through_fit_dense():
+    torch.manual_seed(1)
+    fit = torch.nn.Linear(3, 5).requires_grad_(False)
+    student = [torch.randn(2, 4, 3) for _ in range(3)]
+    teacher = [torch.randn(2, 4, 5) for _ in range(5)]
+    got = losses.hidden_state_loss(student, teacher, [0, 2, 4], fit)
+    expected = 0.0
+    for s_index, t_index in ((0, 0), (1, 2), (2, 4)):
+        total = 0.0
+        for b in range(2):
+            for p in range(4):
+                projected = [sum(float(fit.weight[o, i]) * float(student[s_index][b, p, i]) for i in range(3))
+                             + float(fit.bias[o]) for o in range(5)]
+                total += sum((projected[o] - float(teacher[t_index][b, p, o])) ** 2 for o in range(5))
+        expected += total / (2 * 4 * 5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_cross_entropy_with_temperature():
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    temperature = 2.0
+    expected = 0.0
+    for row in range(2):
+        t = [math.exp(v / temperature) for v in teacher[row].tolist()]
+        s = [math.exp(v / temperature) for v in student[row].tolist()]
+        p = [x / sum(t) for x in t]
+        log_q = [math.log(x / sum(s)) for x in s]
+        expected += -sum(pi * lq for pi, lq in zip(p, log_q))
+    expected /= 2
+    got = losses.soft_cross_entropy(student, teacher, temperature=temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_regression_loss_is_mse():
+    got = losses.regression_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [4.0]]))
+    assert got.item() == pytest.approx((1 + 4) / 2)
+
+
+def test_scores_attention_returns_pre_softmax_scores_with_reference_mask():
+    from transformers import BertConfig, BertModel
+    models.register_scores_attention()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=32)
+    config._attn_implementation = models.SCORES_ATTENTION
+    model = BertModel(config).eval()
+    captured = {}
+    layer = model.encoder.layer[1].attention.self
+
+    def keep_input(module, args, kwargs, output):
+        captured["x"] = kwargs.get("hidden_states", args[0] if args else None)
+
+    hook = layer.register_forward_hook(keep_input, with_kwargs=True)
+    ids = torch.tensor([[2, 5, 7, 9, 3], [2, 8, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+    hook.remove()
+    hidden = captured["x"]  # (batch, seq, hidden) entering layer 1's self-attention
+    query = layer.query(hidden).view(2, 5, 4, 4).transpose(1, 2)
+    key = layer.key(hidden).view(2, 5, 4, 4).transpose(1, 2)
+    expected = query @ key.transpose(2, 3) / math.sqrt(4)  # (batch, heads, seq, seq)
+    expected[1, :, :, 3:] = -10000.0
+    assert len(out.attentions) == 2 and len(out.hidden_states) == 3
+    torch.testing.assert_close(out.attentions[1], expected, rtol=1e-5, atol=1e-4)
+    # The model's outputs are those of the library's own attention.
+    config_sdpa = BertConfig(**{**config.to_dict(), "_attn_implementation": "sdpa"})
+    sdpa_model = BertModel(config_sdpa).eval()
+    sdpa_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        sdpa_out = sdpa_model(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(out.last_hidden_state[0], sdpa_out.last_hidden_state[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.last_hidden_state[1, :3], sdpa_out.last_hidden_state[1, :3], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,160 @@
+"""The trainer end to end on tiny teachers: general, both task stages, eval, resume, clear errors, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill import run, testing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("distill")
+    tokenizer = testing.make_tokenizer(str(base / "tok"))
+    return {
+        "base": base,
+        "tokenizer": tokenizer,
+        "teacher": testing.make_teacher(str(base / "teacher"), tokenizer, layers=4, hidden=48, heads=12),
+        "task_teacher": testing.make_teacher(str(base / "task_teacher"), tokenizer, layers=4, hidden=48, heads=12,
+                                             num_labels=2, seed=1),
+        "student": testing.write_student_config(str(base / "student.json"), layers=2, hidden=24, heads=12),
+        "corpus": testing.write_corpus(str(base / "corpus"), tokenizer, files=4, rows_per_file=40, epochs=2),
+        "augmented": testing.write_augmented(str(base / "aug"), tokenizer, examples=30, augmentations=3),
+        "dev": testing.write_sst2_dev(str(base / "dev.tsv"), rows=20, malformed=1),
+    }
+
+
+def _metrics(output):
+    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _general(setup, output, *extra):
+    return ["general", "--data", setup["corpus"], "--teacher", setup["teacher"], "--student", setup["student"],
+            "--output", str(output), "--batch_size", "8", "--log_interval", "1", "--learning_rate", "1e-3",
+            "--warmup_proportion", "0", "--num_workers", "0", *extra]
+
+
+def test_general_distillation_lowers_the_loss_and_saves_a_loadable_student(setup):
+    from transformers import AutoModel
+    output = setup["base"] / "general"
+    run.main(_general(setup, output, "--max_steps", "30", "--shuffle_buffer", "64"))
+    records = _metrics(output)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert all({"loss", "att_loss", "rep_loss", "lr"} <= set(r) for r in records)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.9 * first, (first, last)
+    for name in ("metrics.csv", "loss.png", "fit_dense.pt", "checkpoint.pt", "distill_config.json", "config.json"):
+        assert (output / name).exists(), name
+    student = AutoModel.from_pretrained(str(output))
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 24
+    state = torch.load(output / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "step", "ranks", "config"} <= set(state)
+    assert state["step"] == 30 and state["config"]["optim"]["max_steps"] == 30
+
+
+def test_student_preset_4l_312h(setup):
+    output = setup["base"] / "preset"
+    run.main(_general(setup, output, "--max_steps", "2", "--student", "4L-312H"))
+    config = json.loads((output / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
+            config["num_attention_heads"]) == (4, 312, 1200, 12)
+
+
+@pytest.mark.parametrize("num_workers,accumulation", [(0, 1), (2, 2)])
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(setup, num_workers, accumulation):
+    extra = ["--max_steps", "8", "--num_workers", str(num_workers), "--shuffle_buffer", "16",
+             "--gradient_accumulation_steps", str(accumulation), "--checkpoint_interval", "100"]
+    straight = setup["base"] / f"straight-{num_workers}"
+    run.main(_general(setup, straight, *extra))
+    resumed = setup["base"] / f"resumed-{num_workers}"
+    run.main(_general(setup, resumed, *extra, "--halt_at_step", "4"))
+    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4]
+    assert not (resumed / "model.safetensors").exists()  # killed runs do not export
+    run.main(_general(setup, resumed, *extra))
+    expected, got = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(expected, got):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
+        assert a["lr"] == pytest.approx(b["lr"])
+
+
+def test_task_stages_then_eval(setup, capsys):
+    general = setup["base"] / "general-for-task"
+    run.main(_general(setup, general, "--max_steps", "3"))
+    intermediate = setup["base"] / "task-int"
+    common = ["--task", "SST-2", "--data", setup["augmented"], "--teacher", setup["task_teacher"],
+              "--batch_size", "8", "--log_interval", "1", "--num_workers", "0"]
+    run.main(["task", "--stage", "intermediate", *common, "--student", str(general), "--output", str(intermediate),
+              "--max_steps", "4"])
+    records = _metrics(intermediate)
+    assert len(records) == 4 and {"att_loss", "rep_loss"} <= set(records[0])
+    prediction = setup["base"] / "task-pred"
+    run.main(["task", "--stage", "prediction", *common, "--student", str(intermediate), "--output", str(prediction),
+              "--epochs", "1", "--dev", setup["dev"], "--eval_interval", "5", "--temperature", "2"])
+    records = _metrics(prediction)
+    assert len(records) == 15 and "cls_loss" in records[0]  # 120 rows / 8 per step
+    evals = [json.loads(line) for line in (prediction / "eval_results.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [5, 10, 15]
+    assert 0.0 <= evals[-1]["sst-2"]["acc"] <= 1.0 and evals[-1]["sst-2"]["malformed_rows"] == 1
+    capsys.readouterr()
+    results = run.main(["eval", "--task", "SST-2", "--model", str(prediction), "--data", setup["dev"]])
+    assert results["sst-2"]["examples"] == 20 and results["sst-2"]["malformed_rows"] == 1
+    assert results["sst-2"]["acc"] == pytest.approx(evals[-1]["sst-2"]["acc"])
+    assert '"acc"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a, s: a.__setitem__(a.index("--data") + 1, str(s["base"] / "missing")), "does not exist"),
+    (lambda a, s: a.__setitem__(a.index("--student") + 1, "5L-1H"), "neither a preset"),
+    (lambda a, s: a.__setitem__(a.index("--batch_size") + 1, "0"), "--batch_size must be > 0"),
+    (lambda a, s: a.__setitem__(a.index("--data") + 1, s["augmented"]), "'augmented-task' data"),
+])
+def test_user_errors_end_with_one_clear_line(setup, change, message):
+    argv = _general(setup, setup["base"] / "errors", "--max_steps", "1")
+    change(argv, setup)
+    with pytest.raises(SystemExit) as raised:
+        run.main(argv)
+    text = str(raised.value.code)
+    assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def test_unfinished_shards_refused_from_the_command_line(setup, tmp_path):
+    corpus = testing.write_corpus(str(tmp_path / "c"), setup["tokenizer"], files=2, rows_per_file=4, epochs=1,
+                                  success=False)
+    argv = _general(setup, tmp_path / "out", "--max_steps", "1")
+    argv[argv.index("--data") + 1] = corpus
+    result = subprocess.run([sys.executable, "-m", "distill.run", *argv], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "_SUCCESS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ddp_two_cpu_processes_read_different_files(setup, tmp_path):
+    output = tmp_path / "ddp"
+    argv = _general(setup, output, "--max_steps", "4", "--shuffle_buffer", "16")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29517", "-m", "distill.run", *argv], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in _metrics(output)] == [1, 2, 3, 4]
+    assert (output / "model.safetensors").exists()
+    state = torch.load(output / "checkpoint.pt", weights_only=False)
+    assert len(state["ranks"]) == 2
+    from distill import data
+    streams = [data.open_corpus(setup["corpus"], tokenizer=setup["tokenizer"], tokenizer_name="t", batch_size=8,
+                                shuffle_buffer=16, seed=42, rank=rank, world_size=2)[0] for rank in range(2)]
+    files = [set(s.worker_files(0, 0)) for s in streams]
+    assert files[0] and files[1] and not files[0] & files[1]
+    # Each rank consumed 4 batches of its own files.
+    assert [r["position"]["emitted"] for r in state["ranks"]] == [{"0": 32}, {"0": 32}]
