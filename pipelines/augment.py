@@ -61,8 +61,11 @@ def open_glove_lines(spec: str) -> Iterable[str]:
                         yield line
         return
     with FileSystems.open(spec, compression_type=CompressionTypes.AUTO) as handle:
-        for line in io.TextIOWrapper(handle, encoding="utf-8"):
-            yield line
+        while True:  # Beam's decompressing file object has readline() but is not an io.IOBase
+            line = handle.readline()
+            if not line:
+                return
+            yield line.decode("utf-8")
 
 
 def glove_exists(spec: str) -> bool:
@@ -227,8 +230,10 @@ class PlanExamplesFn(beam.DoFn):
 class ScoreMaskedLMFn(beam.DoFn):
     """Answers the masked-LM queries of a group of distinct sentences in batches, one model per worker."""
 
-    def __init__(self, model_name: str, *, top_k: int, precision: str, device: str, max_batch_tokens: int):
+    def __init__(self, model_name: str, *, top_k: int, precision: str, device: str, max_batch_tokens: int,
+                 torch_threads: int = 0):
         self._model_name = model_name
+        self._torch_threads = torch_threads
         self._top_k = top_k
         self._precision = precision
         self._device = device
@@ -238,6 +243,10 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._shared = shared.Shared()  # one model per worker process, whatever the number of threads
 
     def setup(self):
+        if self._torch_threads > 0:
+            import torch
+            torch.set_num_threads(self._torch_threads)
+
         def load():
             return _Holder(MaskedLMScorer(
                 load_masked_lm(self._model_name), load_tokenizer(self._model_name), top_k=self._top_k,
@@ -467,6 +476,9 @@ class AugmentOptions(PipelineOptions):
                             help="also write every word's candidates under OUTPUT/candidates/")
         parser.add_argument("--num_shards", type=int, default=4, help="Parquet shards of the augmented rows")
         parser.add_argument("--max_batch_tokens", type=int, default=8192, help="tokens per masked-LM forward")
+        parser.add_argument("--torch_threads", type=int, default=0,
+                            help="intra-op threads per worker process (0 = torch's default: all cores); set "
+                            "cores / workers when running several worker processes on one machine")
         parser.add_argument("--mlm_partitions", type=int, default=4,
                             help="hash partitions per input length for masked-LM batching (parallelism at scale)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -554,7 +566,8 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer) -> None:
         PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
         ScoreMaskedLMFn(options.model, top_k=options.top_k, precision=options.precision, device=options.device,
-                        max_batch_tokens=options.max_batch_tokens), options.mlm_partitions)
+                        max_batch_tokens=options.max_batch_tokens, torch_threads=options.torch_threads),
+        options.mlm_partitions)
     glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
         GloveNeighboursFn(options.glove, vocab_limit=options.glove_vocab, top_k=options.top_k))
     augmented = ({"example": planned.plans, "mlm": mlm.answers}

@@ -186,3 +186,17 @@ def test_non_empty_output_needs_overwrite(tmp_path, tiny_bert, tiny_glove):
     (out / "old").write_text("x")
     with pytest.raises(SystemExit, match="--overwrite"):
         augment_pipeline.run([f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--output={out}"])
+
+
+def test_glove_published_formats(tmp_path, tiny_glove):
+    import gzip
+    import zipfile
+    text = pathlib.Path(tiny_glove).read_text(encoding="utf-8")
+    (tmp_path / "g.txt.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+    with zipfile.ZipFile(tmp_path / "glove.6B.zip", "w") as bundle:
+        bundle.writestr("glove.6B.8d.txt", text)
+    expected = text.splitlines(keepends=True)
+    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "g.txt.gz"))) == expected
+    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip"))) == expected
+    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")) == expected
+    assert augment_pipeline.glove_exists(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")

@@ -1,0 +1,159 @@
+"""Augmentation speed and fidelity: our pipeline against the reference's unbatched per-word procedure.
+
+Usage:
+  python bench/augment.py                      # BERT-base-shaped model, polarity-200 sentences, GloVe 6B 50d
+  python bench/augment.py --limit 40 --layers 2 --hidden 128   # a quick run
+
+Both sides use the same randomly initialised (seeded) BERT-base-shaped masked LM with the real bert-base-uncased
+vocabulary, the same GloVe file and the same sentences, in this process. Prints sentences/s of each, the ratio, how
+many candidate lists are identical, the top-k overlap of --precision bf16 against fp32, and peak RSS of a pipeline
+run at 1x and 4x the examples (each in a fresh subprocess).
+"""
+
+import argparse
+import csv
+import gzip
+import os
+import pathlib
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _build_model(out: pathlib.Path, layers: int, hidden: int) -> str:
+    from pipelines import demo_assets
+    tokenizer = demo_assets.wordpiece_tokenizer(vocab=demo_assets.read_vocab(str(SHARED / "bert-base-uncased-vocab.txt")))
+    return demo_assets.build_masked_lm(str(out), tokenizer, layers=layers, hidden=hidden, heads=max(1, hidden // 64),
+                                       intermediate=4 * hidden, seed=0)
+
+
+def _write_input(path: pathlib.Path, limit: int, repeat: int = 1) -> list:
+    rows = list(csv.reader(open(SHARED / "polarity-200.tsv", encoding="utf-8"), delimiter="\t",
+                           quoting=csv.QUOTE_NONE))[1:]
+    # Alternate the classes (the file holds one class, then the other), then take the first `limit`.
+    rows = [r for pair in zip(rows[:100], rows[100:]) for r in pair][:limit]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("sentence\tlabel\n")
+        for copy in range(repeat):
+            for sentence, label in rows:
+                # Repeats are made distinct so no query is answered from another copy.
+                handle.write(f"{sentence if copy == 0 else sentence + ' ' + str(copy)}\t{label}\n")
+    return rows
+
+
+def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_k: int):
+    """The reference procedure: load, then one sentence, one word, one forward at a time."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from augment import reference
+    from augment.algorithm import augment_sentence, example_rng
+    from augment.glove import GloveIndex
+    from augment.words import WordSplitter
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    with gzip.open(glove_path, "rt", encoding="utf-8") as lines:
+        glove = GloveIndex.from_lines(lines)
+    splitter = WordSplitter(tokenizer.backend_tokenizer)
+    candidates = {}
+    produced = 0
+    for row_index, (sentence, _) in enumerate(rows):
+        found = reference.sentence_candidates(model, tokenizer, glove, sentence, top_k=top_k)
+        candidates.update({(str(row_index), w): c for w, c in found.items()})
+        produced += len(augment_sentence(sentence, splitter.split(sentence), found, num_aug=num_aug,
+                                         replace_prob=0.4, rng=example_rng(42, str(row_index))))
+    del torch
+    return time.perf_counter() - start, candidates, produced
+
+
+def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str):
+    import pyarrow.parquet as pq
+    from pipelines import augment as augment_pipeline
+    start = time.perf_counter()
+    manifest = augment_pipeline.run([
+        "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
+        f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
+    elapsed = time.perf_counter() - start
+    candidates = {}
+    for f in manifest["outputs"]["candidates"]["files"]:
+        for r in pq.read_table(out / f["path"]).to_pylist():
+            if r["source"] != "none":
+                candidates[(r["example_id"], r["word_index"])] = (r["source"], r["candidates"])
+    return elapsed, candidates, manifest
+
+
+def _peak_rss_mb(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path) -> float:
+    code = ("import sys, resource; sys.path.insert(0, %r); from pipelines import augment as a; "
+            "a.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code, "--runner=DirectRunner", f"--model={model_dir}",
+                             f"--glove={glove_path}", f"--input={input_path}", f"--output={out}", "--overwrite",
+                             "--num_aug=20"], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=60, help="sentences of polarity-200 to augment")
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--skip_bf16", action="store_true")
+    parser.add_argument("--skip_memory", action="store_true")
+    args = parser.parse_args(argv)
+    if not SHARED.is_dir():
+        raise SystemExit(f"this benchmark reads the real data in {SHARED}; it is not on this machine")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    logging.disable(logging.WARNING)
+    import torch
+    glove = str(SHARED / "glove.6B.50d.20k.txt.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        model_dir = _build_model(tmp / "bert", args.layers, args.hidden)
+        rows = _write_input(tmp / "train.tsv", args.limit)
+        print(f"model: {args.layers} layers, hidden {args.hidden}; {len(rows)} sentences; torch threads "
+              f"{torch.get_num_threads()}; {os.cpu_count()} cores")
+
+        base_s, base_cands, produced = _baseline(model_dir, glove, rows, num_aug=20, top_k=15)
+        print(f"reference procedure (unbatched): {base_s:7.1f} s  {len(rows) / base_s:7.2f} sentences/s  "
+              f"({produced} sentences out)")
+
+        ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32")
+        same = sum(1 for k, c in base_cands.items() if k in ours and ours[k][1] == c)
+        print(f"pipeline fp32, 1 worker:        {ours_s:7.1f} s  {len(rows) / ours_s:7.2f} sentences/s  "
+              f"ratio {base_s / ours_s:5.2f}x  ({manifest['counts']['stats']['rows']} rows out)")
+        print(f"  candidate lists identical to the reference procedure: {same}/{len(base_cands)} "
+              f"({100.0 * same / max(1, len(base_cands)):.1f}%)")
+
+        two_s, _, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32x2", "--direct_num_workers=2",
+                                "--direct_running_mode=multi_processing", "--torch_threads=1")
+        print(f"pipeline fp32, 2 workers:       {two_s:7.1f} s  {len(rows) / two_s:7.2f} sentences/s  "
+              f"ratio {base_s / two_s:5.2f}x")
+
+        if not args.skip_bf16:
+            bf_s, bf, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "bf16", "--precision=bf16")
+            mlm_keys = [k for k, (source, _) in ours.items() if source == "mlm"]
+            overlap = sum(len(set(bf[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
+            print(f"pipeline bf16, 1 worker:        {bf_s:7.1f} s  {len(rows) / bf_s:7.2f} sentences/s  "
+                  f"ratio {base_s / bf_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%"
+                  f"  (bf16 matmuls: {'native' if torch.backends.mkldnn.is_available() else 'n/a'} on this CPU)")
+
+        if not args.skip_memory:
+            small = max(10, args.limit // 4)
+            _write_input(tmp / "mem1.tsv", small)
+            _write_input(tmp / "mem4.tsv", small, repeat=4)
+            rss1 = _peak_rss_mb(model_dir, glove, tmp / "mem1.tsv", tmp / "m1")
+            rss4 = _peak_rss_mb(model_dir, glove, tmp / "mem4.tsv", tmp / "m4")
+            print(f"peak RSS, {small} examples: {rss1:.0f} MB; {4 * small} examples: {rss4:.0f} MB; "
+                  f"ratio {rss4 / rss1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
