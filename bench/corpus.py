@@ -1,0 +1,151 @@
+"""Throughput and memory of `python -m pipelines.corpus` (a benchmark that prints figures; no assertions).
+
+Usage:
+  python -m bench.corpus [--scales 1,4] [--runner_flags="--direct_num_workers=2 --direct_running_mode=multi_processing"]
+
+Input: the real shortened English Wikipedia dump in ../shared/data, turned once into the reference text format
+(one sentence per line, blank line between documents) with the pipeline's own wikitext cleaner and Punkt splitter;
+scale N = N copies of it under different file names. Each run happens in a fresh subprocess so that its peak RSS
+(ru_maxrss of that child) is its own. Prints:
+  * raw `tokenizers` encode_batch MB/s on the same sentences (the practical limit),
+  * end-to-end MB/s of input text into finished shards (text format) at each scale, and the ratio to raw,
+  * peak RSS at each scale and the ratio of the largest to 1x,
+  * for reference, the wikipedia-xml format end to end on the dump itself (MB/s of XML and of extracted text).
+"""
+
+import argparse
+import bz2
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DUMP = SHARED / "enwiki-sample-pages-articles.xml.bz2"
+
+
+def _make_tokenizer(directory: pathlib.Path) -> str:
+    from transformers import BertTokenizerFast
+    vocab_dir = directory / "vocab"
+    vocab_dir.mkdir()
+    shutil.copy(SHARED / "bert-base-uncased-vocab.txt", vocab_dir / "vocab.txt")
+    out = directory / "tokenizer"
+    BertTokenizerFast.from_pretrained(str(vocab_dir)).save_pretrained(str(out))
+    return str(out)
+
+
+def _make_text(path: pathlib.Path) -> None:
+    from pipelines import documents, wiki
+    splitter = documents.make_sentence_splitter()
+    size = DUMP.stat().st_size
+    with open(DUMP, "rb") as raw, open(path, "w", encoding="utf-8") as out:
+        for page in wiki.iter_pages(raw, str(DUMP), 0, size, size):
+            article = wiki.parse_page(page.xml)
+            if article.namespace != "0" or article.redirect:
+                continue
+            sentences = documents.split_sentences(splitter, wiki.wikitext_to_paragraphs(article.wikitext))
+            if sentences:
+                out.write("\n".join(sentences) + "\n\n")
+
+
+def _raw_tokenizer_mb_s(text_path: pathlib.Path, tokenizer: str, repeats: int = 3) -> float:
+    from transformers import AutoTokenizer
+    backend = AutoTokenizer.from_pretrained(tokenizer).backend_tokenizer
+    data = text_path.read_bytes()
+    lines = [line for line in data.decode("utf-8").split("\n") if line]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.encode_batch(lines, add_special_tokens=False)
+        best = min(best, time.perf_counter() - start)
+    return len(data) / 1e6 / best
+
+
+def _child(args) -> None:
+    """One pipeline run; prints a JSON line with seconds and this process's peak RSS."""
+    from pipelines import corpus
+    start = time.perf_counter()
+    manifest = corpus.run([f"--input={args.input}", f"--input_format={args.input_format}",
+                           f"--output={args.output}", f"--tokenizer={args.tokenizer}", "--epochs=1",
+                           f"--num_shards={args.num_shards}", "--overwrite", *args.runner_flags.split()])
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": max(peak_kib, children_kib) / 1024,
+                      "instances": manifest["counts"]["corpus"]["instances"],
+                      "tokens": manifest["counts"]["corpus"]["tokens"]}))
+
+
+def _run_child(input_glob, input_format, output, tokenizer, runner_flags, num_shards=4):
+    command = [sys.executable, "-m", "bench.corpus", "--child", f"--input={input_glob}", f"--num_shards={num_shards}",
+               f"--input_format={input_format}", f"--output={output}", f"--tokenizer={tokenizer}",
+               f"--runner_flags={runner_flags}"]
+    result = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="1,4")
+    parser.add_argument("--runner_flags", default="")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input")
+    parser.add_argument("--input_format")
+    parser.add_argument("--output")
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--num_shards", type=int, default=4)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    if not DUMP.exists():
+        sys.exit(f"benchmark data not present: {DUMP}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        tokenizer = _make_tokenizer(tmp)
+        text_path = tmp / "base.txt"
+        _make_text(text_path)
+        text_mb = text_path.stat().st_size / 1e6
+        raw = _raw_tokenizer_mb_s(text_path, tokenizer)
+        print(f"machine: {os.cpu_count()} cores; runner flags: {args.runner_flags or '(DirectRunner defaults)'}")
+        print(f"text: {text_mb:.2f} MB per 1x (real enwiki sample, one sentence per line)")
+        print(f"raw tokenizers encode_batch: {raw:.2f} MB/s")
+        rss, seconds = {}, {}
+        for scale in [int(s) for s in args.scales.split(",")]:
+            folder = tmp / f"in-{scale}"
+            folder.mkdir()
+            for copy in range(scale):
+                shutil.copy(text_path, folder / f"part-{copy}.txt")
+            # Shards grow with the input as a real run's would (4 per 1x), so that a shard's rows stay the same size.
+            result = _run_child(str(folder / "*.txt"), "text", str(tmp / f"out-{scale}"), tokenizer,
+                                args.runner_flags, num_shards=4 * scale)
+            rate = text_mb * scale / result["seconds"]
+            rss[scale] = result["peak_rss_mib"]
+            seconds[scale] = result["seconds"]
+            print(f"text x{scale}: {text_mb * scale:.2f} MB in {result['seconds']:.1f} s = {rate:.2f} MB/s "
+                  f"({rate / raw:.2f}x raw tokenizer); {result['instances']} instances; "
+                  f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+        scales = sorted(rss)
+        if len(scales) > 1:
+            print(f"peak RSS x{scales[-1]} / x{scales[0]}: {rss[scales[-1]] / rss[scales[0]]:.2f}")
+            # The difference between two sizes removes the fixed start-up (imports, pipeline construction).
+            marginal = text_mb * (scales[-1] - scales[0]) / (seconds[scales[-1]] - seconds[scales[0]])
+            print(f"marginal text rate x{scales[0]}->x{scales[-1]}: {marginal:.2f} MB/s "
+                  f"({marginal / raw:.2f}x raw tokenizer); fixed start-up about "
+                  f"{seconds[scales[0]] - text_mb * scales[0] / marginal:.1f} s")
+        xml_mb = len(bz2.open(DUMP).read()) / 1e6
+        result = _run_child(str(DUMP), "wikipedia-xml", str(tmp / "out-xml"), tokenizer, args.runner_flags)
+        print(f"wikipedia-xml x1: {xml_mb:.2f} MB of XML ({text_mb:.2f} MB of article text) in "
+              f"{result['seconds']:.1f} s = {xml_mb / result['seconds']:.2f} MB/s of XML, "
+              f"{text_mb / result['seconds']:.2f} MB/s of text; peak RSS {result['peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
