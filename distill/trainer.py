@@ -263,8 +263,8 @@ class Trainer:
                 totals = self._mean_over_ranks(totals)
                 elapsed = time.time() - started
                 last_logged = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()}, "lr": lr,
-                               "epoch": self.position.epoch, "samples_per_s": round(samples * self.world_size /
-                                                                                     max(elapsed, 1e-9), 2)}
+                               "epoch": self.position.epoch, "elapsed_s": round(elapsed, 3),
+                               "samples_per_s": round(samples * self.world_size / max(elapsed, 1e-9), 2)}
                 progress.set_postfix(loss=f"{totals['loss']:.4f}")
                 self._log(last_logged)
         progress.close()
