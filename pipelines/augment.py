@@ -39,6 +39,8 @@ from augment.tasks import (Example, RejectedRecord, TaskFormat, generic_task, pa
                            replace_cells, resolve_task)
 from augment.words import WordSplitter
 from pipelines import outputs
+from pipelines.options import resolve
+from pipelines.runners import resolve_runner
 
 SAMPLE_INPUT = str(pathlib.Path(__file__).resolve().parents[1] / "samples" / "sst2" / "train.tsv")
 INPUT_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet")
@@ -367,6 +369,11 @@ class WriteTrainAugTsvFn(beam.DoFn):
                  for i in range(self._shard_set.num_shards)]
         parts = [p for p in parts if FileSystems.exists(p)]
         target = outputs.join_path(self._output_dir, "train_aug.tsv")
+        if not parts and FileSystems.exists(target):  # a retry after the parts were joined and removed
+            with FileSystems.open(target, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+            yield "train_aug_tsv_rows", lines - (self._header is not None)
+            return
         tmp = outputs.join_path(self._output_dir, ".tmp-train_aug.tsv")
         lines = 0
         with FileSystems.create(tmp) as out:
@@ -383,7 +390,7 @@ class WriteTrainAugTsvFn(beam.DoFn):
         if FileSystems.exists(target):
             FileSystems.delete([target])
         FileSystems.rename([tmp], [target])
-        FileSystems.delete([outputs.join_path(self._output_dir, self._shard_set.subdir)])
+        FileSystems.delete(parts)
         yield "train_aug_tsv_rows", lines
 
 
@@ -446,14 +453,12 @@ class FindGloveNeighbours(beam.PTransform):
 
 # ---------------------------------------------------------------------------------------------------- Options
 class AugmentOptions(PipelineOptions):
+    """Augmentation options; --input, --output, --input_format, --seed, --num_shards, --overwrite are IOOptions."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--task", default="SST-2", help="GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, "
                             "RTE) or 'generic' with --text_columns")
-        parser.add_argument("--input", default=SAMPLE_INPUT, help="training file(s), a glob on any Beam filesystem")
-        parser.add_argument("--output", default="out/augment", help="output directory")
-        parser.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
-                            help="file format; auto = from the extension (GLUE tasks are TSV)")
         parser.add_argument("--text_columns", default=None, help="generic: comma-separated text columns")
         parser.add_argument("--label_column", default=None, help="generic: label column")
         parser.add_argument("--id_column", default=None, help="generic: id column (default: the data row index)")
@@ -468,20 +473,17 @@ class AugmentOptions(PipelineOptions):
                                 f"{k} {v}" for k, v in DEFAULT_NUM_AUG.items()) + ", generic 20")
         parser.add_argument("--top_k", type=int, default=15, help="candidates per word (M)")
         parser.add_argument("--replace_prob", type=float, default=0.4, help="replacement probability (p)")
-        parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                             help="masked-LM encoder precision; fp32 gives the reference's candidates")
         parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         parser.add_argument("--emit_candidates", action="store_true",
                             help="also write every word's candidates under OUTPUT/candidates/")
-        parser.add_argument("--num_shards", type=int, default=4, help="Parquet shards of the augmented rows")
         parser.add_argument("--max_batch_tokens", type=int, default=8192, help="tokens per masked-LM forward")
         parser.add_argument("--torch_threads", type=int, default=0,
                             help="intra-op threads per worker process (0 = torch's default: all cores); set "
                             "cores / workers when running several worker processes on one machine")
         parser.add_argument("--mlm_partitions", type=int, default=4,
                             help="hash partitions per input length for masked-LM batching (parallelism at scale)")
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
 
 def augmented_schema(task: TaskFormat) -> pa.Schema:
@@ -535,6 +537,8 @@ def _read_header(path: str, task: TaskFormat, fmt: str) -> Optional[str]:
 
 
 def _check_options(options) -> None:
+    if options.input_format not in INPUT_FORMATS:
+        raise UsageError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}")
     if options.top_k < 1:
         raise UsageError("--top_k must be at least 1")
     if not 0.0 <= options.replace_prob <= 1.0:
@@ -619,7 +623,8 @@ def run(argv=None, save_main_session=True):
     """
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
-    aug = options.view_as(AugmentOptions)
+    aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
+                  num_shards=4)
     try:
         _check_options(aug)
         _resolve_task(aug)
@@ -632,7 +637,7 @@ def run(argv=None, save_main_session=True):
         outputs.prepare_output_dir(aug.output, overwrite=aug.overwrite)
     except (UsageError, FileNotFoundError, outputs.OutputExistsError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
         build_pipeline(pipeline, aug, tokenizer)
     manifest = outputs.read_manifest(aug.output)
     logging.info("augmentation finished: %s\n%s", aug.output, outputs.summarize(manifest))

@@ -33,6 +33,8 @@ from pipelines import documents as documents_lib
 from pipelines import instances as instances_lib
 from pipelines import outputs
 from pipelines import wiki
+from pipelines.options import resolve
+from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
 INSTANCE_MODES = ("pairs", "single")
@@ -40,14 +42,10 @@ KIND = "general-distillation"
 
 
 class CorpusOptions(PipelineOptions):
+    """Corpus options; --input, --output, --input_format, --seed, --num_shards, --overwrite are IOOptions."""
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", help="input files, a glob on any Beam filesystem")
-        parser.add_argument("--input_format", choices=INPUT_FORMATS, default="text",
-                            help="wikipedia-xml: pages-articles*.xml[.bz2] dumps; wikipedia-parquet: Hugging Face "
-                                 "wikimedia/wikipedia files; text: one sentence per line, blank line between "
-                                 "documents")
-        parser.add_argument("--output", help="output directory")
         parser.add_argument("--tokenizer", default="bert-base-uncased",
                             help="Hugging Face hub name or local directory of a fast tokenizer")
         parser.add_argument("--max_seq_len", type=int, default=128)
@@ -58,8 +56,6 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--whole_word_mask", action="store_true",
                             help="mask all pieces of a word together (with --masked_lm_prob > 0)")
         parser.add_argument("--epochs", type=int, default=3, help="differently sampled epochs of instances")
-        parser.add_argument("--seed", type=int, default=42)
-        parser.add_argument("--num_shards", type=int, default=8, help="Parquet files per epoch")
         parser.add_argument("--instance_mode", choices=INSTANCE_MODES, default="pairs",
                             help="pairs: [CLS] A [SEP] B [SEP] with 50%% random-next B; single: [CLS] text [SEP]")
         parser.add_argument("--docs_per_bucket", type=int, default=1000,
@@ -67,7 +63,6 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--dedup", action="store_true", help="drop documents identical to another one")
         parser.add_argument("--split_bytes", type=int, default=64 << 20,
                             help="work range size for splittable dumps (uncompressed or multistream .bz2 XML)")
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,10 +467,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         non-empty output without --overwrite.
     """
     pipeline_options = PipelineOptions(argv)
-    options = pipeline_options.view_as(CorpusOptions)
+    options = resolve(pipeline_options, CorpusOptions, input_format="text", num_shards=8)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     if not options.input or not options.output:
         raise SystemExit("error: --input and --output are required")
+    if options.input_format not in INPUT_FORMATS:
+        raise SystemExit(f"error: --input_format must be one of {', '.join(INPUT_FORMATS)}")
     if options.epochs < 1 or options.num_shards < 1 or options.docs_per_bucket < 1:
         raise SystemExit("error: --epochs, --num_shards and --docs_per_bucket must be at least 1")
     try:
@@ -526,7 +523,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
                                 continuation_ids=continuation_ids, typecode=typecode)
 
-    with beam.Pipeline(options=pipeline_options) as pipeline:
+    with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
                                                            split_bytes=options.split_bytes)
         split = read.documents | "SplitSentences" >> beam.ParDo(SplitSentencesFn()).with_outputs(
