@@ -12,6 +12,10 @@ from typing import Any, Dict, Optional
 GENERAL, TASK = "general", "task"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Soft cross-entropy reductions: "mean" over batch and classes (the reference's), "batchmean" sums over classes.
+SOFT_CE_REDUCTIONS = ("mean", "batchmean")
+# STS-B prediction-stage targets: the row's gold label (the reference's) or the teacher's output.
+REGRESSION_TARGETS = ("labels", "teacher")
 
 
 class UserError(ValueError):
@@ -37,6 +41,13 @@ class DistillConfig:
                                            "(logits)", choices=(INTERMEDIATE, PREDICTION))
     task: Optional[str] = _field(None, help="GLUE task name (SST-2, MNLI, ...) for task distillation")
     temperature: float = _field(1.0, help="softmax temperature of the prediction-layer loss")
+    soft_ce_reduction: str = _field(
+        "mean", help="prediction-layer soft cross-entropy: mean over batch and classes (the reference) or "
+                     "batchmean (summed over classes, averaged over the batch: num_labels times larger)",
+        choices=SOFT_CE_REDUCTIONS)
+    regression_target: str = _field(
+        "labels", help="STS-B prediction stage: MSE to the row's label (the reference) or to the teacher's output",
+        choices=REGRESSION_TARGETS)
 
     def __post_init__(self):
         _require(self.mode in (GENERAL, TASK), f"mode must be {GENERAL} or {TASK}, not {self.mode!r}")
@@ -44,6 +55,10 @@ class DistillConfig:
         _require(self.mode == GENERAL or bool(self.task), "--task is required for task distillation")
         _require(self.mode == TASK or self.stage == INTERMEDIATE, "general distillation has only the intermediate stage")
         _require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
+        _require(self.soft_ce_reduction in SOFT_CE_REDUCTIONS,
+                 f"--soft_ce_reduction must be one of {', '.join(SOFT_CE_REDUCTIONS)}, not {self.soft_ce_reduction!r}")
+        _require(self.regression_target in REGRESSION_TARGETS,
+                 f"--regression_target must be one of {', '.join(REGRESSION_TARGETS)}, not {self.regression_target!r}")
 
 
 @dataclasses.dataclass(frozen=True)

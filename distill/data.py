@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -110,18 +111,21 @@ def check_tokenizer(manifest: Dict[str, Any], tokenizer, tokenizer_name: str, da
 class EncodedRows:
     """Token ids of many examples, flat: example i is values[offsets[i]:offsets[i + 1]].
 
-    segment_a_len[i] tokens ("[CLS] A [SEP]") have token type 0, the rest 1.
+    segment_a_len[i] tokens ("[CLS] A [SEP]") have token type 0, the rest 1. `labels` (float32, NaN where a row
+    has none) is present only when the reader was asked for regression labels.
     """
     values: np.ndarray
     offsets: np.ndarray
     segment_a_len: np.ndarray
+    labels: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.segment_a_len)
 
 
 def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Pads the chosen examples to the longest of them: input_ids, token_type_ids, attention_mask (batch, seq)."""
+    """Pads the chosen examples to the longest of them: input_ids, token_type_ids, attention_mask (batch, seq),
+    plus float32 `labels` (batch,) when the rows carry them."""
     indices = np.asarray(indices)
     starts, ends = rows.offsets[indices], rows.offsets[indices + 1]
     lengths = ends - starts
@@ -132,9 +136,12 @@ def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int) -> Dict[str,
     positions = np.arange(width)[None, :]
     attention_mask = positions < lengths[:, None]
     token_type_ids = (positions >= rows.segment_a_len[indices][:, None]) & attention_mask
-    return {"input_ids": torch.from_numpy(input_ids),
-            "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
-            "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
+    batch = {"input_ids": torch.from_numpy(input_ids),
+             "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
+             "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
+    if rows.labels is not None:
+        batch["labels"] = torch.from_numpy(np.ascontiguousarray(rows.labels[indices], dtype=np.float32))
+    return batch
 
 
 def encode_corpus_rows(table: pa.Table) -> EncodedRows:
@@ -167,13 +174,37 @@ def encode_texts(tokenizer, texts: Sequence[Tuple[str, ...]], max_seq_len: int) 
     return EncodedRows(values, offsets, lengths - segment_b)
 
 
-def augmented_encoder(tokenizer, text_fields: Sequence[str], max_seq_len: int) -> Callable[[pa.Table], EncodedRows]:
-    """An encoder for augmented-task rows: the text fields tokenized on the fly."""
+def float_labels(column) -> np.ndarray:
+    """A label column (strings as pipelines.augment writes them, or numbers) as float32; NaN where a row has no
+    label or one that is not a finite number (the trainer refuses those rows where it needs the label)."""
+    try:
+        values = pc.cast(column, pa.float64())  # "3.800" -> 3.8, null stays null
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = pa.array([_parse_float(v) for v in column.to_pylist()], type=pa.float64())
+    labels = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)  # nulls come back as NaN
+    labels[~np.isfinite(labels)] = np.nan
+    return labels
+
+
+def _parse_float(value) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def augmented_encoder(tokenizer, text_fields: Sequence[str], max_seq_len: int, *,
+                      label_field: Optional[str] = None) -> Callable[[pa.Table], EncodedRows]:
+    """An encoder for augmented-task rows: the text fields tokenized on the fly; with `label_field`, that column
+    read as float regression labels (see `float_labels`)."""
     fields = list(text_fields)
 
     def encode(table: pa.Table) -> EncodedRows:
         columns = [table.column(name).to_pylist() for name in fields]
-        return encode_texts(tokenizer, list(zip(*columns)), max_seq_len)
+        rows = encode_texts(tokenizer, list(zip(*columns)), max_seq_len)
+        if label_field is not None:
+            rows.labels = float_labels(table.column(label_field))
+        return rows
 
     return encode
 
@@ -210,9 +241,9 @@ class ReaderPosition:
 class ShardStream(IterableDataset):
     """Dynamically padded batches streamed from Parquet files; use with `DataLoader(batch_size=None)`.
 
-    Each batch is a dict of (batch, seq) int64 tensors plus "worker" (the logical worker that read it) and
-    "emitted" (how many examples that worker has emitted this epoch, this batch included), which the trainer folds
-    into a `ReaderPosition`.
+    Each batch is a dict of (batch, seq) int64 tensors (and float32 "labels" (batch,) when the encoder reads them)
+    plus "worker" (the logical worker that read it) and "emitted" (how many examples that worker has emitted this
+    epoch, this batch included), which the trainer folds into a `ReaderPosition`.
 
     Args:
       fs: an fsspec filesystem.
@@ -346,7 +377,7 @@ def _merge(parts: List[Tuple[np.ndarray, EncodedRows]]) -> Tuple[np.ndarray, Enc
     if len(parts) == 1:
         return parts[0]
     # Rebase the second chunk's examples after the first's so one collate call pads them all.
-    values, offsets, segment_a, indices = [], [np.zeros(1, np.int64)], [], []
+    values, offsets, segment_a, indices, labels = [], [np.zeros(1, np.int64)], [], [], []
     base_values, base_rows = 0, 0
     for part_indices, rows in parts:
         starts, ends = rows.offsets[part_indices], rows.offsets[part_indices + 1]
@@ -355,10 +386,13 @@ def _merge(parts: List[Tuple[np.ndarray, EncodedRows]]) -> Tuple[np.ndarray, Enc
         lengths = ends - starts
         offsets.append(base_values + np.cumsum(lengths))
         segment_a.append(rows.segment_a_len[part_indices])
+        if rows.labels is not None:
+            labels.append(rows.labels[part_indices])  # in the same order as the rows above
         indices.append(np.arange(len(part_indices)) + base_rows)
         base_values += int(lengths.sum())
         base_rows += len(part_indices)
-    merged = EncodedRows(np.concatenate(values), np.concatenate(offsets), np.concatenate(segment_a))
+    merged = EncodedRows(np.concatenate(values), np.concatenate(offsets), np.concatenate(segment_a),
+                         np.concatenate(labels) if labels else None)
     return np.concatenate(indices), merged
 
 
@@ -392,20 +426,33 @@ def corpus_rows_per_epoch(output: OutputDir) -> int:
 
 
 def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, shuffle_buffer: int, seed: int,
-                   rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Tuple[ShardStream, OutputDir]:
+                   rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                   regression_labels: bool = False) -> Tuple[ShardStream, OutputDir]:
     """A stream over an augmented task directory, tokenized on the fly with the (teacher's) fast tokenizer.
 
+    Args:
+      regression_labels: also read the label column as float and add `labels` (batch,) to each batch (STS-B's
+        prediction stage against the gold labels); rows without a numeric label get NaN.
+
     Raises:
-      UserError: see `open_output_dir`; also a manifest without text fields.
+      UserError: see `open_output_dir`; also a manifest without text fields, or regression labels asked of a
+        classification task's data.
     """
     output = open_output_dir(path, kind=AUGMENTED_KIND)
     text_fields = output.manifest.get("text_fields") or []
     if not text_fields or "data" not in output.manifest.get("outputs", {}):
         raise UserError(f"{path}: the manifest names no text_fields or data output; rerun python -m pipelines.augment")
-    stream = ShardStream(fs=output.fs, files_by_epoch=[output.files("data")], columns=list(text_fields),
-                         encoder=augmented_encoder(tokenizer, text_fields, max_seq_len), batch_size=batch_size,
-                         shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world_size=world_size,
-                         num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0)
+    label_field = None
+    if regression_labels:
+        if output.manifest.get("label_list") is not None:
+            raise UserError(f"{path} holds a classification task ({output.manifest.get('task')}, labels "
+                            f"{output.manifest['label_list']}); regression labels need a regression task such as STS-B")
+        label_field = output.manifest.get("label_field") or "label"
+    columns = list(text_fields) + ([label_field] if label_field and label_field not in text_fields else [])
+    stream = ShardStream(fs=output.fs, files_by_epoch=[output.files("data")], columns=columns,
+                         encoder=augmented_encoder(tokenizer, text_fields, max_seq_len, label_field=label_field),
+                         batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
+                         world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0)
     return stream, output
 
 

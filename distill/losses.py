@@ -77,20 +77,35 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                       temperature: float) -> torch.Tensor:
+                       temperature: float, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the student's distribution against the teacher's, both at temperature T.
 
-    Summed over classes and averaged over the batch. (The reference averages over classes too, which only scales
-    the loss by 1/num_labels.)
+    Args:
+      student_logits, teacher_logits: (batch, classes).
+      temperature: both sets of logits are divided by it before the softmax.
+      reduction: "mean" averages `-p_teacher * log p_student` over batch *and* classes, as the reference does;
+        "batchmean" sums over classes and averages over the batch (the textbook cross-entropy; `classes` times
+        larger, so the same learning rate takes larger steps).
+
+    Raises:
+      ValueError: an unknown reduction.
     """
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (-targets * log_probs).sum(dim=-1).mean()
+    per_class = -targets * log_probs  # (batch, classes)
+    if reduction == "mean":
+        return per_class.mean()
+    if reduction == "batchmean":
+        return per_class.sum(dim=-1).mean()
+    raise ValueError(f"reduction must be 'mean' or 'batchmean', not {reduction!r}")
 
 
-def regression_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """MSE between student and teacher outputs for a regression task (STS-B); both (batch, 1)."""
-    return F.mse_loss(student_logits.float().view(-1), teacher_logits.float().view(-1))
+def regression_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MSE between the student's outputs (batch, 1) and the targets for a regression task (STS-B).
+
+    `targets` are the gold labels (batch,) as the reference uses, or the teacher's outputs (batch, 1).
+    """
+    return F.mse_loss(student_logits.float().view(-1), targets.float().view(-1))
 
 
 def intermediate_losses(*, student_scores, teacher_scores, student_hidden, teacher_hidden,

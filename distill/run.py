@@ -8,7 +8,7 @@
     python -m distill.run eval --task SST-2 --model out/sst2 --data glue/SST-2/dev.tsv
     torchrun --nproc_per_node=2 -m distill.run general ...
 
-Errors a user can fix end with one line on stderr and exit status 2.
+Errors a user can fix end with one line on stderr and exit status 1.
 """
 
 import argparse
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     general = commands.add_parser("general", help="general distillation on corpus shards")
     task = commands.add_parser("task", help="task-specific distillation on augmented data")
-    for sub, skip in ((general, ("stage", "task", "dev", "max_seq_len")), (task, ())):
+    general_skip = ("stage", "task", "dev", "max_seq_len", "soft_ce_reduction", "regression_target")
+    for sub, skip in ((general, general_skip), (task, ())):
         for config_class in config_lib.GROUPS.values():
             config_lib.add_arguments(sub, config_class, skip=skip)
     evaluate = commands.add_parser("eval", help="GLUE dev-set metrics of a saved classifier")

@@ -129,8 +129,11 @@ def _sentence(rng: np.random.Generator, low: int = 3, high: int = 12) -> str:
 
 def write_augmented(directory: str, tokenizer, *, task: str = "SST-2", text_fields: Sequence[str] = ("sentence",),
                     label_list: Optional[List[str]] = ("0", "1"), examples: int = 40, augmentations: int = 3,
-                    files: int = 2, seed: int = 0) -> str:
-    """An augmented-task directory following `pipelines.augment`'s contract (originals have aug_index 0)."""
+                    files: int = 2, seed: int = 0, missing_labels: int = 0) -> str:
+    """An augmented-task directory following `pipelines.augment`'s contract (originals have aug_index 0).
+
+    Regression data (`label_list=None`) gets scores "0.00".."5.00" as strings, as the pipeline writes them; the first
+    `missing_labels` examples get a null label (which the pipeline itself never writes for STS-B)."""
     rng = np.random.default_rng(seed)
     schema = pa.schema([pa.field("example_id", pa.string()), pa.field("row_index", pa.int64()),
                         pa.field("aug_index", pa.int32()), pa.field("augmented_field", pa.string())]
@@ -139,6 +142,8 @@ def write_augmented(directory: str, tokenizer, *, task: str = "SST-2", text_fiel
     shards: List[List[Dict]] = [[] for _ in range(files)]
     for index in range(examples):
         label = (str(rng.choice(label_list)) if label_list else f"{rng.uniform(0, 5):.2f}")
+        if index < missing_labels:
+            label = None
         for aug in range(augmentations + 1):
             row = {"example_id": f"train-{index}", "row_index": index, "aug_index": aug,
                    "augmented_field": None if aug == 0 else text_fields[0], "label": label,

@@ -66,6 +66,19 @@ def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dt
     return torch.bfloat16
 
 
+def _check_labels(labels: torch.Tensor, data_path: str) -> None:
+    """Refuses a batch with a row that has no numeric label when the loss needs the labels.
+
+    Raises:
+      UserError: a NaN label (null or not a number in the data).
+    """
+    missing = int(torch.isnan(labels).sum())
+    if missing:
+        raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
+                        "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
+                        "so regenerate the data with it, or pass --regression_target teacher")
+
+
 def _rng_state() -> Dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -98,6 +111,9 @@ class Trainer:
         cfg_d, cfg_data, cfg_run = config.distill, config.data, config.run
         self.task = glue.get_task(cfg_d.task) if cfg_d.task else None
         self.prediction = cfg_d.stage == PREDICTION
+        # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch.
+        self.label_targets = (self.prediction and self.task is not None and self.task.labels is None
+                              and cfg_d.regression_target == "labels")
         classification = cfg_d.mode != GENERAL
 
         torch.manual_seed(cfg_run.seed)  # student init (identical on every rank), then per-rank dropout below
@@ -118,7 +134,7 @@ class Trainer:
             self.stream, self.output_dir = data_lib.open_augmented(
                 cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
                 shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed, rank=rank, world_size=world_size,
-                num_workers=cfg_data.num_workers)
+                num_workers=cfg_data.num_workers, regression_labels=self.label_targets)
             rows_per_epoch = self.output_dir.rows("data")
             label_list = self.output_dir.manifest.get("label_list")
             expected = list(self.task.labels) if self.task.labels else None
@@ -189,6 +205,8 @@ class Trainer:
             seen = False
             for batch in data_lib.make_loader(self.stream):
                 seen = True
+                if self.label_targets:
+                    _check_labels(batch["labels"], self.config.data.data)
                 self.position.advance(batch)
                 yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             if not seen and not self.position.emitted:
@@ -198,18 +216,21 @@ class Trainer:
 
     def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The named loss terms of one micro-batch; "loss" is the one to minimise."""
-        with torch.no_grad():
-            teacher_logits, teacher_scores, teacher_hidden = models.forward_with_internals(self.teacher, batch)
+        teacher_logits = None
+        if not self.label_targets:  # the gold-label regression loss does not use the teacher
+            with torch.no_grad():
+                teacher_logits, teacher_scores, teacher_hidden = models.forward_with_internals(self.teacher, batch)
         student_logits, student_scores, student_projected = models.forward_with_internals(
             self.model, batch, project=not self.prediction)
         if not self.prediction:
             return losses.intermediate_losses(student_scores=student_scores, teacher_scores=teacher_scores,
                                               student_hidden=student_projected, teacher_hidden=teacher_hidden)
         if self.task.labels is None:
-            cls = losses.regression_loss(student_logits, teacher_logits)
+            targets = batch["labels"] if self.label_targets else teacher_logits  # (batch,) or (batch, 1)
+            cls = losses.regression_loss(student_logits, targets)
         else:
-            cls = losses.soft_cross_entropy(student_logits, teacher_logits,
-                                            temperature=self.config.distill.temperature)
+            cls = losses.soft_cross_entropy(student_logits, teacher_logits, temperature=self.config.distill.temperature,
+                                            reduction=self.config.distill.soft_ce_reduction)
         return {"loss": cls, "cls_loss": cls}
 
     def train(self) -> Dict[str, Any]:

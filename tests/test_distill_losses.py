@@ -61,25 +61,49 @@ def test_hidden_state_loss_goes_through_fit_dense():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_soft_cross_entropy_with_temperature():
+@pytest.mark.parametrize("reduction", ["mean", "batchmean"])
+def test_soft_cross_entropy_with_temperature(reduction):
     student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     temperature = 2.0
-    expected = 0.0
+    total = 0.0  # -sum over rows and classes of p_teacher * log q_student
     for row in range(2):
         t = [math.exp(v / temperature) for v in teacher[row].tolist()]
         s = [math.exp(v / temperature) for v in student[row].tolist()]
         p = [x / sum(t) for x in t]
         log_q = [math.log(x / sum(s)) for x in s]
-        expected += -sum(pi * lq for pi, lq in zip(p, log_q))
-    expected /= 2
-    got = losses.soft_cross_entropy(student, teacher, temperature=temperature)
+        total += -sum(pi * lq for pi, lq in zip(p, log_q))
+    # The reference: (-targets * log_softmax).mean(), over batch (2) and classes (3); batchmean: over the batch only.
+    expected = total / (2 * 3) if reduction == "mean" else total / 2
+    got = losses.soft_cross_entropy(student, teacher, temperature=temperature, reduction=reduction)
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_regression_loss_is_mse():
-    got = losses.regression_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [4.0]]))
-    assert got.item() == pytest.approx((1 + 4) / 2)
+def test_soft_cross_entropy_defaults_to_the_reference_mean_and_refuses_unknown_reductions():
+    student, teacher = torch.tensor([[0.3, -0.2]]), torch.tensor([[1.0, 0.0]])
+    default = losses.soft_cross_entropy(student, teacher, temperature=1.0)
+    assert default.item() == pytest.approx(
+        losses.soft_cross_entropy(student, teacher, temperature=1.0, reduction="mean").item())
+    with pytest.raises(ValueError, match="reduction"):
+        losses.soft_cross_entropy(student, teacher, temperature=1.0, reduction="sum")
+
+
+def test_regression_loss_is_mse_to_labels_or_teacher_outputs():
+    student = torch.tensor([[1.0], [2.0]])
+    labels = torch.tensor([0.0, 4.0])  # (batch,): the reference's target
+    assert losses.regression_loss(student, labels).item() == pytest.approx((1 + 4) / 2)
+    teacher = torch.tensor([[1.5], [1.0]])  # (batch, 1)
+    assert losses.regression_loss(student, teacher).item() == pytest.approx((0.25 + 1) / 2)
+
+
+def test_config_defaults_are_the_reference_and_bad_options_are_refused():
+    from distill.config import DistillConfig, UserError
+    config = DistillConfig(teacher="t", student="s", mode="task", task="STS-B", stage="prediction")
+    assert (config.soft_ce_reduction, config.regression_target) == ("mean", "labels")
+    with pytest.raises(UserError, match="--soft_ce_reduction must be one of mean, batchmean"):
+        DistillConfig(teacher="t", student="s", soft_ce_reduction="sum")
+    with pytest.raises(UserError, match="--regression_target must be one of labels, teacher"):
+        DistillConfig(teacher="t", student="s", regression_target="gold")
 
 
 def test_scores_attention_returns_pre_softmax_scores_with_reference_mask():

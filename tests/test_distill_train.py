@@ -158,3 +158,57 @@ def test_ddp_two_cpu_processes_read_different_files(setup, tmp_path):
     assert files[0] and files[1] and not files[0] & files[1]
     # Each rank consumed 4 batches of its own files.
     assert [r["position"]["emitted"] for r in state["ranks"]] == [{"0": 32}, {"0": 32}]
+
+
+def _prediction(setup, data_dir, teacher, output, *extra, task="SST-2"):
+    return ["task", "--stage", "prediction", "--task", task, "--data", data_dir, "--teacher", teacher,
+            "--student", setup["student"], "--output", str(output), "--batch_size", "8", "--log_interval", "1",
+            "--num_workers", "0", "--seed", "7", *extra]
+
+
+def test_soft_ce_reduction_mean_is_the_default_and_batchmean_is_num_labels_times_larger(setup):
+    base = setup["base"]
+    run.main(_prediction(setup, setup["augmented"], setup["task_teacher"], base / "ce-mean", "--max_steps", "1",
+                         "--temperature", "2"))
+    run.main(_prediction(setup, setup["augmented"], setup["task_teacher"], base / "ce-batchmean", "--max_steps", "1",
+                         "--temperature", "2", "--soft_ce_reduction", "batchmean"))
+    mean, batchmean = _metrics(base / "ce-mean")[0], _metrics(base / "ce-batchmean")[0]
+    # The same student init and first batch; 2 classes: summing over them doubles the loss.
+    assert batchmean["cls_loss"] == pytest.approx(2 * mean["cls_loss"], rel=1e-4)
+    saved = json.loads((base / "ce-mean" / "distill_config.json").read_text())
+    assert saved["distill"]["soft_ce_reduction"] == "mean" and saved["distill"]["regression_target"] == "labels"
+
+
+def test_stsb_prediction_trains_on_labels_by_default_or_on_the_teacher(setup):
+    base = setup["base"]
+    teacher = testing.make_teacher(str(base / "stsb_teacher"), setup["tokenizer"], layers=4, hidden=48, heads=12,
+                                   num_labels=1, seed=2)
+    stsb = testing.write_augmented(str(base / "stsb"), setup["tokenizer"], task="STS-B",
+                                   text_fields=("sentence1", "sentence2"), label_list=None, examples=20,
+                                   augmentations=3)
+    run.main(_prediction(setup, stsb, teacher, base / "stsb-labels", "--max_steps", "3", task="STS-B"))
+    run.main(_prediction(setup, stsb, teacher, base / "stsb-teacher", "--max_steps", "3",
+                         "--regression_target", "teacher", task="STS-B"))
+    labels, teacher_target = _metrics(base / "stsb-labels"), _metrics(base / "stsb-teacher")
+    assert len(labels) == len(teacher_target) == 3
+    assert all(torch.isfinite(torch.tensor(r["cls_loss"])) for r in labels + teacher_target)
+    # Same student, same first batch: the labels (scores in 0..5) are far from a random teacher's outputs (~0).
+    assert labels[0]["cls_loss"] > 10 * teacher_target[0]["cls_loss"]
+
+
+def test_stsb_row_without_a_label_is_a_clear_error(setup):
+    base = setup["base"]
+    teacher = testing.make_teacher(str(base / "stsb_teacher_null"), setup["tokenizer"], layers=4, hidden=48,
+                                   heads=12, num_labels=1, seed=2)
+    stsb = testing.write_augmented(str(base / "stsb-null"), setup["tokenizer"], task="STS-B",
+                                   text_fields=("sentence1", "sentence2"), label_list=None, examples=8,
+                                   augmentations=1, missing_labels=8)
+    with pytest.raises(SystemExit) as raised:
+        run.main(_prediction(setup, stsb, teacher, base / "stsb-null-out", "--max_steps", "1", task="STS-B"))
+    text = str(raised.value.code)
+    assert text.startswith("error: ") and "without a numeric label" in text and "\n" not in text
+    assert "--regression_target teacher" in text
+    # The teacher's output is defined for every row, so that option still trains on the same data.
+    run.main(_prediction(setup, stsb, teacher, base / "stsb-null-teacher", "--max_steps", "1",
+                         "--regression_target", "teacher", task="STS-B"))
+    assert len(_metrics(base / "stsb-null-teacher")) == 1
