@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 MAX_POSITIONS = 512
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -50,7 +50,9 @@ class MaskedLMScorer:
       tokenizer: its Hugging Face tokenizer (for the special ids and the id -> piece table).
       top_k: how many ids to take at the mask before `##` pieces are dropped (the reference's M).
       max_batch_tokens: a batch holds at most this many tokens (rows x length).
-      precision: "fp32" (the reference's numbers) or "bf16" (encoder in bfloat16, head in float32).
+      precision: "fp32" (the reference's numbers), "bf16" (encoder in bfloat16, head in float32: for GPUs and CPUs
+        with native bf16) or "int8" (encoder Linear layers dynamically quantized to int8, head in float32: for
+        CPUs without native bf16, CPU only).
       device: torch device for the forward passes.
     """
 
@@ -66,6 +68,11 @@ class MaskedLMScorer:
         self._encoder = model.bert.to(self._device).eval()
         if precision == "bf16":
             self._encoder = copy.deepcopy(self._encoder).to(torch.bfloat16)
+        elif precision == "int8":
+            if self._device.type != "cpu":
+                raise ValueError("precision int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
+            from torch.ao.quantization import quantize_dynamic
+            self._encoder = quantize_dynamic(copy.deepcopy(self._encoder), {torch.nn.Linear}, dtype=torch.qint8)
         self._top_k = top_k
         self._max_batch_tokens = max_batch_tokens
         self._cls_id = tokenizer.cls_token_id

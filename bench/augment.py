@@ -6,7 +6,7 @@ Usage:
 
 Both sides use the same randomly initialised (seeded) BERT-base-shaped masked LM with the real bert-base-uncased
 vocabulary, the same GloVe file and the same sentences, in this process. Prints sentences/s of each, the ratio, how
-many candidate lists are identical, the top-k overlap of --precision bf16 against fp32, and peak RSS of a pipeline
+many candidate lists are identical, the top-k overlap of --precision bf16 and int8 against fp32, and peak RSS of a pipeline
 run at 1x and 4x the examples (each in a fresh subprocess).
 """
 
@@ -103,7 +103,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=60, help="sentences of polarity-200 to augment")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--skip_bf16", action="store_true")
+    parser.add_argument("--precisions", default="bf16,int8", help="lower precisions to compare with fp32")
     parser.add_argument("--skip_memory", action="store_true")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
@@ -137,13 +137,12 @@ def main(argv=None):
         print(f"pipeline fp32, 2 workers:       {two_s:7.1f} s  {len(rows) / two_s:7.2f} sentences/s  "
               f"ratio {base_s / two_s:5.2f}x")
 
-        if not args.skip_bf16:
-            bf_s, bf, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "bf16", "--precision=bf16")
+        for precision in [p for p in args.precisions.split(",") if p]:
+            low_s, low, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / precision, f"--precision={precision}")
             mlm_keys = [k for k, (source, _) in ours.items() if source == "mlm"]
-            overlap = sum(len(set(bf[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
-            print(f"pipeline bf16, 1 worker:        {bf_s:7.1f} s  {len(rows) / bf_s:7.2f} sentences/s  "
-                  f"ratio {base_s / bf_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%"
-                  f"  (bf16 matmuls: {'native' if torch.backends.mkldnn.is_available() else 'n/a'} on this CPU)")
+            overlap = sum(len(set(low[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
+            print(f"pipeline {precision}, 1 worker:        {low_s:7.1f} s  {len(rows) / low_s:7.2f} sentences/s  "
+                  f"ratio {base_s / low_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%")
 
         if not args.skip_memory:
             small = max(10, args.limit // 4)

@@ -474,7 +474,8 @@ class AugmentOptions(PipelineOptions):
         parser.add_argument("--top_k", type=int, default=15, help="candidates per word (M)")
         parser.add_argument("--replace_prob", type=float, default=0.4, help="replacement probability (p)")
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                            help="masked-LM encoder precision; fp32 gives the reference's candidates")
+                            help="masked-LM encoder precision: fp32 gives the reference's candidates; bf16 for GPUs "
+                            "and CPUs with native bf16; int8 (dynamic quantization) for other CPUs")
         parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         parser.add_argument("--emit_candidates", action="store_true",
                             help="also write every word's candidates under OUTPUT/candidates/")

@@ -145,13 +145,14 @@ def test_scorer_computes_identical_queries_once_and_handles_long_text(model, tok
     assert not any(piece.startswith("##") for piece in answers[query])
 
 
-def test_bf16_keeps_most_candidates(model, tokenizer):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lower_precision_keeps_most_candidates(model, tokenizer, precision):
     splitter = WordSplitter(tokenizer.backend_tokenizer)
     queries = [q for plan in plan_fields(SAMPLE_TEXTS, splitter=splitter, tokenizer=tokenizer)
                for q in plan.mlm_queries()]
     fp32 = MaskedLMScorer(model, tokenizer, top_k=15).candidates(queries)
-    bf16 = MaskedLMScorer(model, tokenizer, top_k=15, precision="bf16").candidates(queries)
-    overlap = np.mean([len(set(fp32[q]) & set(bf16[q])) / max(1, len(fp32[q])) for q in queries])
+    low = MaskedLMScorer(model, tokenizer, top_k=15, precision=precision).candidates(queries)
+    overlap = np.mean([len(set(fp32[q]) & set(low[q])) / max(1, len(fp32[q])) for q in queries])
     assert overlap > 0.5
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
 
