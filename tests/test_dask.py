@@ -2,7 +2,11 @@
 
 import os
 import pathlib
+import signal
+import threading
+import time
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import augment as augment_pipeline
@@ -45,3 +49,117 @@ def test_augment_on_dask_equals_direct_runner(tmp_path, tiny_bert, tiny_glove, d
     for name in a:
         if name != "manifest.json":  # holds the output path
             assert a[name] == b[name], name
+
+
+CORPUS_TEXT = (
+    "The first document starts here.\nIt has a second sentence.\nAnd a third one that is a little longer.\n"
+    "Then a fourth.\n\n"
+    "Document two is about trains.\nTrains run on rails.\nSome trains are fast.\n\n"
+    "Document three has one line only.\n\n"
+    "Document four talks about the sea.\nThe sea is wide.\nShips sail on it.\nFish swim in it.\n"
+    "Waves break on the shore.\n\n"
+).encode("utf-8")
+
+
+def _write_corpus(path: pathlib.Path, copies: int) -> None:
+    body = b"".join(CORPUS_TEXT.replace(b"Document", b"Document %d." % copy) for copy in range(copies))
+    # Two records the reader must reject: a line that is not UTF-8, twice.
+    path.write_bytes(body + b"A \xff\xfe broken line.\nThe document goes on.\n\nAnother \xc3 bad one.\n")
+
+
+def test_corpus_on_dask_equals_direct_runner(tmp_path, tiny_bert, dask_cluster):
+    from pipelines import corpus as corpus_pipeline
+    text = tmp_path / "corpus.txt"
+    _write_corpus(text, copies=3)
+    common = [f"--input={text}", "--input_format=text", f"--tokenizer={tiny_bert}", "--num_shards=3", "--epochs=2",
+              "--seed=7", "--docs_per_bucket=3", "--max_seq_len=20"]
+    direct = corpus_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
+    dask = corpus_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
+                                f"--output={tmp_path / 'dask'}"] + common)
+    assert direct["counts"]["rejects"] == {"non_utf8_line": 2}
+    assert direct["counts"]["corpus"]["instances"] > 10
+    assert dask["counts"] == direct["counts"]
+    assert dask["outputs"] == direct["outputs"]
+    a, b = _all_files(tmp_path / "direct"), _all_files(tmp_path / "dask")
+    assert sorted(a) == sorted(b)
+    assert sum(name.endswith(".parquet") for name in a) == 3 * 3  # two epochs and the rejects, 3 shards each
+    for name in a:
+        if name != "manifest.json":  # holds the output path
+            assert a[name] == b[name], name
+
+
+# ------------------------------------------------------------------------------------------------- fault test
+@pytest.fixture
+def fault_cluster():
+    """A cluster of its own: the test kills one of its workers (the nanny then starts a new one)."""
+    distributed = pytest.importorskip("dask.distributed")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=":0")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _kill_busy_worker(address: str, finished: threading.Event, report: dict) -> None:
+    """Waits until the job is under way, then SIGKILLs the worker process holding the most finished results
+    while it is running a task, so that both a running task and already computed partitions are lost."""
+    import dask.distributed
+    with dask.distributed.Client(address, timeout=30) as client:
+        pids = client.run(os.getpid)
+        report["pids_before"] = dict(pids)
+        while not finished.is_set():
+            processing = client.processing()
+            in_memory = client.has_what()
+            busy = [w for w, keys in processing.items() if keys and in_memory.get(w) and w in pids]
+            if busy:
+                victim = max(busy, key=lambda w: len(in_memory[w]))
+                report["results_lost"] = len(in_memory[victim])
+                report["tasks_running"] = len(processing[victim])
+                os.kill(pids[victim], signal.SIGKILL)
+                report["killed"] = victim
+                return
+            time.sleep(0.02)
+
+
+def test_augment_survives_a_killed_worker(tmp_path, tiny_bert, tiny_glove, fault_cluster):
+    # 4 distinct copies of the sample task, so that the job runs long enough to be hit in the middle.
+    lines = augment_pipeline.pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_text(encoding="utf-8").splitlines()
+    body = [lines[0]] + [f"{s} {copy}\t{label}" if copy else f"{s}\t{label}"
+                         for copy in range(4) for s, label in (line.split("\t") for line in lines[1:])]
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(body) + "\n", encoding="utf-8")
+    common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={train}", "--num_aug=8", "--num_shards=4",
+              "--emit_candidates", "--torch_threads=1"]
+    undisturbed = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'undisturbed'}"] + common)
+
+    finished, report = threading.Event(), {}
+    killer = threading.Thread(target=_kill_busy_worker, args=(fault_cluster.scheduler_address, finished, report))
+    killer.start()
+    try:
+        hit = augment_pipeline.run(["--runner=DaskRunner",
+                                    f"--dask_client_address={fault_cluster.scheduler_address}",
+                                    f"--output={tmp_path / 'hit'}"] + common)
+    finally:
+        finished.set()
+        killer.join()
+    assert "killed" in report, "the job finished before a worker could be killed"
+    assert report["results_lost"] > 0  # finished partitions died with the worker and had to be recomputed
+    # The nanny replaced the killed worker process.
+    import dask.distributed
+    with dask.distributed.Client(fault_cluster.scheduler_address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+        assert report["pids_before"][report["killed"]] not in client.run(os.getpid).values()
+
+    assert hit["counts"] == undisturbed["counts"]
+    assert hit["outputs"] == undisturbed["outputs"]
+    a, b = _all_files(tmp_path / "undisturbed"), _all_files(tmp_path / "hit")
+    assert sorted(a) == sorted(b)  # no half-written temporary file left behind either
+    for name in a:
+        if name != "manifest.json":
+            assert a[name] == b[name], name
+    rows = [row for entry in hit["outputs"]["data"]["files"]
+            for row in pq.read_table(tmp_path / "hit" / entry["path"]).to_pylist()]
+    keys = [(row["example_id"], row["aug_index"]) for row in rows]
+    assert len(keys) == len(set(keys)) == undisturbed["outputs"]["data"]["totals"]["rows"]
