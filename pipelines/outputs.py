@@ -142,12 +142,26 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element: Tuple[int, Iterable[Tuple[Any, Dict[str, Any]]]]):
         shard, keyed_rows = element
-        # Sort by key (then by content, should a caller repeat a key) so that a shard's bytes never depend on the
-        # order in which bundles reached the GroupByKey.
-        ordered = sorted(keyed_rows, key=lambda kv: (kv[0], repr(kv[1])))
-        rows = [row for _, row in ordered]
+        rows = [row for _, row in _sorted_by_key(keyed_rows)]
         yield _write_shard(self._output_dir, self._shard_set, shard, rows)
         self._rows_written.inc(len(rows))
+
+
+def _sorted_by_key(keyed_rows: Iterable[Tuple[Any, Any]]) -> List[Tuple[Any, Any]]:
+    """Rows sorted by key, so that a shard's bytes never depend on the order in which bundles reached it.
+
+    Rows that share a key (callers should not repeat keys, but a retry must not change bytes if one does) are
+    ordered by their content.
+    """
+    ordered = sorted(keyed_rows, key=lambda kv: kv[0])
+    result: List[Tuple[Any, Any]] = []
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        if end == len(ordered) or ordered[end][0] != ordered[start][0]:
+            run = ordered[start:end]
+            result.extend(run if len(run) == 1 else sorted(run, key=lambda kv: repr(kv[1])))
+            start = end
+    return result
 
 
 def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: List[Any]) -> Dict[str, Any]:

@@ -62,3 +62,11 @@ def test_prepare_output_dir_refuses_non_empty(tmp_path):
         outputs.prepare_output_dir(str(tmp_path), overwrite=False)
     outputs.prepare_output_dir(str(tmp_path), overwrite=True)
     assert not (tmp_path / "old.txt").exists()
+
+
+def test_rows_sharing_a_key_are_ordered_by_content():
+    rows = [(2, {"t": "b"}), (1, {"t": "z"}), (2, {"t": "a"}), (0, {"t": "q"})]
+    expected = [(0, {"t": "q"}), (1, {"t": "z"}), (2, {"t": "a"}), (2, {"t": "b"})]
+    assert outputs._sorted_by_key(rows) == expected
+    assert outputs._sorted_by_key(list(reversed(rows))) == expected
+    assert outputs._sorted_by_key([]) == []
