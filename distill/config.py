@@ -16,6 +16,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SOFT_CE_REDUCTIONS = ("mean", "batchmean")
 # STS-B prediction-stage targets: the row's gold label (the reference's) or the teacher's output.
 REGRESSION_TARGETS = ("labels", "teacher")
+# Learning-rate schedules: "auto" is the reference's for the stage (constant for task stage 1, linear otherwise).
+AUTO, LINEAR, CONSTANT = "auto", "linear", "constant"
+LR_SCHEDULES = (AUTO, LINEAR, CONSTANT)
 
 
 class UserError(ValueError):
@@ -84,7 +87,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up and linear decay."""
+    """AdamW; linear warm-up and linear decay, or a constant learning rate."""
     learning_rate: float = _field(5e-5, help="peak learning rate")
     weight_decay: float = _field(0.01, help="AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_proportion: float = _field(0.1, help="fraction of steps with linear warm-up")
@@ -92,6 +95,10 @@ class OptimConfig:
     epochs: float = _field(1.0, help="passes over the data when --max_steps is not given")
     gradient_accumulation_steps: int = _field(1, help="micro-batches per optimizer step")
     max_grad_norm: float = _field(1.0, help="gradient clipping norm (0 = off)")
+    lr_schedule: str = _field(
+        AUTO, help="auto (the reference's: constant for task --stage intermediate, linear otherwise), linear "
+                   "(warm-up over --warmup_proportion, then linear decay to 0) or constant (no warm-up, no decay)",
+        choices=LR_SCHEDULES)
 
     def __post_init__(self):
         _require(self.learning_rate > 0, "--learning_rate must be > 0")
@@ -101,6 +108,8 @@ class OptimConfig:
         _require(self.epochs > 0, f"--epochs must be > 0, not {self.epochs}")
         _require(self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1")
         _require(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0")
+        _require(self.lr_schedule in LR_SCHEDULES,
+                 f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +143,15 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def lr_schedule(self) -> str:
+        """The schedule `--lr_schedule` resolves to: "auto" becomes what the reference uses for this stage
+        (task_distill.py's stage 1 runs BertAdam with schedule 'none', i.e. a constant learning rate; its
+        prediction stage and general_distill.py warm up and decay linearly)."""
+        if self.optim.lr_schedule != AUTO:
+            return self.optim.lr_schedule
+        return CONSTANT if self.distill.mode == TASK and self.distill.stage == INTERMEDIATE else LINEAR
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from distill import data as data_lib
 from distill import glue, losses, models
-from distill.config import GENERAL, INTERMEDIATE, PREDICTION, TrainConfig, UserError
+from distill.config import CONSTANT, GENERAL, INTERMEDIATE, LINEAR, PREDICTION, TrainConfig, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,19 @@ def _check_labels(labels: torch.Tensor, data_path: str) -> None:
         raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
                         "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
                         "so regenerate the data with it, or pass --regression_target teacher")
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate at optimizer step `step` as a fraction of the peak.
+
+    "linear": warm-up to the peak over `warmup_steps`, then linear decay to 0 at `total_steps`;
+    "constant": the peak throughout.
+    """
+    if schedule == CONSTANT:
+        return 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -159,7 +172,9 @@ class Trainer:
         optim = config.optim
         per_step = cfg_data.batch_size * world_size * optim.gradient_accumulation_steps
         self.total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * rows_per_epoch / per_step))
-        self.warmup_steps = int(optim.warmup_proportion * self.total_steps)
+        self.lr_schedule = config.lr_schedule
+        # A constant rate has no warm-up (the reference's schedule 'none' ignores its warm-up proportion).
+        self.warmup_steps = int(optim.warmup_proportion * self.total_steps) if self.lr_schedule == LINEAR else 0
         decay, no_decay = [], []
         for name, param in self.student.named_parameters():
             if param.requires_grad:
@@ -186,17 +201,15 @@ class Trainer:
         self.start_step = self.step
         if self.is_main:
             logger.info("resolved config:\n%s", config.to_json())
-            logger.info("%d optimizer steps (%d warm-up), %d examples per step over %d processes",
-                        self.total_steps, self.warmup_steps, per_step, world_size)
+            logger.info("%d optimizer steps, %s learning rate (%d warm-up steps), %d examples per step over %d "
+                        "processes", self.total_steps, self.lr_schedule, self.warmup_steps, per_step, world_size)
             with open(os.path.join(cfg_run.output, CONFIG_NAME), "w", encoding="utf-8") as handle:
                 handle.write(config.to_json())
 
     # -------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
-        """Linear warm-up to the peak, then linear decay to 0 at the last step."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+        return lr_factor(step, schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
+                         total_steps=self.total_steps)
 
     def _batches(self) -> Iterator[Dict[str, Any]]:
         """Batches forever, epoch after epoch, folding each consumed batch into `self.position`."""

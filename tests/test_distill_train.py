@@ -97,11 +97,17 @@ def test_task_stages_then_eval(setup, capsys):
               "--max_steps", "4"])
     records = _metrics(intermediate)
     assert len(records) == 4 and {"att_loss", "rep_loss"} <= set(records[0])
+    # Stage 1 keeps the learning rate constant by default (the reference's BertAdam schedule 'none').
+    assert [r["lr"] for r in records] == [5e-5] * 4
     prediction = setup["base"] / "task-pred"
     run.main(["task", "--stage", "prediction", *common, "--student", str(intermediate), "--output", str(prediction),
               "--epochs", "1", "--dev", setup["dev"], "--eval_interval", "5", "--temperature", "2"])
     records = _metrics(prediction)
     assert len(records) == 15 and "cls_loss" in records[0]  # 120 rows / 8 per step
+    # The prediction stage warms up (int(0.1 * 15) = 1 step) and decays linearly towards 0.
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == lrs[1] == pytest.approx(5e-5) and lrs[-1] == pytest.approx(5e-5 / 14)
+    assert all(later < earlier for earlier, later in zip(lrs[1:], lrs[2:]))
     evals = [json.loads(line) for line in (prediction / "eval_results.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [5, 10, 15]
     assert 0.0 <= evals[-1]["sst-2"]["acc"] <= 1.0 and evals[-1]["sst-2"]["malformed_rows"] == 1

@@ -1,0 +1,41 @@
+"""Configuration that needs no model: the learning-rate schedule per stage and its validation."""
+
+import pytest
+
+from distill import config as config_lib
+from distill import run
+from distill.config import DataConfig, DistillConfig, OptimConfig, RunConfig, TrainConfig, UserError
+from distill.trainer import lr_factor
+
+
+def _config(mode, stage, schedule):
+    return TrainConfig(distill=DistillConfig(teacher="t", student="s", mode=mode, stage=stage,
+                                             task=None if mode == "general" else "SST-2"),
+                       data=DataConfig(data="d"), optim=OptimConfig(lr_schedule=schedule), run=RunConfig(output="o"))
+
+
+@pytest.mark.parametrize("mode,stage,expected", [
+    ("general", "intermediate", "linear"),      # general_distill.py: warmup_linear
+    ("task", "intermediate", "constant"),       # task_distill.py stage 1: schedule 'none'
+    ("task", "prediction", "linear"),           # task_distill.py --pred_distill: warmup_linear
+])
+def test_auto_lr_schedule_is_the_references_for_each_stage(mode, stage, expected):
+    assert _config(mode, stage, "auto").lr_schedule == expected
+    for explicit in ("linear", "constant"):
+        assert _config(mode, stage, explicit).lr_schedule == explicit
+
+
+def test_lr_schedule_is_validated():
+    with pytest.raises(UserError, match="--lr_schedule must be one of auto, linear, constant"):
+        OptimConfig(lr_schedule="cosine")
+    with pytest.raises(SystemExit) as raised:
+        run.main(["task", "--lr_schedule", "cosine", "--teacher", "t", "--student", "s", "--data", "d",
+                  "--output", "o", "--task", "SST-2"])
+    assert raised.value.code == 2  # argparse's invalid choice
+
+
+def test_lr_factor():
+    linear = [lr_factor(s, schedule="linear", warmup_steps=2, total_steps=6) for s in range(6)]
+    assert linear == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    assert [lr_factor(s, schedule="constant", warmup_steps=0, total_steps=6) for s in range(6)] == [1.0] * 6
+    assert config_lib.LR_SCHEDULES == ("auto", "linear", "constant")
