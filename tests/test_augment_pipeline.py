@@ -200,3 +200,19 @@ def test_glove_published_formats(tmp_path, tiny_glove):
     assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip"))) == expected
     assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")) == expected
     assert augment_pipeline.glove_exists(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")
+
+
+def test_text_longer_than_the_model_is_handled_like_the_reference(tmp_path, tiny_bert, tiny_glove, shared_data):
+    """Queries are cut at 512 tokens; words whose mask falls beyond keep themselves, and are counted.
+
+    Needs the real vocabulary (shared_data), where these words are single WordPieces.
+    """
+    # 600 one-piece words: the mask of word i sits at position i + 1, so words 511..599 fall beyond 512 tokens.
+    words = ("film story actor scene music plot drama comedy night movie " * 60).split()
+    path = _write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [[" ".join(words), "1"]])
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}", "--num_aug=3", "--emit_candidates")
+    assert manifest["counts"]["stats"]["mlm_queries_beyond_512_tokens"] == 600 - 511
+    cands = {r["word_index"]: r for f in manifest["outputs"]["candidates"]["files"]
+             for r in pq.read_table(out / f["path"]).to_pylist()}
+    assert cands[599]["candidates"] == [words[599]] and cands[599]["source"] == "mlm"
+    assert len(cands[10]["candidates"]) > 1
