@@ -216,3 +216,26 @@ def test_text_longer_than_the_model_is_handled_like_the_reference(tmp_path, tiny
              for r in pq.read_table(out / f["path"]).to_pylist()}
     assert cands[599]["candidates"] == [words[599]] and cands[599]["source"] == "mlm"
     assert len(cands[10]["candidates"]) > 1
+
+
+def test_generic_csv_and_parquet_inputs(tmp_path, tiny_bert, tiny_glove):
+    import pyarrow as pa
+    csv_path = tmp_path / "data.csv"
+    csv_path.write_text('premise,hypothesis,gold\n"a warm, funny film .",the film is funny .,yes\n'
+                        'a loud sequel .,,no\n"too, many",columns,here,now\n', encoding="utf-8")
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={csv_path}",
+                         "--text_columns=premise,hypothesis", "--label_column=gold", "--num_aug=2", name="csv")
+    assert manifest["input_format"] == "csv" and manifest["text_fields"] == ["premise", "hypothesis"]
+    assert manifest["counts"]["rejects"] == {"empty_text": 1, "wrong_column_count": 1}
+    rows = _rows(out)
+    assert rows[0]["premise"] == "a warm, funny film ." and rows[0]["label"] == "yes"
+    assert (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()[0] == "premise\thypothesis\tlabel"
+    parquet_path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": ["a gorgeous , witty film .", None, "a dull film ."], "y": [1, 0, 0]}),
+                   parquet_path)
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={parquet_path}",
+                         "--text_columns=text", "--label_column=y", "--num_aug=2", name="parquet")
+    assert manifest["input_format"] == "parquet" and manifest["counts"]["rejects"] == {"empty_text": 1}
+    originals = [r for r in _rows(out) if r["aug_index"] == 0]
+    assert [(r["row_index"], r["text"], r["label"]) for r in originals] == [
+        (0, "a gorgeous , witty film .", "1"), (2, "a dull film .", "0")]
