@@ -30,6 +30,19 @@ class GlueTask:
     header: bool = True
     max_seq_len: int = 128
 
+    @property
+    def main_metric(self) -> str:
+        """The metric the reference keeps the best dev model by: mcc (CoLA), corr = mean of Pearson and Spearman
+        (STS-B), accuracy otherwise (MNLI: of the matched split, see `main_split`)."""
+        if "mcc" in self.metrics:
+            return "mcc"
+        return "corr" if self.labels is None else "acc"
+
+    def main_split(self, splits) -> str:
+        """Which evaluated split decides the best model: MNLI's matched one where present, else the first."""
+        splits = list(splits)
+        return "mnli-m" if "mnli-m" in splits else splits[0]
+
 
 GLUE_TASKS = {
     "CoLA": GlueTask("CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False, max_seq_len=64),

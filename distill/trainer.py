@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -31,6 +32,8 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOSS_PNG = "loss.png"
 EVAL_JSONL = "eval_results.jsonl"
+BEST_DIR = "best"  # the best-on-dev student of the prediction stage
+BEST_EVAL_JSON = "eval_results.json"
 CONFIG_NAME = "distill_config.json"
 
 
@@ -188,6 +191,7 @@ class Trainer:
         if cfg_data.dev and self.task and self.is_main:
             self.dev_sets = glue.dev_sets(self.task, cfg_data.dev)
         self.step = 0
+        self.best_dev: Optional[Dict[str, Any]] = None  # {"step", "split", "metric", "value", "results"}
         self.position = data_lib.ReaderPosition()
         os.makedirs(cfg_run.output, exist_ok=True)
         self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
@@ -196,8 +200,11 @@ class Trainer:
         else:
             # Dropout differs per rank; the reader's randomness is seeded separately (seed, epoch, rank, worker).
             torch.manual_seed(cfg_run.seed + 1000 * rank)
-            if self.is_main and os.path.exists(os.path.join(cfg_run.output, METRICS_JSONL)):
-                os.remove(os.path.join(cfg_run.output, METRICS_JSONL))
+            if self.is_main:  # a fresh run does not mix its records with an earlier run's
+                for name in (METRICS_JSONL, EVAL_JSONL):
+                    if os.path.exists(os.path.join(cfg_run.output, name)):
+                        os.remove(os.path.join(cfg_run.output, name))
+                shutil.rmtree(os.path.join(cfg_run.output, BEST_DIR), ignore_errors=True)
         self.start_step = self.step
         if self.is_main:
             logger.info("resolved config:\n%s", config.to_json())
@@ -333,7 +340,27 @@ class Trainer:
         logger.info("eval at step %d: %s", self.step, json.dumps(results))
         with open(os.path.join(self.config.run.output, EVAL_JSONL), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        self._keep_if_best(results)
         return results
+
+    def _keep_if_best(self, results: Dict[str, Dict[str, float]]) -> None:
+        """Saves the student into OUTPUT/best when the task's main dev metric beats every earlier evaluation
+        (strictly, as the reference; a NaN never counts), with the evaluation in best/eval_results.json."""
+        split = self.task.main_split(results)
+        metric = self.task.main_metric
+        value = results[split].get(metric, float("nan"))
+        if not math.isfinite(value) or (self.best_dev is not None and value <= self.best_dev["value"]):
+            return
+        self.best_dev = {"step": self.step, "split": split, "metric": metric, "value": value, "results": results}
+        best = os.path.join(self.config.run.output, BEST_DIR)
+        staging = best + ".tmp"  # written whole, then swapped in: a kill leaves the previous best intact
+        shutil.rmtree(staging, ignore_errors=True)
+        models.save_student(self.student, self.tokenizer, staging)
+        with open(os.path.join(staging, BEST_EVAL_JSON), "w", encoding="utf-8") as handle:
+            json.dump(self.best_dev, handle, indent=2)
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(staging, best)
+        logger.info("best %s %s so far (%.4f) at step %d: student saved in %s", split, metric, value, self.step, best)
 
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly: model (with fit_dense), optimizer, scheduler, scaler, step, the
@@ -347,7 +374,8 @@ class Trainer:
         if self.is_main:
             state = {"step": self.step, "total_steps": self.total_steps, "model": self.student.state_dict(),
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "scaler": self.scaler.state_dict(), "ranks": gathered, "config": self.config.to_dict()}
+                     "scaler": self.scaler.state_dict(), "ranks": gathered, "config": self.config.to_dict(),
+                     "best_dev": self.best_dev}
             tmp_path = self.checkpoint_path + ".tmp"
             torch.save(state, tmp_path)
             os.replace(tmp_path, self.checkpoint_path)
@@ -371,6 +399,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.best_dev = state.get("best_dev")
         mine = state["ranks"][self.rank]
         _set_rng_state(mine["rng"])
         self.position = data_lib.ReaderPosition.from_dict(mine["position"])

@@ -39,3 +39,12 @@ def test_lr_factor():
     assert linear == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
     assert [lr_factor(s, schedule="constant", warmup_steps=0, total_steps=6) for s in range(6)] == [1.0] * 6
     assert config_lib.LR_SCHEDULES == ("auto", "linear", "constant")
+
+
+def test_main_dev_metric_per_task_is_the_references():
+    from distill import glue
+    assert {name: task.main_metric for name, task in glue.GLUE_TASKS.items()} == {
+        "CoLA": "mcc", "SST-2": "acc", "MRPC": "acc", "STS-B": "corr", "QQP": "acc", "MNLI": "acc", "QNLI": "acc",
+        "RTE": "acc"}
+    mnli = glue.get_task("MNLI")
+    assert mnli.main_split(["mnli-mm", "mnli-m"]) == "mnli-m" and mnli.main_split(["mnli-mm"]) == "mnli-mm"

@@ -111,7 +111,16 @@ def test_task_stages_then_eval(setup, capsys):
     evals = [json.loads(line) for line in (prediction / "eval_results.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [5, 10, 15]
     assert 0.0 <= evals[-1]["sst-2"]["acc"] <= 1.0 and evals[-1]["sst-2"]["malformed_rows"] == 1
+    # The best-on-dev student (the reference keeps only that one) is in OUT/best: the first step with the best acc.
+    best = json.loads((prediction / "best" / "eval_results.json").read_text())
+    accs = [e["sst-2"]["acc"] for e in evals]
+    assert (best["split"], best["metric"]) == ("sst-2", "acc")
+    assert best["value"] == max(accs) and best["step"] == evals[accs.index(max(accs))]["step"]
+    assert best["results"]["sst-2"] == evals[accs.index(max(accs))]["sst-2"]
+    assert (prediction / "best" / "model.safetensors").exists() and not (prediction / "best.tmp").exists()
     capsys.readouterr()
+    best_again = run.main(["eval", "--task", "SST-2", "--model", str(prediction / "best"), "--data", setup["dev"]])
+    assert best_again["sst-2"]["acc"] == pytest.approx(best["value"])
     results = run.main(["eval", "--task", "SST-2", "--model", str(prediction), "--data", setup["dev"]])
     assert results["sst-2"]["examples"] == 20 and results["sst-2"]["malformed_rows"] == 1
     assert results["sst-2"]["acc"] == pytest.approx(evals[-1]["sst-2"]["acc"])
@@ -218,3 +227,28 @@ def test_stsb_row_without_a_label_is_a_clear_error(setup):
     run.main(_prediction(setup, stsb, teacher, base / "stsb-null-teacher", "--max_steps", "1",
                          "--regression_target", "teacher", task="STS-B"))
     assert len(_metrics(base / "stsb-null-teacher")) == 1
+
+
+def test_best_dev_student_is_the_first_with_the_highest_main_metric(setup, monkeypatch):
+    from transformers import BertForSequenceClassification
+    from distill import config as config_lib, trainer as trainer_lib
+    output = setup["base"] / "best-logic"
+    args = run._parser().parse_args(_prediction(setup, setup["augmented"], setup["task_teacher"], output,
+                                                "--dev", setup["dev"], "--max_steps", "1"))
+    trainer = trainer_lib.Trainer(config_lib.from_namespace(args, mode="task"), device=torch.device("cpu"))
+    # Scripted dev accuracies; the classifier bias is set to the step so each saved model tells its step.
+    script = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.7, 5: float("nan"), 6: 0.65}
+    monkeypatch.setattr(trainer_lib.glue, "evaluate", lambda *a, **k: {"sst-2": {"acc": script[trainer.step]}})
+    bias = trainer.student.bert.classifier.bias
+    for step in script:
+        trainer.step = step
+        with torch.no_grad():
+            bias.fill_(step)
+        trainer.evaluate()
+        kept = json.loads((output / "best" / "eval_results.json").read_text())
+        assert kept["step"] == (1 if step == 1 else 2), step  # strictly better only; a tie or a NaN keeps step 2
+    assert kept["value"] == 0.7 and kept["metric"] == "acc"
+    saved = BertForSequenceClassification.from_pretrained(str(output / "best"))
+    assert saved.classifier.bias.tolist() == [2.0, 2.0]
+    trainer.save_checkpoint()  # the best so far survives a resume
+    assert torch.load(output / "checkpoint.pt", weights_only=False)["best_dev"]["step"] == 2
