@@ -390,7 +390,10 @@ class WriteTrainAugTsvFn(beam.DoFn):
         if FileSystems.exists(target):
             FileSystems.delete([target])
         FileSystems.rename([tmp], [target])
-        FileSystems.delete(parts)
+        # The parts directory goes too, with any temporary file a killed writer left in it.
+        parts_dir = outputs.join_path(self._output_dir, self._shard_set.subdir)
+        if FileSystems.exists(parts_dir):
+            FileSystems.delete([parts_dir])
         yield "train_aug_tsv_rows", lines
 
 

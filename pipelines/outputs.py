@@ -226,6 +226,7 @@ class FinalizeOutputFn(beam.DoFn):
         outputs = {}
         for name, stats in zip(set_names, stats_lists):
             outputs[name] = _complete_shard_set(self._output_dir, self._shard_sets[name], list(stats))
+            _remove_stray_temporaries(join_path(self._output_dir, self._shard_sets[name].subdir))
         counts = {name: dict(sorted((str(k), int(v)) for k, v in pairs))
                   for name, pairs in zip(self._count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
@@ -249,6 +250,13 @@ def _complete_shard_set(output_dir: str, shard_set: ShardSet, stats: List[Dict[s
     schema = shard_set.schema.to_string() if shard_set.schema is not None else shard_set.file_format
     return {"subdir": shard_set.subdir, "num_shards": shard_set.num_shards, "schema": schema,
             "files": [{k: v for k, v in f.items() if k != "shard"} for f in files], "totals": totals}
+
+
+def _remove_stray_temporaries(directory: str) -> None:
+    """Deletes temporary files of writers that died before their rename (a killed worker; the retry wrote anew)."""
+    stray = [m.path for m in FileSystems.match([join_path(directory, ".tmp-*")])[0].metadata_list]
+    if stray:
+        FileSystems.delete(stray)
 
 
 def _write_text(path: str, text: str) -> None:

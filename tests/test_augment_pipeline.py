@@ -89,6 +89,8 @@ def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert
     # train_aug.tsv: the header, then every row in the input's own layout.
     tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
     assert tsv[0] == "sentence\tlabel" and len(tsv) == len(rows) + 1
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "candidates", "data", "manifest.json", "rejects",
+                                                     "train_aug.tsv"]
     assert sorted(tsv[1:]) == sorted(f"{r['sentence']}\t{r['label']}" for r in rows)
     # candidates/: every word, with its source
     cands = [r for f in manifest["outputs"]["candidates"]["files"] for r in pq.read_table(out / f["path"]).to_pylist()]
@@ -239,3 +241,11 @@ def test_generic_csv_and_parquet_inputs(tmp_path, tiny_bert, tiny_glove):
     originals = [r for r in _rows(out) if r["aug_index"] == 0]
     assert [(r["row_index"], r["text"], r["label"]) for r in originals] == [
         (0, "a gorgeous , witty film .", "1"), (2, "a dull film .", "0")]
+
+
+def test_every_record_rejected_still_finishes(tmp_path, tiny_bert, tiny_glove):
+    path = _write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [["", "1"], ["fine", "7"]])
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}")
+    assert manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1}
+    assert manifest["outputs"]["data"]["totals"]["rows"] == 0
+    assert (out / "train_aug.tsv").read_text(encoding="utf-8") == "sentence\tlabel\n"

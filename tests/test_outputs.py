@@ -70,3 +70,11 @@ def test_rows_sharing_a_key_are_ordered_by_content():
     assert outputs._sorted_by_key(rows) == expected
     assert outputs._sorted_by_key(list(reversed(rows))) == expected
     assert outputs._sorted_by_key([]) == []
+
+
+def test_finalize_removes_temporaries_of_dead_writers(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".tmp-0123abcd-part-00000-of-00003.parquet").write_bytes(b"half a file")
+    _write(tmp_path, [{"key": 1, "text": "a"}])
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        f"part-0000{i}-of-00003.parquet" for i in range(3)]
