@@ -178,11 +178,17 @@ class SplitSentencesFn(beam.DoFn):
     REJECTS = "rejects"
 
     def setup(self):
-        self._splitter = documents_lib.make_sentence_splitter()
+        # Made on first use: text input is already split, and importing NLTK costs seconds of start-up per worker.
+        self._splitter = None
 
     def process(self, element):
         key, paragraphs, already_split = element
-        sentences = paragraphs if already_split else documents_lib.split_sentences(self._splitter, paragraphs)
+        if already_split:
+            sentences = paragraphs
+        else:
+            if self._splitter is None:
+                self._splitter = documents_lib.make_sentence_splitter()
+            sentences = documents_lib.split_sentences(self._splitter, paragraphs)
         if not sentences:
             yield beam.pvalue.TaggedOutput(self.REJECTS, outputs.reject(key, 0, "empty_document", paragraphs))
             return
@@ -195,13 +201,16 @@ class TokenizeDocumentsFn(beam.DoFn):
     REJECTS = "rejects"
     COUNTS = "counts"
 
-    def __init__(self, tokenizer: str, typecode: str):
-        self._tokenizer_name = tokenizer
+    def __init__(self, tokenizer_json: str, typecode: str):
+        self._tokenizer_json = tokenizer_json
         self._typecode = typecode
         self._empty_sentences = Metrics.counter("TokenizeDocuments", "sentences_without_tokens")
 
     def setup(self):
-        self._tokenizer = _load_backend_tokenizer(self._tokenizer_name)
+        # The Rust tokenizer as `run()` resolved it with transformers, rebuilt from its serialization: a worker
+        # needs neither transformers nor torch (seconds of imports per worker process).
+        from tokenizers import Tokenizer
+        self._tokenizer = Tokenizer.from_str(self._tokenizer_json)
 
     def process(self, batch):
         texts = [sentence for _, sentences in batch for sentence in sentences]
@@ -265,13 +274,15 @@ class CreateInstancesFn(beam.DoFn):
         del members
         if len(docs) == 1 and self._mode == "pairs":
             self._lonely.inc()
+        cumulative = instances_lib.cumulative_counts([len(doc) for doc in docs])  # once per bucket, not per draw
         instances = tokens = 0
         for index, key in enumerate(keys):
             rng = random.Random(outputs.stable_hash(("instances", self._seed, epoch, key)))
             if self._mode == "pairs":
                 made = instances_lib.create_pair_instances(docs, index, rng, config=self._config,
                                                            special=self._special,
-                                                           continuation_ids=self._continuation_ids)
+                                                           continuation_ids=self._continuation_ids,
+                                                           cumulative=cumulative)
             else:
                 made = instances_lib.create_single_segment_instances(docs[index], rng, config=self._config,
                                                                      special=self._special,
@@ -348,15 +359,19 @@ class TokenizeDocuments(beam.PTransform):
       A DoOutputsTuple: main = documents, `rejects`, `counts` (documents, sentences, tokens).
     """
 
-    def __init__(self, tokenizer: str, typecode: str):
+    def __init__(self, tokenizer_json: str, typecode: str):
+        """Args:
+          tokenizer_json: the `tokenizers.Tokenizer` serialization (`to_str()`), without truncation or padding.
+          typecode: the `array` typecode of token ids ("H" or "i").
+        """
         super().__init__()
-        self._tokenizer = tokenizer
+        self._tokenizer_json = tokenizer_json
         self._typecode = typecode
 
     def expand(self, documents):
         return (documents
                 | "BatchDocuments" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
-                | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(self._tokenizer, self._typecode)).with_outputs(
+                | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(self._tokenizer_json, self._typecode)).with_outputs(
                     TokenizeDocumentsFn.REJECTS, TokenizeDocumentsFn.COUNTS, main="documents"))
 
 
@@ -403,13 +418,13 @@ def _duplicate_rejects(group):
         yield outputs.reject(key, 0, "duplicate_document", f"same text as {docs[0][0]}: {sentences[:3]}")
 
 
-def _load_backend_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-    backend = tokenizer.backend_tokenizer
+def _backend_json(tokenizer) -> str:
+    """The serialization of a Hugging Face fast tokenizer's Rust backend, with truncation and padding off."""
+    from tokenizers import Tokenizer
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
-    return backend
+    return backend.to_str()
 
 
 def instance_schema(vocab_size: int) -> pa.Schema:
@@ -534,7 +549,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
             deduped = documents | "DropDuplicateDocuments" >> DropDuplicateDocuments()
             documents = deduped["documents"]
             reject_parts.append(deduped["rejects"])
-        tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(options.tokenizer, typecode)
+        tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(_backend_json(tokenizer), typecode)
         reject_parts.append(tokenized.rejects)
         made = tokenized.documents | "CreateInstances" >> CreateInstances(
             seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket, fn=make_fn)

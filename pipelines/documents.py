@@ -9,11 +9,11 @@ is in the corpus, on every worker, with nothing to install.
 
 import dataclasses
 import os
-import re
 import unicodedata
-from typing import BinaryIO, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Iterator, List, Optional, Union
 
-from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 # Lower-case, without the final period, as Punkt stores them. Common in Wikipedia prose.
 ENGLISH_ABBREVIATIONS = frozenset("""
@@ -22,11 +22,10 @@ feb fig figs fl ft gen gov hon i.e inc jan jr jul jun lt ltd maj mar mr mrs ms m
 pt rev sen sep sept sgt sr st vol vols vs u.k u.n u.s u.s.a u.s.s.r
 """.split())
 
-_SPACES = re.compile(r"\s+")
-
-
-def make_sentence_splitter() -> PunktSentenceTokenizer:
+def make_sentence_splitter() -> "PunktSentenceTokenizer":
     """Punkt with fixed parameters (see the module docstring); deterministic and download-free."""
+    # Imported here: `import nltk` pulls in scipy (seconds), and text input, already split, never needs Punkt.
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
     params = PunktParameters()
     params.abbrev_types = set(ENGLISH_ABBREVIATIONS)
     return PunktSentenceTokenizer(params)
@@ -34,10 +33,11 @@ def make_sentence_splitter() -> PunktSentenceTokenizer:
 
 def normalize_text(text: str) -> str:
     """NFC, whitespace runs to one space, trimmed."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    # str.split() splits on exactly the characters that re's \s matches (str.isspace), and drops the ends.
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def split_sentences(splitter: PunktSentenceTokenizer, paragraphs: List[str]) -> List[str]:
+def split_sentences(splitter: "PunktSentenceTokenizer", paragraphs: List[str]) -> List[str]:
     """Sentences of each paragraph in order; a sentence never spans two paragraphs."""
     sentences = []
     for paragraph in paragraphs:

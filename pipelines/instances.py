@@ -23,8 +23,9 @@ Two deliberate differences from the reference, both documented in docs/corpus.md
 
 import bisect
 import dataclasses
+import itertools
 import random
-from typing import AbstractSet, List, Sequence
+from typing import AbstractSet, List, Optional, Sequence
 
 Sentence = Sequence[int]
 Document = Sequence[Sentence]
@@ -75,12 +76,22 @@ def target_length(rng: random.Random, *, max_num_tokens: int, short_seq_prob: fl
 
 def truncate_seq_pair(tokens_a: List[int], tokens_b: List[int], max_num_tokens: int, rng: random.Random) -> None:
     """Trims the longer of the two lists in place, a token at a time from the front or back, until both fit."""
-    while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        if rng.random() < 0.5:
-            del longer[0]
+    # The reference deletes one token per draw; count the cuts first and slice once (same draws, same result).
+    len_a, len_b = len(tokens_a), len(tokens_b)
+    front_a = front_b = 0
+    while len_a + len_b > max_num_tokens:
+        if len_a > len_b:
+            if rng.random() < 0.5:
+                front_a += 1
+            len_a -= 1
         else:
-            longer.pop()
+            if rng.random() < 0.5:
+                front_b += 1
+            len_b -= 1
+    if len_a < len(tokens_a):
+        tokens_a[:] = tokens_a[front_a:front_a + len_a]
+    if len_b < len(tokens_b):
+        tokens_b[:] = tokens_b[front_b:front_b + len_b]
 
 
 def sample_other_document(sentence_counts: Sequence[int], index: int, rng: random.Random) -> int:
@@ -89,14 +100,20 @@ def sample_other_document(sentence_counts: Sequence[int], index: int, rng: rando
     Args:
       sentence_counts: sentences per document of the bucket; at least two documents.
     """
-    cumulative = []
-    total = 0
-    for count in sentence_counts:
-        total += count
-        cumulative.append(total)
+    return _draw_other_document(cumulative_counts(sentence_counts), index, rng)
+
+
+def cumulative_counts(sentence_counts: Sequence[int]) -> List[int]:
+    """Running totals of the sentence counts of a bucket's documents, which random-next draws bisect."""
+    return list(itertools.accumulate(sentence_counts))
+
+
+def _draw_other_document(cumulative: Sequence[int], index: int, rng: random.Random) -> int:
+    total = cumulative[-1]
     # Draw a sentence position among all sentences but those of `index`, by starting just after it and wrapping.
     start = cumulative[index]
-    position = rng.randrange(start, start + total - sentence_counts[index]) % total
+    own = start - (cumulative[index - 1] if index else 0)
+    position = rng.randrange(start, start + total - own) % total
     return bisect.bisect_right(cumulative, position)
 
 
@@ -133,7 +150,8 @@ def mask_tokens(input_ids: List[int], rng: random.Random, *, config: InstanceCon
 
 def create_pair_instances(documents: Sequence[Document], index: int, rng: random.Random, *,
                           config: InstanceConfig, special: SpecialTokens,
-                          continuation_ids: AbstractSet[int] = frozenset()) -> List[Instance]:
+                          continuation_ids: AbstractSet[int] = frozenset(),
+                          cumulative: Optional[Sequence[int]] = None) -> List[Instance]:
     """`[CLS] A [SEP] B [SEP]` instances from documents[index]; random-next B from the other documents.
 
     Args:
@@ -141,13 +159,14 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
       index: which document to cut into instances.
       rng: the only source of randomness.
       continuation_ids: ids of "##" pieces, for whole-word masking.
+      cumulative: `cumulative_counts` of the documents' sentence counts; pass it when cutting every document of a
+        bucket, so that it is computed once per bucket rather than once per document.
 
     Returns:
       The document's instances, in document order. With a single document in the bucket, a random-next B comes
       from the same document (the reference refuses such a corpus; a bucket of one is the caller's to avoid).
     """
     document = documents[index]
-    sentence_counts = [len(doc) for doc in documents]
     max_num_tokens = config.max_seq_len - 3
     target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
     instances = []
@@ -159,12 +178,19 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
         chunk_length += len(document[i])
         if i == len(document) - 1 or chunk_length >= target:
             a_end = rng.randrange(1, len(chunk)) if len(chunk) >= 2 else 1
-            tokens_a = [token for sentence in chunk[:a_end] for token in sentence]
+            tokens_a: List[int] = []
+            for sentence in chunk[:a_end]:
+                tokens_a.extend(sentence)
             tokens_b: List[int] = []
             if len(chunk) == 1 or rng.random() < 0.5:
                 is_random_next = True
                 target_b = target - len(tokens_a)
-                other = (sample_other_document(sentence_counts, index, rng) if len(documents) > 1 else index)
+                if len(documents) > 1:
+                    if cumulative is None:
+                        cumulative = cumulative_counts([len(doc) for doc in documents])
+                    other = _draw_other_document(cumulative, index, rng)
+                else:
+                    other = index
                 other_doc = documents[other]
                 for sentence in other_doc[rng.randrange(0, len(other_doc)):]:
                     tokens_b.extend(sentence)
@@ -173,7 +199,8 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
                 i -= len(chunk) - a_end  # the chunk's B sentences were not used: start the next chunk with them
             else:
                 is_random_next = False
-                tokens_b = [token for sentence in chunk[a_end:] for token in sentence]
+                for sentence in chunk[a_end:]:
+                    tokens_b.extend(sentence)
             tokens_a = tokens_a or [special.filler_id]
             tokens_b = tokens_b or [special.filler_id]
             truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
