@@ -74,6 +74,10 @@ class DataConfig:
     max_seq_len: Optional[int] = _field(None, help="truncate task examples to this many tokens (default: 64 for "
                                                    "CoLA/SST-2, else 128); corpus shards keep their own length")
     tokenizer: Optional[str] = _field(None, help="tokenizer name or directory (default: the teacher's)")
+    pad_to_max_length: bool = _field(
+        False, help="pad every batch to the fixed length (the corpus's max_seq_len; task: --max_seq_len) as the "
+                    "reference does, which sets the scale of the intermediate losses; off: pad to the longest row "
+                    "of each batch (faster)")
     dev: Optional[str] = _field(None, help="GLUE dev TSV (or MNLI directory) evaluated during task training")
     eval_batch_size: int = _field(64, help="examples per evaluation batch")
 

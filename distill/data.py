@@ -123,13 +123,22 @@ class EncodedRows:
         return len(self.segment_a_len)
 
 
-def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Pads the chosen examples to the longest of them: input_ids, token_type_ids, attention_mask (batch, seq),
-    plus float32 `labels` (batch,) when the rows carry them."""
+def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int,
+            pad_to: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Pads the chosen examples to the longest of them, or to `pad_to` tokens: input_ids, token_type_ids,
+    attention_mask (batch, seq), plus float32 `labels` (batch,) when the rows carry them.
+
+    Raises:
+      ValueError: an example is longer than `pad_to`.
+    """
     indices = np.asarray(indices)
     starts, ends = rows.offsets[indices], rows.offsets[indices + 1]
     lengths = ends - starts
     width = int(lengths.max())
+    if pad_to is not None:
+        if width > pad_to:
+            raise ValueError(f"an example has {width} tokens, more than the {pad_to} it is padded to")
+        width = pad_to
     input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
     for row, (start, end) in enumerate(zip(starts, ends)):
         input_ids[row, :end - start] = rows.values[start:end]
@@ -256,11 +265,13 @@ class ShardStream(IterableDataset):
       rank, world_size: this process's place in the DDP group.
       num_workers: DataLoader workers that will iterate this dataset (0 = the main process).
       pad_id: the tokenizer's padding id.
+      pad_to: pad every batch to this many tokens (the reference's fixed width) instead of its longest row.
     """
 
     def __init__(self, *, fs, files_by_epoch: Sequence[Sequence[str]], columns: Sequence[str],
                  encoder: Callable[[pa.Table], EncodedRows], batch_size: int, shuffle_buffer: int, seed: int,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pad_id: int = 0):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pad_id: int = 0,
+                 pad_to: Optional[int] = None):
         super().__init__()
         self.fs = fs
         self.files_by_epoch = [list(files) for files in files_by_epoch]
@@ -272,6 +283,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
         self.pad_id = pad_id
+        self.pad_to = pad_to
         self.position = ReaderPosition()
         smallest = min(len(files) for files in self.files_by_epoch)
         if smallest < world_size:
@@ -306,7 +318,7 @@ class ShardStream(IterableDataset):
         start = self.position.emitted.get(logical, 0)
         emitted = start
         for indices, rows in self._shuffled_examples(epoch, logical, start):
-            batch = collate(rows, indices, self.pad_id)
+            batch = collate(rows, indices, self.pad_id, self.pad_to)
             emitted += len(indices)
             batch["worker"], batch["emitted"] = logical, emitted
             yield batch
@@ -405,8 +417,12 @@ def _epoch_outputs(manifest: Dict[str, Any]) -> List[str]:
 
 
 def open_corpus(path: str, *, tokenizer, tokenizer_name: str, batch_size: int, shuffle_buffer: int, seed: int,
-                rank: int = 0, world_size: int = 1, num_workers: int = 0) -> Tuple[ShardStream, OutputDir]:
+                rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                pad_to_max_length: bool = False) -> Tuple[ShardStream, OutputDir]:
     """A stream over general-distillation shards, refused unless finished and tokenized like the model.
+
+    Args:
+      pad_to_max_length: pad every batch to the corpus's `max_seq_len` (from its manifest), as the reference does.
 
     Raises:
       UserError: see `open_output_dir` and `check_tokenizer`.
@@ -416,7 +432,8 @@ def open_corpus(path: str, *, tokenizer, tokenizer_name: str, batch_size: int, s
     files_by_epoch = [output.files(name) for name in _epoch_outputs(output.manifest)]
     stream = ShardStream(fs=output.fs, files_by_epoch=files_by_epoch, columns=["input_ids", "segment_a_len"],
                          encoder=encode_corpus_rows, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
-                         rank=rank, world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0)
+                         rank=rank, world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
+                         pad_to=int(output.manifest["max_seq_len"]) if pad_to_max_length else None)
     return stream, output
 
 
@@ -426,11 +443,12 @@ def corpus_rows_per_epoch(output: OutputDir) -> int:
 
 
 def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, shuffle_buffer: int, seed: int,
-                   rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                   regression_labels: bool = False) -> Tuple[ShardStream, OutputDir]:
+                   rank: int = 0, world_size: int = 1, num_workers: int = 0, regression_labels: bool = False,
+                   pad_to_max_length: bool = False) -> Tuple[ShardStream, OutputDir]:
     """A stream over an augmented task directory, tokenized on the fly with the (teacher's) fast tokenizer.
 
     Args:
+      pad_to_max_length: pad every batch to `max_seq_len`, as the reference does.
       regression_labels: also read the label column as float and add `labels` (batch,) to each batch (STS-B's
         prediction stage against the gold labels); rows without a numeric label get NaN.
 
@@ -452,7 +470,8 @@ def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, s
     stream = ShardStream(fs=output.fs, files_by_epoch=[output.files("data")], columns=columns,
                          encoder=augmented_encoder(tokenizer, text_fields, max_seq_len, label_field=label_field),
                          batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
-                         world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0)
+                         world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
+                         pad_to=max_seq_len if pad_to_max_length else None)
     return stream, output
 
 

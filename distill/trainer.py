@@ -143,14 +143,16 @@ class Trainer:
             self.stream, self.output_dir = data_lib.open_corpus(
                 cfg_data.data, tokenizer=self.tokenizer, tokenizer_name=self.tokenizer_name,
                 batch_size=cfg_data.batch_size, shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed,
-                rank=rank, world_size=world_size, num_workers=cfg_data.num_workers)
+                rank=rank, world_size=world_size, num_workers=cfg_data.num_workers,
+                pad_to_max_length=cfg_data.pad_to_max_length)
             rows_per_epoch = data_lib.corpus_rows_per_epoch(self.output_dir)
         else:
             max_len = cfg_data.max_seq_len or self.task.max_seq_len
             self.stream, self.output_dir = data_lib.open_augmented(
                 cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
                 shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed, rank=rank, world_size=world_size,
-                num_workers=cfg_data.num_workers, regression_labels=self.label_targets)
+                num_workers=cfg_data.num_workers, regression_labels=self.label_targets,
+                pad_to_max_length=cfg_data.pad_to_max_length)
             rows_per_epoch = self.output_dir.rows("data")
             label_list = self.output_dir.manifest.get("label_list")
             expected = list(self.task.labels) if self.task.labels else None

@@ -125,6 +125,21 @@ def test_too_few_files_for_the_processes(tokenizer, tmp_path):
         _open(path, tokenizer, world_size=2)
 
 
+def test_pad_to_max_length_gives_fixed_width_batches(corpus, tokenizer, tmp_path):
+    dynamic = next(iter(data.make_loader(_open(corpus, tokenizer))))
+    fixed = next(iter(data.make_loader(_open(corpus, tokenizer, pad_to_max_length=True))))
+    assert fixed["input_ids"].shape[1] == 32  # the corpus manifest's max_seq_len
+    width = dynamic["input_ids"].shape[1]
+    for name in ("input_ids", "token_type_ids", "attention_mask"):
+        assert torch.equal(fixed[name][:, :width], dynamic[name]) and not fixed[name][:, width:].any()
+    path = testing.write_augmented(str(tmp_path / "aug"), tokenizer, examples=6, augmentations=1)
+    stream, _ = data.open_augmented(path, tokenizer=tokenizer, max_seq_len=20, batch_size=4, shuffle_buffer=8,
+                                    seed=0, pad_to_max_length=True)
+    assert {b["input_ids"].shape[1] for b in data.make_loader(stream)} == {20}
+    with pytest.raises(ValueError, match="more than the 3"):
+        data.collate(data.EncodedRows(np.arange(4), np.array([0, 4]), np.array([2])), [0], 0, pad_to=3)
+
+
 def test_augmented_rows_tokenized_on_the_fly(tokenizer, tmp_path):
     path = testing.write_augmented(str(tmp_path / "aug"), tokenizer, task="MRPC",
                                    text_fields=("sentence1", "sentence2"), examples=10, augmentations=2)

@@ -141,3 +141,53 @@ def test_scores_attention_returns_pre_softmax_scores_with_reference_mask():
         sdpa_out = sdpa_model(input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(out.last_hidden_state[0], sdpa_out.last_hidden_state[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.last_hidden_state[1, :3], sdpa_out.last_hidden_state[1, :3], rtol=1e-4, atol=1e-5)
+
+
+def test_padding_to_the_fixed_length_adds_nonzero_pad_terms_so_no_rescaling_reproduces_it(tmp_path):
+    """What --pad_to_max_length changes: real positions are untouched (padded keys are masked), but the reference's
+    [PAD] positions carry hidden states and query rows of their own, different in teacher and student, so the
+    fixed-width loss is the dynamic one rescaled *plus* terms that only running those positions gives."""
+    import numpy as np
+    from distill import data, testing
+    tokenizer = testing.make_tokenizer(str(tmp_path / "tok"))
+    teacher = models.load_teacher(testing.make_teacher(str(tmp_path / "t"), tokenizer, layers=4, hidden=48,
+                                                       heads=12), classification=False)
+    torch.manual_seed(0)
+    student = models.build_student(testing.write_student_config(str(tmp_path / "s.json")), teacher,
+                                   classification=False).eval()
+    lengths = [9, 5]
+    rows = data.EncodedRows(values=np.arange(1000, 1000 + sum(lengths)), offsets=np.array([0, 9, 14]),
+                            segment_a_len=np.array([4, 3]))
+    width, fixed = max(lengths), 32
+    dynamic, padded = data.collate(rows, [0, 1], 0), data.collate(rows, [0, 1], 0, pad_to=fixed)
+    assert dynamic["input_ids"].shape == (2, width) and padded["input_ids"].shape == (2, fixed)
+    with torch.no_grad():
+        (_, t_att_d, t_hid_d), (_, t_att_p, t_hid_p) = (models.forward_with_internals(teacher, b)
+                                                         for b in (dynamic, padded))
+        (_, s_att_d, s_hid_d), (_, s_att_p, s_hid_p) = (models.forward_with_internals(student, b)
+                                                         for b in (dynamic, padded))
+    for d, p in zip(t_hid_d + s_hid_d, t_hid_p + s_hid_p):  # the dynamic batch's positions are unchanged
+        torch.testing.assert_close(p[:, :width], d, rtol=1e-4, atol=1e-5)
+    for d, p in zip(t_att_d + s_att_d, t_att_p + s_att_p):
+        torch.testing.assert_close(losses._zero_masked(p[:, :, :width, :width]), losses._zero_masked(d),
+                                   rtol=1e-4, atol=1e-4)
+    attention_map, hidden_map = losses.layer_mapping(4, 2)
+    rep_d = losses.hidden_state_loss(s_hid_d, t_hid_d, hidden_map)
+    rep_p = losses.hidden_state_loss(s_hid_p, t_hid_p, hidden_map)
+    att_d = losses.attention_score_loss(s_att_d, t_att_d, attention_map)
+    att_p = losses.attention_score_loss(s_att_p, t_att_p, attention_map)
+    # Hidden states: the fixed-width MSE = (dynamic sum + [PAD]-position sum beyond `width`) / fixed-width count.
+    pad_rep = sum(((s_hid_p[s][:, width:] - t_hid_p[t][:, width:]) ** 2).sum() for s, t in enumerate(hidden_map))
+    heads, hidden = 12, 48
+    assert float(rep_p) == pytest.approx((float(rep_d) * 2 * width * hidden + float(pad_rep)) / (2 * fixed * hidden),
+                                         rel=1e-4)
+    # Attention: beyond `width` only the [PAD] queries against each row's real keys are unmasked.
+    pad_att = 0.0
+    for s, t in enumerate(attention_map):
+        for row, length in enumerate(lengths):
+            pad_att += float(((s_att_p[s][row, :, width:, :length] - t_att_p[t][row, :, width:, :length]) ** 2).sum())
+    assert float(att_p) == pytest.approx((float(att_d) * 2 * heads * width ** 2 + pad_att) / (2 * heads * fixed ** 2),
+                                         rel=1e-4)
+    # Those [PAD] terms are far from negligible: rescaling the dynamic loss alone would miss most of the fixed one.
+    assert float(pad_rep) / (2 * fixed * hidden) > 0.3 * float(rep_p)
+    assert pad_att / (2 * heads * fixed ** 2) > 0.3 * float(att_p)
