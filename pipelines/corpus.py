@@ -253,11 +253,19 @@ class AssignBucketsFn(beam.DoFn):
 
 
 class CreateInstancesFn(beam.DoFn):
-    """A bucket of documents to (epoch, (instance_id, row)) for each instance of each of its documents."""
+    """A bucket of documents to (epoch, (shard, [(instance_id, row), ...])): its instances, in batches per shard.
+
+    Rows travel in batches because per-element costs in the runner (a Partition, a key, a GroupByKey entry per row)
+    were a large share of the run time. The shard is the one `outputs.WriteShards` assigns:
+    `stable_hash(instance_id) % num_shards`. Batches are flushed every BATCH_ROWS rows, so memory stays bounded
+    whatever the bucket size or shard count.
+    """
     COUNTS = "counts"
+    BATCH_ROWS = 2048
 
     def __init__(self, *, seed: int, mode: str, config: instances_lib.InstanceConfig,
-                 special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str):
+                 special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str, num_shards: int):
+        self._num_shards = num_shards
         self._seed = seed
         self._mode = mode
         self._config = config
@@ -275,7 +283,8 @@ class CreateInstancesFn(beam.DoFn):
         if len(docs) == 1 and self._mode == "pairs":
             self._lonely.inc()
         cumulative = instances_lib.cumulative_counts([len(doc) for doc in docs])  # once per bucket, not per draw
-        instances = tokens = 0
+        instances = tokens = buffered = 0
+        batches: Dict[int, List[Tuple[str, Dict[str, Any]]]] = {}
         for index, key in enumerate(keys):
             rng = random.Random(outputs.stable_hash(("instances", self._seed, epoch, key)))
             if self._mode == "pairs":
@@ -290,15 +299,21 @@ class CreateInstancesFn(beam.DoFn):
             for number, instance in enumerate(made):
                 instance_id = f"{key}:{number}"
                 tokens += len(instance.input_ids)
-                yield epoch, (instance_id, {
+                shard = outputs.stable_hash(instance_id) % self._num_shards
+                batches.setdefault(shard, []).append((instance_id, {
                     "instance_id": instance_id,
                     "input_ids": instance.input_ids,
                     "segment_a_len": instance.segment_a_len,
                     "is_random_next": instance.is_random_next,
                     "masked_lm_positions": instance.masked_lm_positions,
                     "masked_lm_labels": instance.masked_lm_labels,
-                })
+                }))
             instances += len(made)
+            buffered += len(made)
+            if buffered >= self.BATCH_ROWS:
+                yield from ((epoch, item) for item in sorted(batches.items()))
+                batches, buffered = {}, 0
+        yield from ((epoch, item) for item in sorted(batches.items()))
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("instances", instances))
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("instance_tokens", tokens))
 
@@ -379,7 +394,7 @@ class CreateInstances(beam.PTransform):
     """Tokenized documents to instances of every epoch, drawn per random-next bucket.
 
     Returns:
-      A DoOutputsTuple: main = (epoch, (instance_id, row)), `counts` (instances, instance_tokens).
+      A DoOutputsTuple: main = (epoch, (shard, [(instance_id, row), ...])), `counts` (instances, instance_tokens).
     """
 
     def __init__(self, *, seed: int, epochs: int, docs_per_bucket: int, fn: CreateInstancesFn):
@@ -397,6 +412,28 @@ class CreateInstances(beam.PTransform):
                     num_documents=beam.pvalue.AsSingleton(num_documents))
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "MakeInstances" >> beam.ParDo(self._fn).with_outputs(CreateInstancesFn.COUNTS, main="instances"))
+
+
+class WriteInstanceShards(beam.PTransform):
+    """(shard, [(instance_id, row), ...]) batches to the shards of one epoch, by `outputs.WriteShardFn`.
+
+    The keyed sink of `outputs.WriteShards` with the shard already assigned per row by `CreateInstancesFn`: the same
+    rows reach the same shard and are sorted and written by the same DoFn, so the files are byte-identical.
+
+    Returns:
+      A PCollection of one stats dict per non-empty shard, as `outputs.WriteShards` returns.
+    """
+
+    def __init__(self, output_dir: str, shard_set: outputs.ShardSet):
+        super().__init__()
+        self._output_dir = output_dir
+        self._shard_set = shard_set
+
+    def expand(self, batches):
+        return (batches
+                | "GroupByShard" >> beam.GroupByKey()
+                | "JoinBatches" >> beam.MapTuple(lambda shard, parts: (shard, [kv for part in parts for kv in part]))
+                | "WriteShard" >> beam.ParDo(outputs.WriteShardFn(self._output_dir, self._shard_set)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -536,7 +573,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
                   for epoch in range(options.epochs)]
     rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, options.num_shards, outputs.REJECT_SCHEMA)
     make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
-                                continuation_ids=continuation_ids, typecode=typecode)
+                                continuation_ids=continuation_ids, typecode=typecode,
+                                num_shards=options.num_shards)
 
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
@@ -558,7 +596,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         for epoch, shard_set in enumerate(epoch_sets):
             stats = (by_epoch[epoch]
                      | f"DropEpoch{epoch}" >> beam.Values()
-                     | f"WriteEpoch{epoch}" >> outputs.WriteShards(options.output, shard_set))
+                     | f"WriteEpoch{epoch}" >> WriteInstanceShards(options.output, shard_set))
             shard_stats[shard_set.subdir] = (shard_set, stats)
         rejects = reject_parts | "FlattenRejects" >> beam.Flatten()
         shard_stats[rejects_set.subdir] = (rejects_set, rejects
