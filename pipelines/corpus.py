@@ -261,7 +261,7 @@ class CreateInstancesFn(beam.DoFn):
     whatever the bucket size or shard count.
     """
     COUNTS = "counts"
-    BATCH_ROWS = 2048
+    BATCH_ROWS = 512
 
     def __init__(self, *, seed: int, mode: str, config: instances_lib.InstanceConfig,
                  special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str, num_shards: int):
