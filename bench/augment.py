@@ -15,8 +15,6 @@ import csv
 import gzip
 import os
 import pathlib
-import random
-import resource
 import subprocess
 import sys
 import tempfile

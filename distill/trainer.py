@@ -23,7 +23,7 @@ from torch import nn
 
 from distill import data as data_lib
 from distill import glue, losses, models
-from distill.config import CONSTANT, GENERAL, INTERMEDIATE, LINEAR, PREDICTION, TrainConfig, UserError
+from distill.config import CONSTANT, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError
 
 logger = logging.getLogger(__name__)
 

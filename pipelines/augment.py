@@ -168,7 +168,7 @@ class ReadExamplesFn(beam.DoFn):
         for row_index, raw in enumerate(lines):
             try:
                 line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
+            except UnicodeDecodeError:
                 yield row_index, None, ("undecodable_utf8", raw)
                 continue
             try:

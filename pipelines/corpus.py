@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa

@@ -14,7 +14,6 @@ place. Output bytes therefore depend only on the rows, never on bundling, runner
 import dataclasses
 import hashlib
 import json
-import logging
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 

@@ -1,5 +1,6 @@
 """Both pipelines on a real dask.distributed cluster (scheduler + 2 worker processes on 127.0.0.1)."""
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -10,23 +11,34 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import augment as augment_pipeline
-from pipelines import outputs
 from tests.test_corpus import TEXT_CORPUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dask_cluster():
+@contextlib.contextmanager
+def _local_cluster():
+    """A real dask.distributed scheduler and 2 single-threaded worker processes on 127.0.0.1."""
     distributed = pytest.importorskip("dask.distributed")
     # Worker processes unpickle our DoFns: they must import the project.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved]))
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=":0")
     try:
         yield cluster
     finally:
         cluster.close()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    with _local_cluster() as cluster:
+        yield cluster
 
 
 def _all_files(out: pathlib.Path):
@@ -83,14 +95,8 @@ def test_corpus_on_dask_equals_direct_runner(tmp_path, tiny_bert, dask_cluster):
 @pytest.fixture
 def fault_cluster():
     """A cluster of its own: the test kills one of its workers (the nanny then starts a new one)."""
-    distributed = pytest.importorskip("dask.distributed")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=":0")
-    try:
+    with _local_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def _kill_busy_worker(address: str, finished: threading.Event, report: dict) -> None:

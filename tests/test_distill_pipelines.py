@@ -6,8 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 from distill import run, testing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -8,8 +8,6 @@ the environment (`DOCKER` with our Dockerfile's image) change. The outputs must 
 
 import pathlib
 
-import pytest
-
 from pipelines import augment as augment_pipeline
 from pipelines import corpus as corpus_pipeline
 
