@@ -146,7 +146,8 @@ class TrainConfig:
     run: RunConfig
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options by group, and under "resolved" what "auto" options became for this run."""
+        return {**dataclasses.asdict(self), "resolved": {"lr_schedule": self.lr_schedule}}
 
     @property
     def lr_schedule(self) -> str:

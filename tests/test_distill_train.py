@@ -112,6 +112,8 @@ def test_task_stages_then_eval(setup, capsys):
     assert len(records) == 4 and {"att_loss", "rep_loss"} <= set(records[0])
     # Stage 1 keeps the learning rate constant by default (the reference's BertAdam schedule 'none').
     assert [r["lr"] for r in records] == [5e-5] * 4
+    saved = json.loads((intermediate / "distill_config.json").read_text())
+    assert saved["optim"]["lr_schedule"] == "auto" and saved["resolved"]["lr_schedule"] == "constant"
     prediction = setup["base"] / "task-pred"
     run.main(["task", "--stage", "prediction", *common, "--student", str(intermediate), "--output", str(prediction),
               "--epochs", "1", "--dev", setup["dev"], "--eval_interval", "5", "--temperature", "2"])
