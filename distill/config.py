@@ -7,7 +7,7 @@ Each field's help text lives in its metadata; `add_arguments` turns a dataclass 
 import argparse
 import dataclasses
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 GENERAL, TASK = "general", "task"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
@@ -34,6 +34,10 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _require_choice(option: str, value: str, choices: Tuple[str, ...]) -> None:
+    _require(value in choices, f"--{option} must be one of {', '.join(choices)}, not {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """What is distilled into what."""
@@ -58,10 +62,8 @@ class DistillConfig:
         _require(self.mode == GENERAL or bool(self.task), "--task is required for task distillation")
         _require(self.mode == TASK or self.stage == INTERMEDIATE, "general distillation has only the intermediate stage")
         _require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
-        _require(self.soft_ce_reduction in SOFT_CE_REDUCTIONS,
-                 f"--soft_ce_reduction must be one of {', '.join(SOFT_CE_REDUCTIONS)}, not {self.soft_ce_reduction!r}")
-        _require(self.regression_target in REGRESSION_TARGETS,
-                 f"--regression_target must be one of {', '.join(REGRESSION_TARGETS)}, not {self.regression_target!r}")
+        _require_choice("soft_ce_reduction", self.soft_ce_reduction, SOFT_CE_REDUCTIONS)
+        _require_choice("regression_target", self.regression_target, REGRESSION_TARGETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +114,7 @@ class OptimConfig:
         _require(self.epochs > 0, f"--epochs must be > 0, not {self.epochs}")
         _require(self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1")
         _require(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0")
-        _require(self.lr_schedule in LR_SCHEDULES,
-                 f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        _require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +135,7 @@ class RunConfig:
         _require(bool(self.output), "--output is required")
         _require(self.log_interval > 0 and self.eval_interval > 0 and self.checkpoint_interval > 0,
                  "--log_interval, --eval_interval and --checkpoint_interval must be > 0")
-        _require(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
+        _require_choice("precision", self.precision, PRECISIONS)
         _require(self.halt_at_step is None or self.halt_at_step > 0, "--halt_at_step must be > 0")
 
 
