@@ -129,7 +129,7 @@ def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int,
     attention_mask (batch, seq), plus float32 `labels` (batch,) when the rows carry them.
 
     Raises:
-      ValueError: an example is longer than `pad_to`.
+      UserError: an example is longer than `pad_to`.
     """
     indices = np.asarray(indices)
     starts, ends = rows.offsets[indices], rows.offsets[indices + 1]
@@ -137,7 +137,8 @@ def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int,
     width = int(lengths.max())
     if pad_to is not None:
         if width > pad_to:
-            raise ValueError(f"an example has {width} tokens, more than the {pad_to} it is padded to")
+            raise UserError(f"an example has {width} tokens, more than the {pad_to} it is padded to; raise "
+                            "--max_seq_len (task data) or drop --pad_to_max_length")
         width = pad_to
     input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
     for row, (start, end) in enumerate(zip(starts, ends)):
