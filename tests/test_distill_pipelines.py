@@ -16,7 +16,7 @@ def test_end_to_end_from_the_pipelines_outputs(tmp_path, capsys):
     from pipelines import demo_assets
 
     def pipeline(module, *argv):
-        # Each pipeline in its own process: both define a PipelineOptions --input, which clash in one process.
+        # Each pipeline through its command line, in its own process, as a user runs it.
         result = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True,
                                 timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
