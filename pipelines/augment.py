@@ -19,7 +19,7 @@ import pathlib
 import sys
 import threading
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -509,17 +509,37 @@ class UsageError(ValueError):
     """An option or input a person can fix; run() turns it into one clear line."""
 
 
-def _resolve_task(options) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
-    """(task format, input format, label field, id field), or UsageError."""
+class ResolvedInput(NamedTuple):
+    """What run() settled about the input once: the matched files, the task format and where its fields are."""
+    files: List[Dict[str, Any]]
+    task: TaskFormat
+    input_format: str
+    label_field: Optional[str]
+    id_field: Optional[str]
+
+
+def _resolve_input(options) -> ResolvedInput:
+    """The input files (matched once) and the task they hold.
+
+    Raises:
+      FileNotFoundError: nothing matches --input.
+      UsageError: an unknown task, a generic task without --text_columns, a format that cannot be told.
+    """
     files = outputs.input_files(options.input)
-    ext = files[0]["path"].rsplit(".", 1)[-1].lower()
+    task, fmt, label_field, id_field = _resolve_task(options, files[0]["path"])
+    return ResolvedInput(files, task, fmt, label_field, id_field)
+
+
+def _resolve_task(options, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
+    """(task format, input format, label field, id field), or UsageError."""
+    ext = first_path.rsplit(".", 1)[-1].lower()
     if options.task.lower() == "generic":
         if not options.text_columns:
             raise UsageError("--task generic needs --text_columns (and usually --label_column)")
         fmt = options.input_format if options.input_format != "auto" else {
             "tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
         if fmt is None:
-            raise UsageError(f"cannot tell the format of {files[0]['path']}; pass --input_format")
+            raise UsageError(f"cannot tell the format of {first_path}; pass --input_format")
         labels = options.label_list.split(",") if options.label_list else None
         task = generic_task([c.strip() for c in options.text_columns.split(",")], options.label_column, labels)
         return task, fmt, options.label_column, options.id_column
@@ -556,10 +576,9 @@ def _check_options(options) -> None:
                          "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
 
 
-def build_pipeline(pipeline: beam.Pipeline, options, tokenizer) -> None:
-    """Adds the augmentation graph for `options` to `pipeline`."""
-    task, fmt, label_field, id_field = _resolve_task(options)
-    files = outputs.input_files(options.input)
+def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput) -> None:
+    """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
+    files, task, fmt, label_field, id_field = resolved
     num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
     output = options.output
     header_line = _read_header(files[0]["path"], task, fmt)
@@ -631,7 +650,7 @@ def run(argv=None, save_main_session=True):
                   num_shards=4)
     try:
         _check_options(aug)
-        _resolve_task(aug)
+        resolved = _resolve_input(aug)
         try:
             tokenizer = load_tokenizer(aug.model)
         except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
@@ -642,7 +661,7 @@ def run(argv=None, save_main_session=True):
     except (UsageError, FileNotFoundError, outputs.OutputExistsError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
-        build_pipeline(pipeline, aug, tokenizer)
+        build_pipeline(pipeline, aug, tokenizer, resolved)
     manifest = outputs.read_manifest(aug.output)
     logging.info("augmentation finished: %s\n%s", aug.output, outputs.summarize(manifest))
     return manifest

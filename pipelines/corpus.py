@@ -257,7 +257,7 @@ class CreateInstancesFn(beam.DoFn):
 
     Rows travel in batches because per-element costs in the runner (a Partition, a key, a GroupByKey entry per row)
     were a large share of the run time. The shard is the one `outputs.WriteShards` assigns:
-    `stable_hash(instance_id) % num_shards`. Batches are flushed every BATCH_ROWS rows, so memory stays bounded
+    `outputs.shard_of(instance_id, num_shards)`. Batches are flushed every BATCH_ROWS rows, so memory stays bounded
     whatever the bucket size or shard count.
     """
     COUNTS = "counts"
@@ -299,7 +299,7 @@ class CreateInstancesFn(beam.DoFn):
             for number, instance in enumerate(made):
                 instance_id = f"{key}:{number}"
                 tokens += len(instance.input_ids)
-                shard = outputs.stable_hash(instance_id) % self._num_shards
+                shard = outputs.shard_of(instance_id, self._num_shards)
                 batches.setdefault(shard, []).append((instance_id, {
                     "instance_id": instance_id,
                     "input_ids": instance.input_ids,

@@ -50,6 +50,11 @@ def stable_hash(key: Any) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def shard_of(key: Any, num_shards: int) -> int:
+    """The shard a row with this key goes to: the keyed sink's assignment, for writers that batch rows per shard."""
+    return stable_hash(key) % num_shards
+
+
 def shard_file_name(index: int, num_shards: int) -> str:
     return f"part-{index:05d}-of-{num_shards:05d}.parquet"
 
@@ -196,7 +201,7 @@ class WriteShards(beam.PTransform):
     def expand(self, keyed_rows):
         num_shards = self._shard_set.num_shards
         return (keyed_rows
-                | "AssignShard" >> beam.Map(lambda kv: (stable_hash(kv[0]) % num_shards, kv))
+                | "AssignShard" >> beam.Map(lambda kv: (shard_of(kv[0], num_shards), kv))
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._shard_set)))
 
