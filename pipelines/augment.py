@@ -39,6 +39,7 @@ from augment.tasks import (Example, RejectedRecord, TaskFormat, generic_task, pa
                            replace_cells, resolve_task)
 from augment.words import WordSplitter
 from pipelines import outputs
+from pipelines import tokenizer as tokenizer_lib
 from pipelines.options import resolve
 from pipelines.runners import resolve_runner
 
@@ -87,12 +88,9 @@ def load_masked_lm(name_or_path: str):
 
 
 def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
+    """The transformers fast tokenizer (the scorer needs its methods), loaded under the same lock as the model."""
     with _LOAD_LOCK:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{name_or_path} has no fast (Rust) tokenizer")
-    return tokenizer
+        return tokenizer_lib.load_transformers_tokenizer(name_or_path)
 
 
 def choose_device(device: str) -> str:

@@ -16,6 +16,7 @@ documents of its bucket, so no worker ever needs the whole corpus.
 import argparse
 import array
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -23,15 +24,19 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import documents as documents_lib
 from pipelines import instances as instances_lib
 from pipelines import outputs
+from pipelines import tokenizer as tokenizer_lib
 from pipelines import wiki
 from pipelines.options import resolve
 from pipelines.runners import resolve_runner
@@ -196,10 +201,28 @@ class SplitSentencesFn(beam.DoFn):
 
 
 class TokenizeDocumentsFn(beam.DoFn):
-    """Batches of (key, sentences) to (key, [token ids of each sentence as packed bytes]), one fast-tokenizer call
-    per batch. Sentences with no tokens are left out; a document left with none is rejected."""
+    """(key, sentences) to packed documents (key, (ids, lengths)), one fast-tokenizer call per BATCH_SENTENCES.
+
+    Documents are buffered until they hold BATCH_SENTENCES sentences (and at the end of a bundle), then tokenized
+    in one `encode_batch_fast` call: a batch by sentences, not documents, because Wikipedia articles range from one
+    sentence to thousands. Each output keeps its own document's window and timestamp.
+
+    Each document goes to the tokenizer as one text, its sentences joined by a newline that a copy of the tokenizer
+    knows as a special added token: the newline comes back as its own id between the sentences' ids, so one
+    Encoding per document replaces one per sentence (a fifth of the tokenizing time here). Sentences never hold a
+    newline (`documents.normalize_text`), added tokens are cut out before the normalizer and pre-tokenizer run,
+    and a WordPiece pre-tokenizer splits at whitespace anyway, so every sentence's ids are those of encoding it
+    alone; `setup()` checks that on probe sentences and encodes sentence by sentence if a tokenizer disagrees.
+
+    A packed document is the token ids of all its sentences back to back (`array` bytes of `typecode`) and each
+    sentence's token count (`array("I")` bytes): two byte strings per document between stages instead of a list
+    per sentence. Sentences with no tokens are left out; a document left with none is rejected.
+    """
     REJECTS = "rejects"
     COUNTS = "counts"
+    BATCH_SENTENCES = 4096
+    SEPARATOR = "\n"
+    PROBE = ["Hello, World!", "naïve café 東京 co-op", "x", "\x00\u200b", "", "  spaced  ", "[SEP] [MASK]", "it's 3.5%"]
 
     def __init__(self, tokenizer_json: str, typecode: str):
         self._tokenizer_json = tokenizer_json
@@ -207,33 +230,78 @@ class TokenizeDocumentsFn(beam.DoFn):
         self._empty_sentences = Metrics.counter("TokenizeDocuments", "sentences_without_tokens")
 
     def setup(self):
-        # The Rust tokenizer as `run()` resolved it with transformers, rebuilt from its serialization: a worker
-        # needs neither transformers nor torch (seconds of imports per worker process).
-        from tokenizers import Tokenizer
+        from tokenizers import AddedToken, Tokenizer
         self._tokenizer = Tokenizer.from_str(self._tokenizer_json)
+        self._joining = None  # (tokenizer that knows SEPARATOR, its id), where it gives the same ids
+        if self._tokenizer.token_to_id(self.SEPARATOR) is None:
+            joining = Tokenizer.from_str(self._tokenizer_json)
+            joining.add_special_tokens([AddedToken(self.SEPARATOR, special=True, normalized=False)])
+            separator_id = joining.token_to_id(self.SEPARATOR)
+            alone = [e.ids for e in self._tokenizer.encode_batch_fast(self.PROBE, add_special_tokens=False)]
+            joined = joining.encode_batch_fast([self.SEPARATOR.join(self.PROBE)], add_special_tokens=False)[0].ids
+            if joined == [i for k, ids in enumerate(alone) for i in ([separator_id] if k else []) + ids]:
+                self._joining = (joining, separator_id)
+        self._dtype = np.dtype(self._typecode)
 
-    def process(self, batch):
-        texts = [sentence for _, sentences in batch for sentence in sentences]
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        position = 0
-        documents = sentences_total = tokens_total = 0
-        for key, sentences in batch:
-            packed = []
-            for encoding in encodings[position:position + len(sentences)]:
-                if encoding.ids:
-                    packed.append(array.array(self._typecode, encoding.ids).tobytes())
-                    tokens_total += len(encoding.ids)
-                else:
-                    self._empty_sentences.inc()
-            position += len(sentences)
-            if not packed:
-                yield beam.pvalue.TaggedOutput(self.REJECTS, outputs.reject(key, 0, "no_tokens", sentences))
+    def start_bundle(self):
+        self._pending: List[WindowedValue] = []
+        self._pending_sentences = 0
+        self._counts: Dict[Any, Dict[str, int]] = {}  # per window: documents, sentences, tokens
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self._pending.append(WindowedValue(element, timestamp, (window,)))
+        self._pending_sentences += len(element[1])
+        if self._pending_sentences >= self.BATCH_SENTENCES:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        yield from self._flush()
+        for window, counts in self._counts.items():
+            for name, value in counts.items():
+                yield beam.pvalue.TaggedOutput(
+                    self.COUNTS, WindowedValue((name, value), window.max_timestamp(), (window,)))
+
+    def _flush(self):
+        pending, self._pending, self._pending_sentences = self._pending, [], 0
+        if not pending:
+            return
+        for item, (ids, lengths) in zip(pending, self._encode([item.value[1] for item in pending])):
+            key, sentences = item.value
+            if len(lengths) < len(sentences):
+                self._empty_sentences.inc(len(sentences) - len(lengths))
+            if not len(lengths):
+                yield beam.pvalue.TaggedOutput(self.REJECTS, item.with_value(
+                    outputs.reject(key, 0, "no_tokens", sentences)))
                 continue
-            documents += 1
-            sentences_total += len(packed)
-            yield key, packed
-        for name, value in (("documents", documents), ("sentences", sentences_total), ("tokens", tokens_total)):
-            yield beam.pvalue.TaggedOutput(self.COUNTS, (name, value))
+            counts = self._counts.setdefault(item.windows[0], {"documents": 0, "sentences": 0, "tokens": 0})
+            counts["documents"] += 1
+            counts["sentences"] += len(lengths)
+            counts["tokens"] += len(ids)
+            yield item.with_value((key, (ids.tobytes(), lengths.tobytes())))
+
+    def _encode(self, documents: List[List[str]]):
+        """(ids of the non-empty sentences back to back, their lengths as uint32) per document, as numpy arrays."""
+        texts = None
+        if self._joining is not None:
+            texts = [self.SEPARATOR.join(sentences) for sentences in documents]
+            if any(text.count(self.SEPARATOR) != len(sentences) - 1 for text, sentences in zip(texts, documents)):
+                texts = None  # a sentence with a newline of its own (never from this pipeline's readers)
+        if texts is None:
+            flat = [sentence for sentences in documents for sentence in sentences]
+            encodings = iter(self._tokenizer.encode_batch_fast(flat, add_special_tokens=False))
+            for sentences in documents:
+                ids = [encoding.ids for _, encoding in zip(sentences, encodings)]
+                lengths = np.fromiter(map(len, ids), dtype=np.uint32, count=len(ids))
+                yield (np.fromiter(itertools.chain.from_iterable(ids), dtype=self._dtype, count=int(lengths.sum())),
+                       lengths[lengths > 0])
+            return
+        joining, separator_id = self._joining
+        for encoding in joining.encode_batch_fast(texts, add_special_tokens=False):
+            ids = np.array(encoding.ids, dtype=np.int64)
+            is_separator = ids == separator_id
+            bounds = np.concatenate(([-1], np.flatnonzero(is_separator), [len(ids)]))
+            lengths = (np.diff(bounds) - 1).astype(np.uint32)
+            yield ids[~is_separator].astype(self._dtype), lengths[lengths > 0]
 
 
 class AssignBucketsFn(beam.DoFn):
@@ -253,18 +321,19 @@ class AssignBucketsFn(beam.DoFn):
 
 
 class CreateInstancesFn(beam.DoFn):
-    """A bucket of documents to (epoch, (shard, [(instance_id, row), ...])): its instances, in batches per shard.
+    """A bucket of packed documents to ((epoch, shard), encoded rows): its instances, batched per output shard.
 
-    Rows travel in batches because per-element costs in the runner (a Partition, a key, a GroupByKey entry per row)
-    were a large share of the run time. The shard is the one `outputs.WriteShards` assigns:
-    `outputs.shard_of(instance_id, num_shards)`. Batches are flushed every BATCH_ROWS rows, so memory stays bounded
-    whatever the bucket size or shard count.
+    Rows leave as Arrow record batches (`outputs.encode_batch`) for `outputs.WriteBatchedShards`: per-row costs in
+    the runner (a key, a pickled dict of int lists, a GroupByKey entry per row) were most of the run time. The
+    shard is the one the keyed sink would assign, `outputs.shard_of(instance_id, num_shards)`. A shard's batch is
+    flushed every BATCH_ROWS rows, so memory stays bounded whatever the bucket size or shard count.
     """
     COUNTS = "counts"
-    BATCH_ROWS = 512
+    BATCH_ROWS = 2048
 
     def __init__(self, *, seed: int, mode: str, config: instances_lib.InstanceConfig,
-                 special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str, num_shards: int):
+                 special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str, num_shards: int,
+                 schema: pa.Schema):
         self._num_shards = num_shards
         self._seed = seed
         self._mode = mode
@@ -272,19 +341,20 @@ class CreateInstancesFn(beam.DoFn):
         self._special = special
         self._continuation_ids = continuation_ids
         self._typecode = typecode
+        self._schema = schema
         self._lonely = Metrics.counter("CreateInstances", "buckets_of_one_document")
 
     def process(self, element):
         (epoch, _), members = element
         members = sorted(members, key=lambda kv: kv[0])  # bucket order must not depend on bundle order
         keys = [key for key, _ in members]
-        docs = [[array.array(self._typecode, sentence) for sentence in packed] for _, packed in members]
+        docs = [_unpack_document(packed, self._typecode) for _, packed in members]
         del members
         if len(docs) == 1 and self._mode == "pairs":
             self._lonely.inc()
         cumulative = instances_lib.cumulative_counts([len(doc) for doc in docs])  # once per bucket, not per draw
-        instances = tokens = buffered = 0
-        batches: Dict[int, List[Tuple[str, Dict[str, Any]]]] = {}
+        instances = tokens = 0
+        batches: Dict[int, _InstanceBatch] = {}
         for index, key in enumerate(keys):
             rng = random.Random(outputs.stable_hash(("instances", self._seed, epoch, key)))
             if self._mode == "pairs":
@@ -300,22 +370,73 @@ class CreateInstancesFn(beam.DoFn):
                 instance_id = f"{key}:{number}"
                 tokens += len(instance.input_ids)
                 shard = outputs.shard_of(instance_id, self._num_shards)
-                batches.setdefault(shard, []).append((instance_id, {
-                    "instance_id": instance_id,
-                    "input_ids": instance.input_ids,
-                    "segment_a_len": instance.segment_a_len,
-                    "is_random_next": instance.is_random_next,
-                    "masked_lm_positions": instance.masked_lm_positions,
-                    "masked_lm_labels": instance.masked_lm_labels,
-                }))
+                batch = batches.get(shard)
+                if batch is None:
+                    batch = batches[shard] = _InstanceBatch()
+                batch.append(instance_id, instance)
+                if len(batch) >= self.BATCH_ROWS:
+                    yield (epoch, shard), outputs.encode_batch(batch.to_record_batch(self._schema))
+                    del batches[shard]
             instances += len(made)
-            buffered += len(made)
-            if buffered >= self.BATCH_ROWS:
-                yield from ((epoch, item) for item in sorted(batches.items()))
-                batches, buffered = {}, 0
-        yield from ((epoch, item) for item in sorted(batches.items()))
+        for shard, batch in sorted(batches.items()):
+            yield (epoch, shard), outputs.encode_batch(batch.to_record_batch(self._schema))
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("instances", instances))
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("instance_tokens", tokens))
+
+
+class _InstanceBatch:
+    """Instances bound for one shard, gathered column by column (flat token lists + offsets)."""
+
+    def __init__(self):
+        self.instance_ids: List[str] = []
+        self.input_ids: List[int] = []
+        self.input_offsets = [0]
+        self.segment_a_lens: List[int] = []
+        self.is_random_next: List[bool] = []
+        self.positions: List[int] = []
+        self.labels: List[int] = []
+        self.mask_offsets = [0]
+
+    def __len__(self) -> int:
+        return len(self.instance_ids)
+
+    def append(self, instance_id: str, instance: instances_lib.Instance) -> None:
+        self.instance_ids.append(instance_id)
+        self.input_ids += instance.input_ids
+        self.input_offsets.append(len(self.input_ids))
+        self.segment_a_lens.append(instance.segment_a_len)
+        self.is_random_next.append(instance.is_random_next)
+        if instance.masked_lm_positions:  # none at TinyBERT's default masked_lm_prob 0
+            self.positions += instance.masked_lm_positions
+            self.labels += instance.masked_lm_labels
+        self.mask_offsets.append(len(self.positions))
+
+    def to_record_batch(self, schema: pa.Schema) -> pa.RecordBatch:
+        id_type = schema.field("input_ids").type.value_type
+
+        def list_column(offsets: List[int], values: List[int], value_type: pa.DataType) -> pa.Array:
+            return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, value_type))
+
+        return pa.RecordBatch.from_arrays([
+            pa.array(self.instance_ids, pa.string()),
+            list_column(self.input_offsets, self.input_ids, id_type),
+            pa.array(self.segment_a_lens, pa.int16()),
+            pa.array(self.is_random_next, pa.bool_()),
+            list_column(self.mask_offsets, self.positions, pa.int16()),
+            list_column(self.mask_offsets, self.labels, id_type),
+        ], schema=schema)
+
+
+def _unpack_document(packed: Tuple[bytes, bytes], typecode: str) -> instances_lib.PackedDocument:
+    """A packed document (see TokenizeDocumentsFn) as the instance cutter takes it."""
+    ids_bytes, lengths_bytes = packed
+    ids = array.array(typecode)
+    ids.frombytes(ids_bytes)
+    lengths = array.array("I")
+    lengths.frombytes(lengths_bytes)
+    # The ids stay an array (2 bytes a token, sliced by memcpy): a bucket of a thousand long articles as Python
+    # int lists would cost tens of bytes a token.
+    return instances_lib.PackedDocument(ids, list(itertools.accumulate(lengths)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,7 +489,7 @@ class DropDuplicateDocuments(beam.PTransform):
 
 
 class TokenizeDocuments(beam.PTransform):
-    """(key, sentences) to (key, packed token ids per sentence), batched through the fast tokenizer.
+    """(key, sentences) to packed documents (key, (ids, lengths)), batched through the fast tokenizer.
 
     Returns:
       A DoOutputsTuple: main = documents, `rejects`, `counts` (documents, sentences, tokens).
@@ -385,7 +506,6 @@ class TokenizeDocuments(beam.PTransform):
 
     def expand(self, documents):
         return (documents
-                | "BatchDocuments" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
                 | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(self._tokenizer_json, self._typecode)).with_outputs(
                     TokenizeDocumentsFn.REJECTS, TokenizeDocumentsFn.COUNTS, main="documents"))
 
@@ -394,7 +514,8 @@ class CreateInstances(beam.PTransform):
     """Tokenized documents to instances of every epoch, drawn per random-next bucket.
 
     Returns:
-      A DoOutputsTuple: main = (epoch, (shard, [(instance_id, row), ...])), `counts` (instances, instance_tokens).
+      A DoOutputsTuple: main = ((epoch, shard), encoded rows) for `outputs.WriteBatchedShards`, `counts`
+      (instances, instance_tokens).
     """
 
     def __init__(self, *, seed: int, epochs: int, docs_per_bucket: int, fn: CreateInstancesFn):
@@ -412,28 +533,6 @@ class CreateInstances(beam.PTransform):
                     num_documents=beam.pvalue.AsSingleton(num_documents))
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "MakeInstances" >> beam.ParDo(self._fn).with_outputs(CreateInstancesFn.COUNTS, main="instances"))
-
-
-class WriteInstanceShards(beam.PTransform):
-    """(shard, [(instance_id, row), ...]) batches to the shards of one epoch, by `outputs.WriteShardFn`.
-
-    The keyed sink of `outputs.WriteShards` with the shard already assigned per row by `CreateInstancesFn`: the same
-    rows reach the same shard and are sorted and written by the same DoFn, so the files are byte-identical.
-
-    Returns:
-      A PCollection of one stats dict per non-empty shard, as `outputs.WriteShards` returns.
-    """
-
-    def __init__(self, output_dir: str, shard_set: outputs.ShardSet):
-        super().__init__()
-        self._output_dir = output_dir
-        self._shard_set = shard_set
-
-    def expand(self, batches):
-        return (batches
-                | "GroupByShard" >> beam.GroupByKey()
-                | "JoinBatches" >> beam.MapTuple(lambda shard, parts: (shard, [kv for part in parts for kv in part]))
-                | "WriteShard" >> beam.ParDo(outputs.WriteShardFn(self._output_dir, self._shard_set)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,15 +554,6 @@ def _duplicate_rejects(group):
         yield outputs.reject(key, 0, "duplicate_document", f"same text as {docs[0][0]}: {sentences[:3]}")
 
 
-def _backend_json(tokenizer) -> str:
-    """The serialization of a Hugging Face fast tokenizer's Rust backend, with truncation and padding off."""
-    from tokenizers import Tokenizer
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return backend.to_str()
-
-
 def instance_schema(vocab_size: int) -> pa.Schema:
     """The Parquet schema of general-distillation rows; token ids in the narrowest type the vocab allows."""
     id_type = pa.uint16() if vocab_size <= 65536 else pa.int32()
@@ -477,7 +567,9 @@ def instance_schema(vocab_size: int) -> pa.Schema:
     ])
 
 
-def _instance_stats(rows: List[Dict[str, Any]]) -> Dict[str, int]:
+def _instance_stats(rows) -> Dict[str, int]:
+    if isinstance(rows, pa.Table):  # a shard from WriteBatchedShards
+        return {"tokens": int(pc.sum(pc.list_value_length(rows["input_ids"])).as_py() or 0)}
     return {"tokens": sum(len(row["input_ids"]) for row in rows)}
 
 
@@ -485,26 +577,16 @@ def _reject_key(row: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     return f"{row['source']}\x00{row['row_index']:016d}\x00{row['reason']}", row
 
 
-def _load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-    except Exception as error:  # OSError, ValueError, hub errors: all mean "cannot use this --tokenizer"
-        raise SystemExit(f"error: cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}")
-    if not tokenizer.is_fast:
-        raise SystemExit(f"error: tokenizer {name_or_path!r} has no fast (Rust) implementation")
-    return tokenizer
-
-
-def _special_tokens(tokenizer) -> instances_lib.SpecialTokens:
-    missing = [name for name in ("cls_token_id", "sep_token_id", "mask_token_id")
-               if getattr(tokenizer, name) is None]
+def _special_tokens(tokenizer: tokenizer_lib.LoadedTokenizer) -> instances_lib.SpecialTokens:
+    ids = {name: tokenizer.special_id(name) for name in ("cls_token", "sep_token", "mask_token")}
+    missing = [f"{name}_id" for name, value in ids.items() if value is None]
     if missing:
         raise SystemExit(f"error: tokenizer lacks {', '.join(missing)}; a BERT-style WordPiece tokenizer is needed")
-    filler = tokenizer.convert_tokens_to_ids(".")
+    filler = tokenizer.backend.token_to_id(".")
     return instances_lib.SpecialTokens(
-        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, mask_id=tokenizer.mask_token_id,
-        filler_id=filler if filler is not None else tokenizer.sep_token_id, vocab_size=len(tokenizer))
+        cls_id=ids["cls_token"], sep_id=ids["sep_token"], mask_id=ids["mask_token"],
+        filler_id=filler if filler is not None else ids["sep_token"],
+        vocab_size=tokenizer.backend.get_vocab_size(with_added_tokens=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,12 +622,16 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         files = outputs.input_files(options.input)
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}")
-    tokenizer = _load_tokenizer(options.tokenizer)
+    try:
+        tokenizer = tokenizer_lib.load(options.tokenizer)
+    except tokenizer_lib.TokenizerError as error:
+        raise SystemExit(f"error: {error}; pass a hub name or a directory holding a fast tokenizer") from None
     special = _special_tokens(tokenizer)
     typecode = "H" if special.vocab_size <= 65536 else "i"
     continuation_ids = frozenset()
     if options.whole_word_mask:
-        continuation_ids = frozenset(i for t, i in tokenizer.get_vocab().items() if t.startswith("##"))
+        continuation_ids = frozenset(i for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()
+                                     if t.startswith("##"))
     try:
         outputs.prepare_output_dir(options.output, overwrite=options.overwrite)
     except outputs.OutputExistsError as error:
@@ -574,7 +660,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, options.num_shards, outputs.REJECT_SCHEMA)
     make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
                                 continuation_ids=continuation_ids, typecode=typecode,
-                                num_shards=options.num_shards)
+                                num_shards=options.num_shards, schema=schema)
 
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
@@ -587,17 +673,14 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
             deduped = documents | "DropDuplicateDocuments" >> DropDuplicateDocuments()
             documents = deduped["documents"]
             reject_parts.append(deduped["rejects"])
-        tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(_backend_json(tokenizer), typecode)
+        tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(tokenizer.to_json(), typecode)
         reject_parts.append(tokenized.rejects)
         made = tokenized.documents | "CreateInstances" >> CreateInstances(
             seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket, fn=make_fn)
-        by_epoch = made.instances | "SplitEpochs" >> beam.Partition(lambda kv, n: kv[0], options.epochs)
-        shard_stats = {}
-        for epoch, shard_set in enumerate(epoch_sets):
-            stats = (by_epoch[epoch]
-                     | f"DropEpoch{epoch}" >> beam.Values()
-                     | f"WriteEpoch{epoch}" >> WriteInstanceShards(options.output, shard_set))
-            shard_stats[shard_set.subdir] = (shard_set, stats)
+        # Every epoch's shards through one sink: the row batches are keyed (epoch, shard) already.
+        instance_stats = made.instances | "WriteInstances" >> outputs.WriteBatchedShards(
+            options.output, epoch_sets, sort_by="instance_id")
+        shard_stats = {shard_set.subdir: (shard_set, instance_stats) for shard_set in epoch_sets}
         rejects = reject_parts | "FlattenRejects" >> beam.Flatten()
         shard_stats[rejects_set.subdir] = (rejects_set, rejects
                                            | "KeyRejects" >> beam.Map(_reject_key)

@@ -25,10 +25,45 @@ import bisect
 import dataclasses
 import itertools
 import random
-from typing import AbstractSet, List, Optional, Sequence
+from typing import AbstractSet, List, Optional, Sequence, Union
 
 Sentence = Sequence[int]
-Document = Sequence[Sentence]
+
+
+class PackedDocument:
+    """A tokenized document as one flat list of token ids and the end offset of each sentence.
+
+    Cutting instances is then slicing: segment A, an actual-next B and a random-next B are each one contiguous
+    run of a document's tokens. `len()` is the number of sentences, as for a list of sentences.
+    """
+    __slots__ = ("ids", "ends")
+
+    def __init__(self, ids: Sequence[int], ends: List[int]):
+        self.ids = ids  # every sentence's ids back to back: a list, or an `array.array` (compact, sliced by memcpy)
+        self.ends = ends  # ends[i]: offset just past sentence i; non-decreasing, ends[-1] == len(ids)
+
+    @classmethod
+    def from_sentences(cls, sentences: Sequence[Sentence]) -> "PackedDocument":
+        ids: List[int] = []
+        ends: List[int] = []
+        for sentence in sentences:
+            ids.extend(sentence)
+            ends.append(len(ids))
+        return cls(ids, ends)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def start(self, sentence: int) -> int:
+        """Offset of the first token of `sentence`."""
+        return self.ends[sentence - 1] if sentence else 0
+
+
+Document = Union[PackedDocument, Sequence[Sentence]]
+
+
+def _packed(document: Document) -> PackedDocument:
+    return document if isinstance(document, PackedDocument) else PackedDocument.from_sentences(document)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +190,8 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
     """`[CLS] A [SEP] B [SEP]` instances from documents[index]; random-next B from the other documents.
 
     Args:
-      documents: the bucket: documents, each a list of non-empty sentences of token ids (no special tokens).
+      documents: the bucket: documents, each a `PackedDocument` or a list of non-empty sentences of token ids (no
+        special tokens). Packed ones are faster: a list is packed each time the call touches it.
       index: which document to cut into instances.
       rng: the only source of randomness.
       continuation_ids: ids of "##" pieces, for whole-word masking.
@@ -166,23 +202,22 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
       The document's instances, in document order. With a single document in the bucket, a random-next B comes
       from the same document (the reference refuses such a corpus; a bucket of one is the caller's to avoid).
     """
-    document = documents[index]
+    document = _packed(documents[index])
+    ids, ends = document.ids, document.ends
     max_num_tokens = config.max_seq_len - 3
     target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
     instances = []
-    chunk: List[Sentence] = []
-    chunk_length = 0
+    last_sentence = len(ends) - 1
+    chunk_first = 0  # the current chunk is sentences chunk_first..i
     i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += len(document[i])
-        if i == len(document) - 1 or chunk_length >= target:
-            a_end = rng.randrange(1, len(chunk)) if len(chunk) >= 2 else 1
-            tokens_a: List[int] = []
-            for sentence in chunk[:a_end]:
-                tokens_a.extend(sentence)
-            tokens_b: List[int] = []
-            if len(chunk) == 1 or rng.random() < 0.5:
+    while i <= last_sentence:
+        chunk_start = ends[chunk_first - 1] if chunk_first else 0
+        if i == last_sentence or ends[i] - chunk_start >= target:
+            chunk_size = i - chunk_first + 1
+            a_end = rng.randrange(1, chunk_size) if chunk_size >= 2 else 1
+            a_stop = ends[chunk_first + a_end - 1]
+            tokens_a = ids[chunk_start:a_stop]
+            if chunk_size == 1 or rng.random() < 0.5:
                 is_random_next = True
                 target_b = target - len(tokens_a)
                 if len(documents) > 1:
@@ -191,16 +226,16 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
                     other = _draw_other_document(cumulative, index, rng)
                 else:
                     other = index
-                other_doc = documents[other]
-                for sentence in other_doc[rng.randrange(0, len(other_doc)):]:
-                    tokens_b.extend(sentence)
-                    if len(tokens_b) >= target_b:
-                        break
-                i -= len(chunk) - a_end  # the chunk's B sentences were not used: start the next chunk with them
+                other_doc = document if other == index else _packed(documents[other])
+                first = rng.randrange(0, len(other_doc))
+                # Whole sentences from `first` until B holds at least target_b tokens (at least one sentence).
+                b_start = other_doc.start(first)
+                last = min(bisect.bisect_left(other_doc.ends, b_start + target_b, first), len(other_doc) - 1)
+                tokens_b = other_doc.ids[b_start:other_doc.ends[last]]
+                i -= chunk_size - a_end  # the chunk's B sentences were not used: start the next chunk with them
             else:
                 is_random_next = False
-                for sentence in chunk[a_end:]:
-                    tokens_b.extend(sentence)
+                tokens_b = ids[a_stop:ends[i]]
             tokens_a = tokens_a or [special.filler_id]
             tokens_b = tokens_b or [special.filler_id]
             truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
@@ -208,8 +243,7 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
             positions, labels = mask_tokens(input_ids, rng, config=config, special=special,
                                             continuation_ids=continuation_ids)
             instances.append(Instance(input_ids, len(tokens_a) + 2, is_random_next, positions, labels))
-            chunk = []
-            chunk_length = 0
+            chunk_first = i + 1
         i += 1
     return instances
 
@@ -222,17 +256,18 @@ def create_single_segment_instances(document: Document, rng: random.Random, *, c
     A chunk that ends past `max_seq_len - 2` tokens (a long last sentence) is cut into consecutive windows, so no
     token is dropped. No random-next, `segment_a_len == len(input_ids)`.
     """
+    document = _packed(document)
+    ids, ends = document.ids, document.ends
     max_num_tokens = config.max_seq_len - 2
     target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
     instances = []
-    chunk: List[int] = []
-    for position, sentence in enumerate(document):
-        chunk.extend(sentence)
-        if position == len(document) - 1 or len(chunk) >= target:
-            for start in range(0, len(chunk), max_num_tokens):
-                input_ids = [special.cls_id, *chunk[start:start + max_num_tokens], special.sep_id]
+    chunk_start = 0
+    for position, end in enumerate(ends):
+        if position == len(ends) - 1 or end - chunk_start >= target:
+            for start in range(chunk_start, end, max_num_tokens):
+                input_ids = [special.cls_id, *ids[start:min(start + max_num_tokens, end)], special.sep_id]
                 positions, labels = mask_tokens(input_ids, rng, config=config, special=special,
                                                 continuation_ids=continuation_ids)
                 instances.append(Instance(input_ids, len(input_ids), False, positions, labels))
-            chunk = []
+            chunk_start = end
     return instances

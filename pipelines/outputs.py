@@ -15,10 +15,11 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -168,10 +169,14 @@ def _sorted_by_key(keyed_rows: Iterable[Tuple[Any, Any]]) -> List[Tuple[Any, Any
     return result
 
 
-def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: List[Any]) -> Dict[str, Any]:
+def _write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: Union[List[Any], pa.Table]
+                 ) -> Dict[str, Any]:
+    """Writes one shard from a list of rows (dicts, or lines for TSV) or an already sorted pa.Table."""
     name = shard_set.file_name(shard)
     directory = join_path(output_dir, shard_set.subdir)
-    if shard_set.file_format == "parquet":
+    if isinstance(rows, pa.Table):
+        write_table_atomically(rows, directory, name)
+    elif shard_set.file_format == "parquet":
         write_table_atomically(pa.Table.from_pylist(rows, schema=shard_set.schema), directory, name)
     else:
         write_bytes_atomically("".join(line + "\n" for line in rows).encode("utf-8"), directory, name)
@@ -206,6 +211,64 @@ class WriteShards(beam.PTransform):
                 | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._shard_set)))
 
 
+def encode_batch(batch: Union[pa.RecordBatch, pa.Table]) -> bytes:
+    """Rows for `WriteBatchedShards`, serialized (Arrow IPC stream): a few bytes per value between stages instead
+    of a pickled dict per row."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write(batch)
+    return sink.getvalue().to_pybytes()
+
+
+class WriteBatchedShardFn(beam.DoFn):
+    """((set index, shard), [encoded batches]) to one Parquet shard: the batches joined, sorted by `sort_by`."""
+
+    def __init__(self, output_dir: str, shard_sets: Sequence[ShardSet], sort_by: str):
+        self._output_dir = output_dir
+        self._shard_sets = list(shard_sets)
+        self._sort_by = sort_by
+        self._rows_written = Metrics.counter("WriteShards", "rows_batched")
+
+    def process(self, element: Tuple[Tuple[int, int], Iterable[bytes]]):
+        (set_index, shard), payloads = element
+        shard_set = self._shard_sets[set_index]
+        tables = [pa.ipc.open_stream(payload).read_all() for payload in payloads]
+        table = pa.concat_tables(tables).cast(shard_set.schema) if tables else shard_set.schema.empty_table()
+        # Sorted by key (a stable sort; keys are unique, and a retried bundle repeats identical rows), so a shard's
+        # bytes never depend on the order in which batches reached it.
+        table = table.take(pc.sort_indices(table, sort_keys=[(self._sort_by, "ascending")]))
+        yield _write_shard(self._output_dir, shard_set, shard, table)
+        self._rows_written.inc(table.num_rows)
+
+
+class WriteBatchedShards(beam.PTransform):
+    """The keyed sink for writers that batch their own rows: shards of several sets from one collection.
+
+    Takes ((set index, shard), payload) where payload is `encode_batch` of rows of `shard_sets[set index]`'s schema,
+    all bound for `shard` (the caller assigns it per row with `shard_of(key, num_shards)`, as `WriteShards` would).
+    Same files as `WriteShards` given the same rows: grouped per shard, sorted by key, written atomically.
+
+    Args:
+      output_dir: the output root.
+      shard_sets: the sets the set index refers to.
+      sort_by: the key column (unique per row).
+
+    Returns:
+      A PCollection of one stats dict per non-empty shard of any set ("path" starts with the set's subdir).
+    """
+
+    def __init__(self, output_dir: str, shard_sets: Sequence[ShardSet], *, sort_by: str):
+        super().__init__()
+        self._output_dir = output_dir
+        self._shard_sets = list(shard_sets)
+        self._sort_by = sort_by
+
+    def expand(self, batches):
+        return (batches
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteBatchedShardFn(self._output_dir, self._shard_sets, self._sort_by)))
+
+
 class CountByKey(beam.PTransform):
     """(key, n) pairs summed per key; used for manifest counts such as rejects by reason."""
 
@@ -225,12 +288,15 @@ class FinalizeOutputFn(beam.DoFn):
 
     def process(self, unused_element, *side_inputs):
         set_names = sorted(self._shard_sets)
-        stats_lists = side_inputs[:len(set_names)]
-        count_lists = side_inputs[len(set_names):]
+        num_stats = len(side_inputs) - len(self._count_names)
+        stats = [item for stats_list in side_inputs[:num_stats] for item in stats_list]
+        count_lists = side_inputs[num_stats:]
         outputs = {}
-        for name, stats in zip(set_names, stats_lists):
-            outputs[name] = _complete_shard_set(self._output_dir, self._shard_sets[name], list(stats))
-            _remove_stray_temporaries(join_path(self._output_dir, self._shard_sets[name].subdir))
+        for name in set_names:
+            shard_set = self._shard_sets[name]
+            own = [item for item in stats if item["path"].startswith(shard_set.subdir + "/")]
+            outputs[name] = _complete_shard_set(self._output_dir, shard_set, own)
+            _remove_stray_temporaries(join_path(self._output_dir, shard_set.subdir))
         counts = {name: dict(sorted((str(k), int(v)) for k, v in pairs))
                   for name, pairs in zip(self._count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
@@ -274,7 +340,8 @@ class FinalizeOutput(beam.PTransform):
     Args:
       output_dir: the output root.
       header: manifest fields known before the run (inputs, tokenizer, seed, options...).
-      shard_stats: {name: (ShardSet, PCollection of stats dicts from WriteShards)}.
+      shard_stats: {name: (ShardSet, PCollection of stats dicts from WriteShards)}; several names may share
+        one collection (WriteBatchedShards): each set takes the stats under its subdir.
       counts: {name: PCollection of (key, count)}, e.g. rejects by reason.
 
     Returns:
@@ -293,7 +360,11 @@ class FinalizeOutput(beam.PTransform):
     def expand(self, pipeline):
         set_names = sorted(self._shard_stats)
         count_names = sorted(self._counts)
-        side_inputs = ([beam.pvalue.AsList(self._shard_stats[n][1]) for n in set_names]
+        stats_collections = []  # one side input per collection: several sets may share one (WriteBatchedShards)
+        for name in set_names:
+            if not any(self._shard_stats[name][1] is seen for seen in stats_collections):
+                stats_collections.append(self._shard_stats[name][1])
+        side_inputs = ([beam.pvalue.AsList(pcoll) for pcoll in stats_collections]
                        + [beam.pvalue.AsList(self._counts[n]) for n in count_names])
         shard_sets = {n: self._shard_stats[n][0] for n in set_names}
         return (pipeline
@@ -340,14 +411,19 @@ def input_files(pattern: str) -> List[Dict[str, Any]]:
 
 
 def tokenizer_fingerprint(tokenizer: Any, name_or_path: str) -> Dict[str, Any]:
-    """What a manifest records about a Hugging Face tokenizer, and what readers compare against their model's.
+    """What a manifest records about a fast tokenizer, and what readers compare against their model's.
 
-    The vocab SHA-256 is over the tokens in id order joined by newlines, so the same vocab file hashes the same
-    whether it was loaded from the hub, a directory or a tokenizer.json.
+    Args:
+      tokenizer: a transformers fast tokenizer, a `pipelines.tokenizer.LoadedTokenizer` or a `tokenizers.Tokenizer`.
+      name_or_path: what the user named it by (recorded, not compared).
+
+    The vocab SHA-256 is over the tokens (added tokens included) in id order joined by newlines, so the same vocab
+    hashes the same whether it was loaded from the hub, a directory, a tokenizer.json or without transformers.
     """
-    vocab = tokenizer.get_vocab()
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "backend", None) or tokenizer
+    vocab = backend.get_vocab(with_added_tokens=True)
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     digest = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
-    normalizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+    normalizer = json.loads(backend.to_str()).get("normalizer") or {}
     return {"name_or_path": str(name_or_path), "vocab_sha256": digest, "vocab_size": len(tokens),
             "do_lower_case": bool(normalizer.get("lowercase", False))}

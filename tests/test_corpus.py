@@ -260,7 +260,7 @@ def test_end_to_end_text_single_mode_and_rerun_guard(tmp_path, tokenizer_dir):
         _run(tmp_path, "out", path, "text", tokenizer_dir)
     with pytest.raises(SystemExit, match="no input file"):
         _run(tmp_path, "other", tmp_path / "missing*.txt", "text", tokenizer_dir)
-    with pytest.raises(SystemExit, match="cannot load tokenizer"):
+    with pytest.raises(SystemExit, match="cannot load a tokenizer"):
         _run(tmp_path, "other", path, "text", str(tmp_path / "no-such-tokenizer"))
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
@@ -325,3 +325,49 @@ def test_real_wikipedia_dump(tmp_path, tokenizer_dir, shared_data):
     _check_rows(rows, max_seq_len=128)
     assert sum(r["is_random_next"] for r in rows) / len(rows) == pytest.approx(0.5, abs=0.1)
     assert sum(len(r["input_ids"]) for r in rows) / len(rows) > 100  # instances are filled up to the target
+
+
+def _tokenize_documents(fn, documents):
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    fn.start_bundle()
+    results = [*(item for doc in documents for item in fn.process(doc, MIN_TIMESTAMP, GlobalWindow())),
+               *fn.finish_bundle()]
+    # Main outputs are WindowedValues; tagged ones (rejects, counts) are TaggedOutput(tag, WindowedValue).
+    return [(item.tag, item.value.value) if isinstance(item, beam.pvalue.TaggedOutput) else (None, item.value)
+            for item in results]
+
+
+def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, tokenizer_dir, shared_data):
+    """Joining a document's sentences by the separator token gives each sentence's own ids (real Wikipedia text:
+    the sample dump's first 10 articles), and a sentence holding a newline falls back to one call per sentence."""
+    from pipelines import documents, tokenizer
+    splitter = documents.make_sentence_splitter()
+    dump = shared_data / "enwiki-sample-pages-articles.xml.bz2"
+    size = dump.stat().st_size
+    docs = []
+    with open(dump, "rb") as raw:
+        for page in wiki.iter_pages(raw, str(dump), 0, size, size):
+            article = wiki.parse_page(page.xml)
+            if article.namespace == "0" and not article.redirect:
+                sentences = documents.split_sentences(splitter, wiki.wikitext_to_paragraphs(article.wikitext))
+                if sentences:
+                    docs.append((f"doc{len(docs)}", sentences))
+                if len(docs) == 10:
+                    break
+    docs.append(("odd", ["\u200b\x00", "Plain words.", "\u3000"]))  # sentences without tokens are left out
+    docs.append(("empty", ["\u200b"]))  # a document without tokens is rejected
+    backend_json = tokenizer.load(tokenizer_dir).to_json()
+    joined = corpus.TokenizeDocumentsFn(backend_json, "H")
+    joined.setup()
+    assert joined._joining is not None
+    alone = corpus.TokenizeDocumentsFn(backend_json, "H")
+    alone.setup()
+    alone._joining = None
+    expected = _tokenize_documents(alone, docs)
+    assert sum(len(sentences) for _, sentences in docs) > 2000
+    assert _tokenize_documents(joined, docs) == expected
+    assert ("rejects", outputs.reject("empty", 0, "no_tokens", ["\u200b"])) in expected
+    # A newline inside a sentence (no reader of this pipeline makes one) must not split it.
+    newline = [("nl", ["First line\nstill the first sentence.", "Second."])]
+    assert _tokenize_documents(joined, newline) == _tokenize_documents(alone, newline)

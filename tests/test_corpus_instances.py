@@ -1,5 +1,6 @@
 """Instance creation against hand-computed cases (pipelines/instances.py, no Beam)."""
 
+import array
 import random
 
 import pytest
@@ -155,3 +156,62 @@ EXPECTED_SEEDED = [
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         il.InstanceConfig(**kwargs)
+
+
+def _sentence_by_sentence_pairs(documents, index, rng, config):
+    """The reference's loop as written there (a chunk list of sentences, B extended one sentence at a time): the
+    specification the sliced implementation must equal draw for draw."""
+    document = documents[index]
+    max_num_tokens = config.max_seq_len - 3
+    target = il.target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
+    instances, chunk, chunk_length, i = [], [], 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target:
+            a_end = rng.randrange(1, len(chunk)) if len(chunk) >= 2 else 1
+            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+            tokens_b = []
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random_next = True
+                target_b = target - len(tokens_a)
+                other = il.sample_other_document([len(d) for d in documents], index, rng) if len(documents) > 1 \
+                    else index
+                for sentence in documents[other][rng.randrange(0, len(documents[other])):]:
+                    tokens_b.extend(sentence)
+                    if len(tokens_b) >= target_b:
+                        break
+                i -= len(chunk) - a_end
+            else:
+                is_random_next = False
+                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+            tokens_a = tokens_a or [SPECIAL.filler_id]
+            tokens_b = tokens_b or [SPECIAL.filler_id]
+            il.truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            input_ids = [CLS, *tokens_a, SEP, *tokens_b, SEP]
+            positions, labels = il.mask_tokens(input_ids, rng, config=config, special=SPECIAL,
+                                               continuation_ids=frozenset())
+            instances.append(il.Instance(input_ids, len(tokens_a) + 2, is_random_next, positions, labels))
+            chunk, chunk_length = [], 0
+        i += 1
+    return instances
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sliced_cutting_equals_the_sentence_by_sentence_loop(seed):
+    corpus_rng = random.Random(seed)
+    documents = [[[corpus_rng.randrange(1000, 30000) for _ in range(corpus_rng.randint(1, 40))]
+                  for _ in range(corpus_rng.randint(1, 12))] for _ in range(corpus_rng.randint(1, 5))]
+    config = il.InstanceConfig(max_seq_len=corpus_rng.choice([8, 32, 128]), short_seq_prob=0.3,
+                               masked_lm_prob=corpus_rng.choice([0.0, 0.15]))
+    packed = [il.PackedDocument.from_sentences(d) for d in documents]
+    # As the pipeline holds them: ids in a compact array (uint16), sliced without Python ints.
+    arrays = [il.PackedDocument(array.array("H", p.ids), p.ends) for p in packed]
+    for index in range(len(documents)):
+        expected = _sentence_by_sentence_pairs(documents, index, random.Random(seed * 100 + index), config)
+        assert il.create_pair_instances(packed, index, random.Random(seed * 100 + index), config=config,
+                                        special=SPECIAL) == expected
+        assert il.create_pair_instances(documents, index, random.Random(seed * 100 + index), config=config,
+                                        special=SPECIAL) == expected
+        assert il.create_pair_instances(arrays, index, random.Random(seed * 100 + index), config=config,
+                                        special=SPECIAL) == expected

@@ -1,0 +1,152 @@
+"""The transformers-free tokenizer rebuild equals what transformers.AutoTokenizer builds, or is not used."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from pipelines import outputs
+from pipelines import tokenizer as tokenizer_lib
+
+ADVERSARIAL = [
+    "Héllo, WORLD! It's a naïve co-op about 東京 and Ñandú ÅÄÖ.",
+    "[MASK] and [CLS]x [sep] [UNK] [PAD][SEP]",
+    "\x00control\tcharacters\u200b and  spaces\u3000here",
+    "unbelievably overwrought melodrama " + "a" * 150,
+    "Straße İstanbul ǅ ﬁ ½ Ⅻ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀",
+    "",
+]
+
+
+def _vocab_dir(tmp_path: pathlib.Path, shared_data_optional) -> pathlib.Path:
+    directory = tmp_path / "vocab"
+    directory.mkdir()
+    if shared_data_optional is not None:
+        (directory / "vocab.txt").write_bytes((shared_data_optional / "bert-base-uncased-vocab.txt").read_bytes())
+    else:
+        tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "the", "##s", "hello", "world", "東"]
+        (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return directory
+
+
+def _saved(tmp_path, vocab_dir, name, **kwargs) -> str:
+    from transformers import BertTokenizerFast
+    out = tmp_path / name
+    BertTokenizerFast.from_pretrained(str(vocab_dir), **kwargs).save_pretrained(str(out))
+    return str(out)
+
+
+def _assert_same(fast: tokenizer_lib.LoadedTokenizer, reference: tokenizer_lib.LoadedTokenizer):
+    ours = [e.ids for e in fast.backend.encode_batch(ADVERSARIAL, add_special_tokens=False)]
+    theirs = [e.ids for e in reference.backend.encode_batch(ADVERSARIAL, add_special_tokens=False)]
+    assert ours == theirs
+    assert fast.backend.get_vocab(with_added_tokens=True) == reference.backend.get_vocab(with_added_tokens=True)
+    assert fast.special_tokens == reference.special_tokens
+    for name in tokenizer_lib.SPECIAL_NAMES:
+        assert fast.special_id(name) == reference.special_id(name)
+    assert outputs.tokenizer_fingerprint(fast, "x") == outputs.tokenizer_fingerprint(reference, "x")
+    # Everything that turns text into ids is the same serialization (post-processor and decoder are not used).
+    ours_json, theirs_json = json.loads(fast.to_json()), json.loads(reference.to_json())
+    for key in ("post_processor", "decoder"):
+        ours_json.pop(key, None)
+        theirs_json.pop(key, None)
+    assert ours_json == theirs_json
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"do_lower_case": False},
+    {"strip_accents": False},
+    {"strip_accents": True, "do_lower_case": False},
+    {"tokenize_chinese_chars": False},
+])
+def test_rebuild_equals_transformers_for_saved_bert_tokenizers(tmp_path, shared_data_optional, settings):
+    path = _saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok", **settings)
+    fast = tokenizer_lib.load(path)
+    assert fast.via == "tokenizers"
+    _assert_same(fast, tokenizer_lib.load_with_transformers(path))
+
+
+def test_config_wins_over_the_normalizer_in_tokenizer_json(tmp_path, shared_data_optional):
+    """transformers rebuilds the BERT normalizer from tokenizer_config.json; so does the rebuild."""
+    path = pathlib.Path(_saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = False
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    fast = tokenizer_lib.load(str(path))
+    assert fast.via == "tokenizers"
+    assert json.loads(fast.to_json())["normalizer"]["lowercase"] is False
+    _assert_same(fast, tokenizer_lib.load_with_transformers(str(path)))
+
+
+def test_hub_layout_without_tokenizer_class_follows_the_model_type(tmp_path, shared_data_optional):
+    """bert-base-uncased on the hub: tokenizer.json, a config with only do_lower_case, config.json model_type bert."""
+    path = pathlib.Path(_saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
+    (path / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 30522}))
+    fast = tokenizer_lib.load(str(path))
+    assert fast.via == "tokenizers"
+    _assert_same(fast, tokenizer_lib.load_with_transformers(str(path)))
+
+
+def test_hub_name_in_the_local_cache_is_rebuilt(tmp_path, shared_data_optional, monkeypatch):
+    """A hub name resolves through the Hugging Face cache layout (models--org--name/snapshots/REV/...)."""
+    source = pathlib.Path(_saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok"))
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-bert"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (snapshot / name).write_bytes((source / name).read_bytes())
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    fast = tokenizer_lib.load("acme/tiny-bert")
+    assert fast.via == "tokenizers"
+    _assert_same(fast, tokenizer_lib.load_with_transformers(str(snapshot)))
+
+
+@pytest.mark.parametrize("change", ["extra_added_token", "unknown_setting", "other_class", "no_tokenizer_json"])
+def test_anything_the_rebuild_does_not_model_goes_to_transformers(tmp_path, shared_data_optional, change):
+    vocab_dir = _vocab_dir(tmp_path, shared_data_optional)
+    path = pathlib.Path(_saved(tmp_path, vocab_dir, "tok"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    if change == "extra_added_token":
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer.add_tokens(["<newword>"])
+        tokenizer.save_pretrained(str(path))
+    elif change == "unknown_setting":
+        config["some_future_option"] = True
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+    elif change == "other_class":
+        config["tokenizer_class"] = "DistilBertTokenizer"
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+    else:
+        os.remove(path / "tokenizer.json")
+        (path / "vocab.txt").write_bytes((vocab_dir / "vocab.txt").read_bytes())
+    loaded = tokenizer_lib.load(str(path))
+    assert loaded.via == "transformers"
+    if change == "extra_added_token":
+        assert loaded.backend.token_to_id("<newword>") is not None
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(tokenizer_lib.TokenizerError, match="cannot load a tokenizer from"):
+        tokenizer_lib.load(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(tokenizer_lib.TokenizerError) as error:
+        tokenizer_lib.load(str(empty))
+    assert "\n" not in str(error.value)
+
+
+def test_transformers_vocab_is_the_backend_vocab_with_added_tokens(tmp_path, shared_data_optional):
+    """The fingerprint reads the backend; distill computes it from a transformers tokenizer: same numbers."""
+    from transformers import AutoTokenizer
+    path = _saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.get_vocab() == tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
+    assert outputs.tokenizer_fingerprint(tokenizer, "x") == outputs.tokenizer_fingerprint(tokenizer_lib.load(path), "x")
