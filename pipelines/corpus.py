@@ -44,6 +44,8 @@ from pipelines.runners import resolve_runner
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
 INSTANCE_MODES = ("pairs", "single")
 KIND = "general-distillation"
+COUNTS_TABLE = "corpus"  # the manifest's count table; `counts` outputs are ((COUNTS_TABLE, name), n) pairs
+REJECTS_TABLE = "rejects"  # rejects by reason
 
 
 class CorpusOptions(PipelineOptions):
@@ -209,7 +211,7 @@ class TokenizeDocumentsFn(beam.DoFn):
 
     Each document goes to the tokenizer as one text, its sentences joined by a newline that a copy of the tokenizer
     knows as a special added token: the newline comes back as its own id between the sentences' ids, so one
-    Encoding per document replaces one per sentence (a fifth of the tokenizing time here). Sentences never hold a
+    Encoding per document replaces one per sentence (an eighth of the tokenizing time here). Sentences never hold a
     newline (`documents.normalize_text`), added tokens are cut out before the normalizer and pre-tokenizer run,
     and a WordPiece pre-tokenizer splits at whitespace anyway, so every sentence's ids are those of encoding it
     alone; `setup()` checks that on probe sentences and encodes sentence by sentence if a tokenizer disagrees.
@@ -259,7 +261,7 @@ class TokenizeDocumentsFn(beam.DoFn):
         for window, counts in self._counts.items():
             for name, value in counts.items():
                 yield beam.pvalue.TaggedOutput(
-                    self.COUNTS, WindowedValue((name, value), window.max_timestamp(), (window,)))
+                    self.COUNTS, WindowedValue(((COUNTS_TABLE, name), value), window.max_timestamp(), (window,)))
 
     def _flush(self):
         pending, self._pending, self._pending_sentences = self._pending, [], 0
@@ -312,8 +314,9 @@ class AssignBucketsFn(beam.DoFn):
         self._epochs = epochs
         self._docs_per_bucket = docs_per_bucket
 
-    def process(self, element, num_documents):
+    def process(self, element, counts):
         key, _ = element
+        num_documents = counts.get((COUNTS_TABLE, "documents"), 0)
         num_buckets = max(1, math.ceil(num_documents / self._docs_per_bucket))
         for epoch in range(self._epochs):
             bucket = outputs.stable_hash(("bucket", self._seed, epoch, key)) % num_buckets
@@ -380,8 +383,8 @@ class CreateInstancesFn(beam.DoFn):
             instances += len(made)
         for shard, batch in sorted(batches.items()):
             yield (epoch, shard), outputs.encode_batch(batch.to_record_batch(self._schema))
-        yield beam.pvalue.TaggedOutput(self.COUNTS, ("instances", instances))
-        yield beam.pvalue.TaggedOutput(self.COUNTS, ("instance_tokens", tokens))
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ((COUNTS_TABLE, "instances"), instances))
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ((COUNTS_TABLE, "instance_tokens"), tokens))
 
 
 class _InstanceBatch:
@@ -462,8 +465,11 @@ class ReadDocuments(beam.PTransform):
         self._split_bytes = split_bytes
 
     def expand(self, pipeline):
+        files = self._files
+        # Not beam.Create: it reshuffles several elements, and SpreadRanges below spreads the work items anyway.
         return (pipeline
-                | "ListInputs" >> beam.Create(self._files)
+                | "Start" >> beam.Impulse()
+                | "ListInputs" >> beam.FlatMap(lambda _: files)
                 | "SplitInputs" >> beam.ParDo(SplitInputFn(self._input_format, self._split_bytes))
                 # One file fans out to many ranges: spread them over the workers before reading.
                 | "SpreadRanges" >> beam.Reshuffle()
@@ -492,7 +498,8 @@ class TokenizeDocuments(beam.PTransform):
     """(key, sentences) to packed documents (key, (ids, lengths)), batched through the fast tokenizer.
 
     Returns:
-      A DoOutputsTuple: main = documents, `rejects`, `counts` (documents, sentences, tokens).
+      A DoOutputsTuple: main = documents, `rejects`, `counts` (((COUNTS_TABLE, name), n) for documents,
+      sentences, tokens).
     """
 
     def __init__(self, tokenizer_json: str, typecode: str):
@@ -518,19 +525,24 @@ class CreateInstances(beam.PTransform):
       (instances, instance_tokens).
     """
 
-    def __init__(self, *, seed: int, epochs: int, docs_per_bucket: int, fn: CreateInstancesFn):
+    def __init__(self, document_counts: beam.PCollection, *, seed: int, epochs: int, docs_per_bucket: int,
+                 fn: CreateInstancesFn):
+        """Args:
+          document_counts: the summed `counts` of `TokenizeDocuments` (((COUNTS_TABLE, "documents"), n) among
+            them), read as a side input for the number of buckets.
+        """
         super().__init__()
+        self._document_counts = document_counts
         self._seed = seed
         self._epochs = epochs
         self._docs_per_bucket = docs_per_bucket
         self._fn = fn
 
     def expand(self, documents):
-        num_documents = documents | "CountDocuments" >> beam.combiners.Count.Globally()
         return (documents
                 | "AssignBuckets" >> beam.ParDo(
                     AssignBucketsFn(seed=self._seed, epochs=self._epochs, docs_per_bucket=self._docs_per_bucket),
-                    num_documents=beam.pvalue.AsSingleton(num_documents))
+                    counts=beam.pvalue.AsDict(self._document_counts))
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "MakeInstances" >> beam.ParDo(self._fn).with_outputs(CreateInstancesFn.COUNTS, main="instances"))
 
@@ -573,8 +585,8 @@ def _instance_stats(rows) -> Dict[str, int]:
     return {"tokens": sum(len(row["input_ids"]) for row in rows)}
 
 
-def _reject_key(row: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
-    return f"{row['source']}\x00{row['row_index']:016d}\x00{row['reason']}", row
+def _reject_key(row: Dict[str, Any]) -> str:
+    return f"{row['source']}\x00{row['row_index']:016d}\x00{row['reason']}"
 
 
 def _special_tokens(tokenizer: tokenizer_lib.LoadedTokenizer) -> instances_lib.SpecialTokens:
@@ -675,25 +687,26 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
             reject_parts.append(deduped["rejects"])
         tokenized = documents | "TokenizeDocuments" >> TokenizeDocuments(tokenizer.to_json(), typecode)
         reject_parts.append(tokenized.rejects)
+        # Summed once: the manifest's counts, and the document count that sets the number of buckets.
+        document_counts = tokenized.counts | "SumDocumentCounts" >> outputs.CountByKey()
         made = tokenized.documents | "CreateInstances" >> CreateInstances(
-            seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket, fn=make_fn)
+            document_counts, seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket,
+            fn=make_fn)
         # Every epoch's shards through one sink: the row batches are keyed (epoch, shard) already.
         instance_stats = made.instances | "WriteInstances" >> outputs.WriteBatchedShards(
             options.output, epoch_sets, sort_by="instance_id")
         shard_stats = {shard_set.subdir: (shard_set, instance_stats) for shard_set in epoch_sets}
         rejects = reject_parts | "FlattenRejects" >> beam.Flatten()
-        shard_stats[rejects_set.subdir] = (rejects_set, rejects
-                                           | "KeyRejects" >> beam.Map(_reject_key)
-                                           | "WriteRejects" >> outputs.WriteShards(options.output, rejects_set))
-        reject_counts = (rejects
-                         | "RejectReasons" >> beam.Map(lambda row: (row["reason"], 1))
-                         | "CountRejects" >> outputs.CountByKey())
-        corpus_counts = ((tokenized.counts, made.counts)
-                         | "FlattenCounts" >> beam.Flatten()
-                         | "CountCorpus" >> outputs.CountByKey())
+        shard_stats[rejects_set.subdir] = (rejects_set, rejects | "WriteRejects" >> outputs.WriteShards(
+            options.output, rejects_set, key_fn=_reject_key))
+        # Every manifest count in one CombinePerKey (a stage each): ((table, key), n) pairs.
+        counts = ((document_counts, made.counts,
+                   rejects | "RejectReasons" >> beam.Map(lambda row: ((REJECTS_TABLE, row["reason"]), 1)))
+                  | "FlattenCounts" >> beam.Flatten()
+                  | "SumCounts" >> outputs.CountByKey())
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
             output_dir=options.output, header=header, shard_stats=shard_stats,
-            counts={"corpus": corpus_counts, "rejects": reject_counts})
+            named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts))
 
     manifest = outputs.read_manifest(options.output)
     logging.info("corpus written to %s\n%s", options.output, outputs.summarize(manifest))

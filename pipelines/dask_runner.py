@@ -5,14 +5,16 @@ Beam 2.77's DaskRunner translates the pipeline into dask bags, and two of its de
    output, a manifest) is skipped while the job reports DONE;
 2. a ParDo with tagged outputs (`with_outputs`) becomes one bag holding every output, and each consumer of any of
    its outputs reads all of them mixed together.
-`AllLeavesDaskRunner` keeps Beam's translations of Create, ParDo, GroupByKey and Flatten, tags each ParDo output
-with its output tag so that each consumer reads only its own PCollection, and computes every leaf bag.
+`AllLeavesDaskRunner` keeps Beam's translations of Create, ParDo, GroupByKey and Flatten, adds the one Beam lacks
+for Impulse (the root that `beam.Create` expands to elsewhere), tags each ParDo output with its output tag so that
+each consumer reads only its own PCollection, and computes every leaf bag.
 """
 
 import collections
 import dataclasses
 from typing import Any, Dict
 
+import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.dask import transform_evaluator as evaluators
@@ -83,7 +85,10 @@ class _BagVisitor(PipelineVisitor):
         input_bag = None
         if inputs:
             input_bag = inputs if (len(inputs) != 1 or isinstance(op, evaluators.Flatten)) else inputs[0]
-        if isinstance(op, evaluators.ParDo):
+        if isinstance(transform, beam.Impulse):  # Beam's Dask translations lack it: one empty-bytes element
+            import dask.bag
+            self.bags[node] = dask.bag.from_sequence([b""], npartitions=1)
+        elif isinstance(op, evaluators.ParDo):
             import dask
             side_specs = [(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs]
             side_values = dask.delayed(_concat_partitions)(

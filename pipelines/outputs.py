@@ -192,23 +192,31 @@ class WriteShards(beam.PTransform):
     Args:
       output_dir: the output root (any Beam filesystem path).
       shard_set: subdir, shard count, schema and optional stats function.
+      key_fn: for a PCollection of bare rows: the row's key, computed in the step that assigns the shard (one
+        step fewer than keying the rows first).
 
     Returns:
       A PCollection of one stats dict per non-empty shard ({"path", "shard", "rows", ...}); `FinalizeOutput`
       writes the empty shards and the manifest from them.
     """
 
-    def __init__(self, output_dir: str, shard_set: ShardSet):
+    def __init__(self, output_dir: str, shard_set: ShardSet, *, key_fn: Optional[Callable[[Any], Any]] = None):
         super().__init__()
         self._output_dir = output_dir
         self._shard_set = shard_set
+        self._key_fn = key_fn
 
-    def expand(self, keyed_rows):
-        num_shards = self._shard_set.num_shards
-        return (keyed_rows
-                | "AssignShard" >> beam.Map(lambda kv: (shard_of(kv[0], num_shards), kv))
+    def expand(self, rows):
+        return (rows
+                | "AssignShard" >> beam.Map(_assign_shard, self._shard_set.num_shards, self._key_fn)
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._shard_set)))
+
+
+def _assign_shard(element: Any, num_shards: int, key_fn: Optional[Callable[[Any], Any]]) -> Tuple[int, Any]:
+    """(shard, (key, row)) from (key, row), or from a bare row and its key_fn."""
+    keyed = element if key_fn is None else (key_fn(element), element)
+    return shard_of(keyed[0], num_shards), keyed
 
 
 def encode_batch(batch: Union[pa.RecordBatch, pa.Table]) -> bytes:
@@ -280,17 +288,24 @@ class FinalizeOutputFn(beam.DoFn):
     """Writes missing (empty) shards, then manifest.json, then the completion marker, once every input is done."""
 
     def __init__(self, output_dir: str, header: Mapping[str, Any], shard_sets: Mapping[str, ShardSet],
-                 count_names: Sequence[str]):
+                 count_names: Sequence[str], named_count_names: Sequence[str] = ()):
         self._output_dir = output_dir
         self._header = dict(header)
         self._shard_sets = dict(shard_sets)
         self._count_names = list(count_names)
+        self._named_count_names = list(named_count_names)
 
     def process(self, unused_element, *side_inputs):
         set_names = sorted(self._shard_sets)
+        if self._named_count_names:
+            *side_inputs, named_pairs = side_inputs
         num_stats = len(side_inputs) - len(self._count_names)
         stats = [item for stats_list in side_inputs[:num_stats] for item in stats_list]
-        count_lists = side_inputs[num_stats:]
+        count_lists = list(side_inputs[num_stats:])
+        count_names = list(self._count_names)
+        for name in self._named_count_names:
+            count_names.append(name)
+            count_lists.append([(key, value) for (owner, key), value in named_pairs if owner == name])
         outputs = {}
         for name in set_names:
             shard_set = self._shard_sets[name]
@@ -298,7 +313,7 @@ class FinalizeOutputFn(beam.DoFn):
             outputs[name] = _complete_shard_set(self._output_dir, shard_set, own)
             _remove_stray_temporaries(join_path(self._output_dir, shard_set.subdir))
         counts = {name: dict(sorted((str(k), int(v)) for k, v in pairs))
-                  for name, pairs in zip(self._count_names, count_lists)}
+                  for name, pairs in zip(count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
                     "outputs": outputs, "counts": counts}
         _write_text(join_path(self._output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
@@ -343,6 +358,9 @@ class FinalizeOutput(beam.PTransform):
       shard_stats: {name: (ShardSet, PCollection of stats dicts from WriteShards)}; several names may share
         one collection (WriteBatchedShards): each set takes the stats under its subdir.
       counts: {name: PCollection of (key, count)}, e.g. rejects by reason.
+      named_counts: (names, PCollection of ((name, key), count)): several manifest count tables from one
+        collection, so that a pipeline sums all its counts in one CombinePerKey (each is a stage of its own);
+        every name appears in the manifest, empty if it has no pairs.
 
     Returns:
       A PCollection holding the manifest dict, once written.
@@ -350,12 +368,14 @@ class FinalizeOutput(beam.PTransform):
 
     def __init__(self, *, output_dir: str, header: Mapping[str, Any],
                  shard_stats: Mapping[str, Tuple[ShardSet, beam.PCollection]],
-                 counts: Mapping[str, beam.PCollection]):
+                 counts: Optional[Mapping[str, beam.PCollection]] = None,
+                 named_counts: Optional[Tuple[Sequence[str], beam.PCollection]] = None):
         super().__init__()
         self._output_dir = output_dir
         self._header = header
         self._shard_stats = dict(shard_stats)
-        self._counts = dict(counts)
+        self._counts = dict(counts or {})
+        self._named_counts = named_counts
 
     def expand(self, pipeline):
         set_names = sorted(self._shard_stats)
@@ -366,11 +386,16 @@ class FinalizeOutput(beam.PTransform):
                 stats_collections.append(self._shard_stats[name][1])
         side_inputs = ([beam.pvalue.AsList(pcoll) for pcoll in stats_collections]
                        + [beam.pvalue.AsList(self._counts[n]) for n in count_names])
+        named_names: Sequence[str] = ()
+        if self._named_counts is not None:
+            named_names, named_pcoll = self._named_counts
+            side_inputs.append(beam.pvalue.AsList(named_pcoll))
         shard_sets = {n: self._shard_stats[n][0] for n in set_names}
         return (pipeline
-                | "Trigger" >> beam.Create([None])
+                | "Trigger" >> beam.Impulse()
                 | "WriteManifest" >> beam.ParDo(
-                    FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names), *side_inputs))
+                    FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names, named_names),
+                    *side_inputs))
 
 
 def read_manifest(output_dir: str) -> Dict[str, Any]:
