@@ -16,7 +16,8 @@ scale N = N copies of it under different file names. Each run happens in a fresh
     is `pipelines.corpus.run()` from its call to its return (tokenizer loading, pipeline construction, the run,
     the manifest); the child's whole wall time (interpreter start, imports) is printed next to it. Each scale runs
     --repeats times, like the baseline's best of 3: the best run is compared with the best baseline (the machine
-    is shared and its speed drifts), and the median is printed next to it;
+    is shared and its speed drifts), and the median is printed next to it; each run is also paired with one
+    baseline call made just before it, and the median of those paired ratios is printed (drift cancels in a pair);
   * peak RSS at each scale and the ratio of the largest to 1x,
   * for reference, the wikipedia-xml format end to end on the dump itself (MB/s of XML and of extracted text).
 The pipeline runs on Beam's DirectRunner with its defaults unless --runner_flags says otherwise.
@@ -64,14 +65,15 @@ def _make_text(path: pathlib.Path) -> None:
                 out.write("\n".join(sentences) + "\n\n")
 
 
-def _raw_tokenizer_mb_s(text_path: pathlib.Path, tokenizer: str, repeats: int = 3):
-    """(encode_batch MB/s, encode_batch_fast MB/s, CPU seconds per wall second of the best encode_batch call)."""
+def _raw_tokenizer_mb_s(text_path: pathlib.Path, tokenizer: str, repeats: int = 3, fast: bool = True):
+    """(encode_batch MB/s, encode_batch_fast MB/s or None, CPU seconds per wall second of the best encode_batch
+    call)."""
     from transformers import AutoTokenizer
     backend = AutoTokenizer.from_pretrained(tokenizer).backend_tokenizer
     data = text_path.read_bytes()
     lines = [line for line in data.decode("utf-8").split("\n") if line]
     rates, cores = {}, 0.0
-    for method in ("encode_batch", "encode_batch_fast"):
+    for method in ("encode_batch", "encode_batch_fast") if fast else ("encode_batch",):
         best = float("inf")
         for _ in range(repeats):
             cpu = time.process_time()
@@ -83,7 +85,7 @@ def _raw_tokenizer_mb_s(text_path: pathlib.Path, tokenizer: str, repeats: int = 
                 if method == "encode_batch":
                     cores = (time.process_time() - cpu) / seconds
         rates[method] = len(data) / 1e6 / best
-    return rates["encode_batch"], rates["encode_batch_fast"], cores
+    return rates["encode_batch"], rates.get("encode_batch_fast"), cores
 
 
 def _child(args) -> None:
@@ -147,12 +149,20 @@ def main() -> None:
             for copy in range(scale):
                 shutil.copy(text_path, folder / f"part-{copy}.txt")
             # Shards grow with the input as a real run's would (4 per 1x), so that a shard's rows stay the same size.
-            runs = [_run_child(str(folder / "*.txt"), "text", str(tmp / f"out-{scale}"), tokenizer,
-                               args.runner_flags, num_shards=4 * scale) for _ in range(args.repeats)]
+            runs, paired = [], []
+            for _ in range(args.repeats):
+                # Each run is paired with a baseline call made just before it: the machine's speed drifts by a
+                # third within minutes, and a pair sees the same machine.
+                pair_raw = _raw_tokenizer_mb_s(text_path, tokenizer, repeats=1, fast=False)[0]
+                run = _run_child(str(folder / "*.txt"), "text", str(tmp / f"out-{scale}"), tokenizer,
+                                 args.runner_flags, num_shards=4 * scale)
+                runs.append(run)
+                paired.append(text_mb * scale / run["seconds"] / pair_raw)
             shutil.rmtree(folder)
             best = min(runs, key=lambda run: run["seconds"])
             results[scale] = {**best, "median_seconds": statistics.median(run["seconds"] for run in runs),
-                              "peak_rss_mib": max(run["peak_rss_mib"] for run in runs)}
+                              "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+                              "paired": statistics.median(paired)}
         raw_after, fast_after, cores_after = _raw_tokenizer_mb_s(text_path, tokenizer)
         raw = max(raw_before, raw_after)
         print(f"raw tokenizers (after the runs, best of 3): encode_batch {raw_after:.2f} MB/s using "
@@ -168,6 +178,8 @@ def main() -> None:
                   f"{median_rate / raw:.2f}x; whole process {result['process_seconds']:.1f} s = "
                   f"{text_mb * scale / result['process_seconds'] / raw:.2f}x); {result['instances']} instances; "
                   f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+            print(f"  x{scale} paired with a baseline call just before each run: median ratio "
+                  f"{result['paired']:.2f}x")
         scales = sorted(rss)
         if len(scales) > 1:
             for scale in scales[1:]:
