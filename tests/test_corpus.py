@@ -371,3 +371,34 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     # A newline inside a sentence (no reader of this pipeline makes one) must not split it.
     newline = [("nl", ["First line\nstill the first sentence.", "Second."])]
     assert _tokenize_documents(joined, newline) == _tokenize_documents(alone, newline)
+
+
+def test_end_to_end_whole_word_masking_rows(tmp_path, tokenizer_dir):
+    """--masked_lm_prob with --whole_word_mask: the optional columns are written and read back consistent."""
+    from transformers import AutoTokenizer
+    vocab = AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()
+    continuation = {i for token, i in vocab.items() if token.startswith("##")}
+    path = tmp_path / "corpus.txt"
+    text = ("Unbelievably overwrought melodramas dominated the festival programme.\n"
+            "Cinematographers photographed extraordinary landscapes.\n"
+            "Reviewers characterised the screenplays as unconvincing.\n\n")
+    path.write_bytes(b"".join(text.replace("festival", f"festival {n}").encode() for n in range(6)))
+    output, manifest = _run(tmp_path, "out", path, "text", tokenizer_dir, "--masked_lm_prob=0.15",
+                            "--whole_word_mask", "--max_predictions_per_seq=6", "--epochs=1", "--max_seq_len=32")
+    rows = _read_all(output, manifest, 0)
+    assert rows and manifest["whole_word_mask"] is True
+    masked = 0
+    for row in rows:
+        ids, positions, labels = row["input_ids"], row["masked_lm_positions"], row["masked_lm_labels"]
+        assert 1 <= len(positions) == len(labels) <= 6 and positions == sorted(positions)
+        original = list(ids)
+        for position, label in zip(positions, labels):
+            assert 0 < position < len(ids) - 1 and position != row["segment_a_len"] - 1
+            original[position] = label
+            masked += ids[position] == 103
+        # Whole words: a masked piece's "##" continuation is masked with it.
+        chosen = set(positions)
+        for position in positions:
+            if position + 1 < len(original) and original[position + 1] in continuation:
+                assert position + 1 in chosen
+    assert masked / sum(len(r["masked_lm_positions"]) for r in rows) > 0.6  # 80% [MASK], 10% kept, 10% random
