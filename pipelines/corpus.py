@@ -637,7 +637,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     try:
         tokenizer = tokenizer_lib.load(options.tokenizer)
     except tokenizer_lib.TokenizerError as error:
-        raise SystemExit(f"error: {error}; pass a hub name or a directory holding a fast tokenizer") from None
+        raise SystemExit(f"error: {error}; pass --tokenizer a hub name (reachable or in the local cache) or a "
+                         "directory holding a fast tokenizer") from None
     special = _special_tokens(tokenizer)
     typecode = "H" if special.vocab_size <= 65536 else "i"
     continuation_ids = frozenset()

@@ -106,7 +106,7 @@ def load_transformers_tokenizer(name_or_path: str):
         with _TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except Exception as error:  # OSError, ValueError, hub errors: all mean "cannot use this name"
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise TokenizerError(f"cannot load a tokenizer from {name_or_path!r}: {first_line}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise TokenizerError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation")
