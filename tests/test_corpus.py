@@ -361,6 +361,9 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     joined = corpus.TokenizeDocumentsFn(backend_json, "H")
     joined.setup()
     assert joined._joining is not None
+    # The vocab travels one token per line inside the DoFn: the tokenizer rebuilt from it is the same.
+    assert joined._tokenizer_parts[1] is not None
+    assert joined._tokenizer.to_str() == tokenizer.load(tokenizer_dir).backend.to_str()
     alone = corpus.TokenizeDocumentsFn(backend_json, "H")
     alone.setup()
     alone._joining = None
