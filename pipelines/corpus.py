@@ -236,11 +236,11 @@ class TokenizeDocumentsFn(beam.DoFn):
 
     def setup(self):
         from tokenizers import AddedToken, Tokenizer
-        self._tokenizer_json = _join_vocab(self._tokenizer_parts)
-        self._tokenizer = Tokenizer.from_str(self._tokenizer_json)
+        tokenizer_json = _join_vocab(self._tokenizer_parts)
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
         self._joining = None  # (tokenizer that knows SEPARATOR, its id), where it gives the same ids
         if self._tokenizer.token_to_id(self.SEPARATOR) is None:
-            joining = Tokenizer.from_str(self._tokenizer_json)
+            joining = Tokenizer.from_str(tokenizer_json)
             joining.add_special_tokens([AddedToken(self.SEPARATOR, special=True, normalized=False)])
             separator_id = joining.token_to_id(self.SEPARATOR)
             alone = [e.ids for e in self._tokenizer.encode_batch_fast(self.PROBE, add_special_tokens=False)]

@@ -208,10 +208,9 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
     target = target_length(rng, max_num_tokens=max_num_tokens, short_seq_prob=config.short_seq_prob)
     instances = []
     last_sentence = len(ends) - 1
-    chunk_first = 0  # the current chunk is sentences chunk_first..i
+    chunk_first = chunk_start = 0  # the current chunk is sentences chunk_first..i, from token chunk_start on
     i = 0
     while i <= last_sentence:
-        chunk_start = ends[chunk_first - 1] if chunk_first else 0
         if i == last_sentence or ends[i] - chunk_start >= target:
             chunk_size = i - chunk_first + 1
             a_end = rng.randrange(1, chunk_size) if chunk_size >= 2 else 1
@@ -244,6 +243,7 @@ def create_pair_instances(documents: Sequence[Document], index: int, rng: random
                                             continuation_ids=continuation_ids)
             instances.append(Instance(input_ids, len(tokens_a) + 2, is_random_next, positions, labels))
             chunk_first = i + 1
+            chunk_start = document.start(chunk_first)
         i += 1
     return instances
 

@@ -240,8 +240,9 @@ class WriteBatchedShardFn(beam.DoFn):
     def process(self, element: Tuple[Tuple[int, int], Iterable[bytes]]):
         (set_index, shard), payloads = element
         shard_set = self._shard_sets[set_index]
-        tables = [pa.ipc.open_stream(payload).read_all() for payload in payloads]
-        table = pa.concat_tables(tables).cast(shard_set.schema) if tables else shard_set.schema.empty_table()
+        # A GroupByKey group is never empty.
+        table = pa.concat_tables([pa.ipc.open_stream(payload).read_all() for payload in payloads]).cast(
+            shard_set.schema)
         # Sorted by key (a stable sort; keys are unique, and a retried bundle repeats identical rows), so a shard's
         # bytes never depend on the order in which batches reached it.
         table = table.take(pc.sort_indices(table, sort_keys=[(self._sort_by, "ascending")]))
