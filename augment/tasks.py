@@ -159,3 +159,72 @@ def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> L
     for column, text in zip(task.text_columns, texts):
         out[column] = text
     return out
+
+
+# The GLUE tasks as the Hugging Face hub's `glue`/`nyu-mll/glue` Parquet files hold them: text columns, and the
+# label names in the order of their integer labels (ClassLabel). Binary tasks map their names to the reference's
+# "0"/"1"; the NLI tasks' names are the reference's labels themselves. A label of -1 (the test split) is rejected.
+HUB_TEXT_COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "CoLA": ("sentence",), "SST-2": ("sentence",), "MRPC": ("sentence1", "sentence2"),
+    "STS-B": ("sentence1", "sentence2"), "QQP": ("question1", "question2"), "MNLI": ("premise", "hypothesis"),
+    "QNLI": ("question", "sentence"), "RTE": ("sentence1", "sentence2"),
+}
+HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {
+    "CoLA": ("unacceptable", "acceptable"), "SST-2": ("negative", "positive"),
+    "MRPC": ("not_equivalent", "equivalent"), "STS-B": None, "QQP": ("not_duplicate", "duplicate"),
+    "MNLI": ("entailment", "neutral", "contradiction"), "QNLI": ("entailment", "not_entailment"),
+    "RTE": ("entailment", "not_entailment"),
+}
+# The header of each GLUE train.tsv (CoLA has none), for writing a hub-Parquet input's train_aug.tsv in the
+# reference layout that `task_distill.py` reads.
+GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {
+    "CoLA": None, "SST-2": ("sentence", "label"),
+    "MRPC": ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+    "STS-B": ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+              "score"),
+    "QQP": ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+    "MNLI": ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"),
+    "QNLI": ("index", "question", "sentence", "label"), "RTE": ("index", "sentence1", "sentence2", "label"),
+}
+
+
+def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> Optional[str]:
+    """The reference's label string for a hub label (an integer class, a float score, or a name)."""
+    if value is None:
+        return None
+    if task.regression:
+        return str(value)
+    if isinstance(value, str):
+        return value
+    names = list(label_names) if label_names is not None else list(HUB_LABEL_NAMES[task.name] or ())
+    index = int(value)
+    if not 0 <= index < len(names):
+        raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name} (-1 marks the test split)")
+    if task.label_list == ("0", "1"):
+        return str(index)
+    return names[index]
+
+
+def parse_hub_row(task: TaskFormat, record: Dict[str, object], row_index: int,
+                  label_names: Optional[Sequence[str]]) -> Example:
+    """An example from a row of a GLUE task's hub Parquet file (`datasets` layout), with GLUE-layout cells.
+
+    Raises:
+      RejectedRecord: a missing column, empty text, or a label outside the task's labels.
+    """
+    columns = HUB_TEXT_COLUMNS[task.name]
+    missing = [name for name in columns + ("label",) if name not in record]
+    if missing:
+        raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
+    texts = _check_texts(task, [record[name] for name in columns])
+    label = _check_label(task, hub_label_text(task, record["label"], label_names))
+    example_id = str(record["idx"]) if record.get("idx") is not None else str(row_index)
+    header = GLUE_HEADERS[task.name]
+    cells = [""] * (len(header) if header else task.num_columns)
+    for column, text in zip(task.text_columns, texts):
+        cells[column] = text
+    cells[task.label_column] = label
+    if task.id_column is not None:
+        cells[task.id_column] = example_id
+    return Example(example_id, row_index, texts, label, tuple(cells))

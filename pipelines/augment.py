@@ -10,14 +10,22 @@ once (a side input), run Algorithm 1 per example with an RNG seeded from (seed, 
 shards under data/, train_aug.tsv in the reference layout, optional candidates/, a manifest and _SUCCESS.
 """
 
-import csv
+if __name__ == "__main__":
+    # Run as `python -m pipelines.augment`, this file would be `__main__`: cloudpickle copies a `__main__` module's
+    # DoFns by value with every global they reach (a lock cannot travel), and Beam would see its options declared
+    # twice. So the module body is not run as `__main__` at all: the imported `pipelines.augment` runs instead, and
+    # its DoFns pickle by reference to the module that workers import from the installed package.
+    import sys
+    from pipelines import entry
+    sys.exit(entry.augment())
+
 import io
 import json
 import logging
 import os
 import pathlib
-import sys
 import threading
+import time
 import zipfile
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
@@ -35,15 +43,16 @@ from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
 from augment.mlm import MAX_POSITIONS, PRECISIONS, MaskedLMScorer, MaskedQuery
-from augment.tasks import (Example, RejectedRecord, TaskFormat, generic_task, parse_glue_row, parse_named_row,
-                           replace_cells, resolve_task)
+from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
+                           generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
 from augment.words import WordSplitter
-from pipelines import outputs
+from pipelines import cli, outputs, progress, sources
 from pipelines import tokenizer as tokenizer_lib
-from pipelines.options import resolve
+from pipelines.cli import InputError, UserError
+from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
-SAMPLE_INPUT = str(pathlib.Path(__file__).resolve().parents[1] / "samples" / "sst2" / "train.tsv")
+SAMPLE_INPUT = str(pathlib.Path(__file__).resolve().parent / "samples" / "sst2" / "train.tsv")
 INPUT_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet")
 
 
@@ -100,11 +109,14 @@ def choose_device(device: str) -> str:
     return device
 
 
-def _split_lines(data: bytes) -> List[bytes]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+def hub_label_names(task: TaskFormat, schema: pa.Schema) -> Optional[List[str]]:
+    """The label names a hub Parquet file declares (its `huggingface` schema metadata), else the known GLUE ones."""
+    try:
+        info = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = info.get("info", {}).get("features", {}).get("label", {}).get("names")
+    except (ValueError, AttributeError):
+        names = None
+    return list(names) if names else (list(HUB_LABEL_NAMES[task.name]) if HUB_LABEL_NAMES[task.name] else None)
 
 
 # ------------------------------------------------------------------------------------------------------- DoFns
@@ -116,22 +128,26 @@ class _Holder:
 
 
 class ReadExamplesFn(beam.DoFn):
-    """Reads one input file into Examples; every record that cannot be used goes to the rejects output."""
+    """Reads one input file into Examples; every record that cannot be used goes to the rejects output.
+
+    Files stream record by record (memory stays flat whatever the file size). A damaged file (a truncated gzip or
+    bz2 stream, a CSV whose quoting never closes, a Parquet file that is not one) raises `InputError`: the run
+    stops with one line naming the file, and no `_SUCCESS` is written.
+    """
     REJECTS = "rejects"
 
     def __init__(self, task: TaskFormat, *, input_format: str, label_field: Optional[str],
-                 id_field: Optional[str], multiple_files: bool):
+                 id_field: Optional[str]):
         self._task = task
         self._format = input_format
         self._label_field = label_field
         self._id_field = id_field
-        self._multiple_files = multiple_files
         self._examples = Metrics.counter("ReadExamples", "examples")
         self._rejected = Metrics.counter("ReadExamples", "rejected")
 
-    def process(self, element: Tuple[int, str]):
-        file_index, path = element
-        prefix = f"{os.path.basename(path)}:" if self._multiple_files else ""
+    def process(self, element: Tuple[int, str, str]):
+        file_index, path, name = element
+        prefix = f"{name}:" if name else ""
         for row_index, example, failure in self._records(path):
             if failure is not None:
                 self._rejected.inc()
@@ -146,47 +162,84 @@ class ReadExamplesFn(beam.DoFn):
 
     def _records(self, path: str):
         """Yields (row index, Example or None, (reason, raw record) or None)."""
-        fmt = self._format
-        if fmt == "parquet":
+        if self._format == "parquet":
+            yield from self._parquet_records(path)
+            return
+        with sources.open_input(path) as handle:
+            if self._format == "csv":
+                yield from self._csv_records(handle)
+            else:
+                yield from self._line_records(handle)
+
+    def _parquet_records(self, path: str):
+        try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 table = pq.ParquetFile(handle)
+                hub = hub_label_names(self._task, table.schema_arrow) if self._task.text_columns else None
                 row_index = 0
                 for batch in table.iter_batches(batch_size=4096):
                     for record in batch.to_pylist():
-                        yield self._named(record, row_index, record)
+                        if hub is not None:
+                            yield self._hub(record, row_index, hub)
+                        else:
+                            yield self._named(record, row_index, record)
                         row_index += 1
-            return
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-            lines = _split_lines(handle.read())
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); "
+                             "check the file or --input_format") from None
+
+    def _csv_records(self, handle):
+        header = None
+        row_index = 0
+        for cells, raw in sources.iter_csv_records(handle):
+            if header is None:
+                header = cells or []
+                continue
+            if cells is None:
+                yield row_index, None, ("undecodable_utf8", raw)
+            elif len(cells) != len(header):
+                yield row_index, None, ("wrong_column_count", raw)
+            else:
+                yield self._named(dict(zip(header, cells)), row_index, raw)
+            row_index += 1
+
+    def _line_records(self, handle):
         header: Optional[List[str]] = None
-        if self._task.has_header and fmt != "jsonl" and lines:
-            header = _split_cells(lines[0].decode("utf-8", errors="replace"), fmt)
-            lines = lines[1:]
-        num_columns = self._task.num_columns or (len(header) if header else None)
-        for row_index, raw in enumerate(lines):
+        expect_header = self._task.has_header and self._format != "jsonl"
+        num_columns = self._task.num_columns
+        row_index = 0
+        for line_number, (_, raw) in enumerate(sources.iter_lines(handle)):
+            if line_number == 0:
+                raw = sources.strip_bom(raw)
+                if expect_header:
+                    header = raw.decode("utf-8", errors="replace").split("\t")
+                    num_columns = num_columns or len(header)
+                    continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 yield row_index, None, ("undecodable_utf8", raw)
+                row_index += 1
                 continue
             try:
-                if fmt == "jsonl":
+                if self._format == "jsonl":
                     record = json.loads(line)
                     if not isinstance(record, dict):
                         raise RejectedRecord("bad_json", "not a JSON object")
                     yield self._named(record, row_index, line)
-                    continue
-                cells = _split_cells(line, fmt)
-                if self._task.text_columns is not None:
-                    yield row_index, parse_glue_row(self._task, cells, row_index, num_columns), None
                 else:
-                    if len(cells) != len(header):
+                    cells = line.split("\t")  # GLUE files are read without quoting, as the reference reads them
+                    if self._task.text_columns is not None:
+                        yield row_index, parse_glue_row(self._task, cells, row_index, num_columns), None
+                    elif len(cells) != len(header):
                         raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, expected {len(header)}")
-                    yield self._named(dict(zip(header, cells)), row_index, line)
+                    else:
+                        yield self._named(dict(zip(header, cells)), row_index, line)
             except json.JSONDecodeError:
                 yield row_index, None, ("bad_json", line)
             except RejectedRecord as error:
                 yield row_index, None, (error.reason, line)
+            row_index += 1
 
     def _named(self, record: Dict[str, Any], row_index: int, raw: Any):
         try:
@@ -195,11 +248,11 @@ class ReadExamplesFn(beam.DoFn):
         except RejectedRecord as error:
             return row_index, None, (error.reason, raw)
 
-
-def _split_cells(line: str, fmt: str) -> List[str]:
-    if fmt == "csv":
-        return next(csv.reader([line]))
-    return line.split("\t")  # GLUE files are read without quoting, as the reference reads them
+    def _hub(self, record: Dict[str, Any], row_index: int, label_names: Optional[List[str]]):
+        try:
+            return row_index, parse_hub_row(self._task, record, row_index, label_names), None
+        except RejectedRecord as error:
+            return row_index, None, (error.reason, record)
 
 
 class PlanExamplesFn(beam.DoFn):
@@ -231,8 +284,9 @@ class ScoreMaskedLMFn(beam.DoFn):
     """Answers the masked-LM queries of a group of distinct sentences in batches, one model per worker."""
 
     def __init__(self, model_name: str, *, top_k: int, precision: str, device: str, max_batch_tokens: int,
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, show_progress: bool = False):
         self._model_name = model_name
+        self._show_progress = show_progress
         self._torch_threads = torch_threads
         self._top_k = top_k
         self._precision = precision
@@ -256,7 +310,7 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._holder = self._shared.acquire(load, tag=tag)  # keep a strong reference, or it may be reloaded
         self._scorer = self._holder.value
 
-    def process(self, element):
+    def process(self, element, total_queries=None):
         _, sentences = element
         queries = {}
         for sentence, requests in sentences:
@@ -267,6 +321,8 @@ class ScoreMaskedLMFn(beam.DoFn):
         beyond = sum(1 for qs in queries.values() for q in qs if q.position + 1 >= MAX_POSITIONS)
         self._queries.inc(len(answers))
         self._truncated.inc(beyond)
+        if self._show_progress:
+            progress.advance("masked-LM queries", len(answers), total=total_queries)
         yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", len(answers)))
         if beyond:
             yield beam.pvalue.TaggedOutput("stats", ("mlm_queries_beyond_512_tokens", beyond))
@@ -306,15 +362,17 @@ class AugmentExamplesFn(beam.DoFn):
     CANDIDATES = "candidates"
     STATS = "stats"
 
-    def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool):
+    def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool,
+                 show_progress: bool = False):
         self._task = task
+        self._show_progress = show_progress
         self._num_aug = num_aug
         self._replace_prob = replace_prob
         self._seed = seed
         self._emit_candidates = emit_candidates
         self._rows = Metrics.counter("AugmentExamples", "rows")
 
-    def process(self, element, glove):
+    def process(self, element, glove, total_examples=None):
         key, grouped = element
         (example, plans), = grouped["example"]
         mlm = [dict() for _ in plans]
@@ -333,6 +391,8 @@ class AugmentExamplesFn(beam.DoFn):
             yield row_key, record
             yield beam.pvalue.TaggedOutput(self.TSV, (row_key, self._tsv_line(example, row.texts)))
         self._rows.inc(len(rows))
+        if self._show_progress:
+            progress.advance("examples augmented", 1, total=total_examples)
         yield beam.pvalue.TaggedOutput(self.STATS, ("examples", 1))
         yield beam.pvalue.TaggedOutput(self.STATS, ("rows", len(rows)))
         if self._emit_candidates:
@@ -405,8 +465,11 @@ class ReadExamples(beam.PTransform):
         self._read_fn = read_fn
 
     def expand(self, pbegin):
+        # Several files: example ids are prefixed with the file's path relative to the folder they share (unique
+        # even where two folders hold files of one name).
+        names = sources.relative_names(self._files) if len(self._files) > 1 else {f: "" for f in self._files}
         return (pbegin
-                | "ListFiles" >> beam.Create(list(enumerate(self._files)))
+                | "ListFiles" >> beam.Create([(i, f, names[f]) for i, f in enumerate(self._files)])
                 | "ReadFile" >> beam.ParDo(self._read_fn).with_outputs(ReadExamplesFn.REJECTS, main="examples"))
 
 
@@ -430,11 +493,18 @@ class FindMaskedLMCandidates(beam.PTransform):
             length = min(2 * (len(sentence) // 4) + 3, MAX_POSITIONS)
             return (length, outputs.stable_hash(sentence) % partitions), item
 
-        return (requests
-                | "GroupBySentence" >> beam.GroupByKey()
-                | "KeyByLength" >> beam.Map(lambda kv: batch_key((kv[0], list(kv[1]))))
+        keyed = (requests
+                 | "GroupBySentence" >> beam.GroupByKey()
+                 | "KeyByLength" >> beam.Map(lambda kv: batch_key((kv[0], list(kv[1])))))
+        # The number of distinct queries, known once planning is done: the total of the progress lines.
+        total = (keyed
+                 | "QueriesPerSentence" >> beam.Map(
+                     lambda kv: len({p for _, _, positions in kv[1][1] for p in positions}))
+                 | "CountQueries" >> beam.CombineGlobally(sum))
+        return (keyed
                 | "GroupByLength" >> beam.GroupByKey()
-                | "Score" >> beam.ParDo(self._score_fn).with_outputs("stats", main="answers"))
+                | "Score" >> beam.ParDo(self._score_fn, total_queries=beam.pvalue.AsSingleton(total)).with_outputs(
+                    "stats", main="answers"))
 
 
 class FindGloveNeighbours(beam.PTransform):
@@ -503,8 +573,7 @@ CANDIDATE_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False), pa.field("candidates", pa.list_(pa.string()))])
 
 
-class UsageError(ValueError):
-    """An option or input a person can fix; run() turns it into one clear line."""
+UsageError = UserError  # the name earlier releases raised; one user-error type (pipelines.cli.UserError)
 
 
 class ResolvedInput(NamedTuple):
@@ -520,58 +589,100 @@ def _resolve_input(options) -> ResolvedInput:
     """The input files (matched once) and the task they hold.
 
     Raises:
-      FileNotFoundError: nothing matches --input.
-      UsageError: an unknown task, a generic task without --text_columns, a format that cannot be told.
+      UserError: nothing matches --input, an unknown task, a generic task without --text_columns, a format that
+        cannot be told, an empty input file.
     """
-    files = outputs.input_files(options.input)
+    files = sources.input_files(options.input)
     task, fmt, label_field, id_field = _resolve_task(options, files[0]["path"])
+    if all(f["bytes"] == 0 for f in files):
+        raise UserError(f"--input {options.input} is empty ({len(files)} file(s) of 0 bytes)")
     return ResolvedInput(files, task, fmt, label_field, id_field)
 
 
+def _format_of(path: str) -> Optional[str]:
+    name = path.lower()
+    for suffix in (".gz", ".bz2"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    ext = name.rsplit(".", 1)[-1]
+    if sources.sniff(path, 4).startswith(b"PAR1"):
+        return "parquet"
+    return {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
+
+
 def _resolve_task(options, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
-    """(task format, input format, label field, id field), or UsageError."""
-    ext = first_path.rsplit(".", 1)[-1].lower()
+    """(task format, input format, label field, id field), or UserError."""
     if options.task.lower() == "generic":
         if not options.text_columns:
-            raise UsageError("--task generic needs --text_columns (and usually --label_column)")
-        fmt = options.input_format if options.input_format != "auto" else {
-            "tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
+            raise UserError("--task generic needs --text_columns (and usually --label_column)")
+        fmt = options.input_format if options.input_format != "auto" else _format_of(first_path)
         if fmt is None:
-            raise UsageError(f"cannot tell the format of {first_path}; pass --input_format")
-        labels = options.label_list.split(",") if options.label_list else None
+            raise UserError(f"cannot tell the format of {first_path}; pass --input_format tsv|csv|jsonl|parquet")
+        labels = [label.strip() for label in options.label_list.split(",")] if options.label_list else None
         task = generic_task([c.strip() for c in options.text_columns.split(",")], options.label_column, labels)
         return task, fmt, options.label_column, options.id_column
     try:
         task = resolve_task(options.task)
     except KeyError as error:
-        raise UsageError(error.args[0]) from None
-    if options.input_format not in ("auto", "tsv"):
-        raise UsageError(f"GLUE task {task.name} reads its train.tsv; --input_format must be tsv")
-    return task, "tsv", None, None
+        raise UserError(error.args[0]) from None
+    fmt = options.input_format if options.input_format != "auto" else (_format_of(first_path) or "tsv")
+    if fmt not in ("tsv", "parquet"):
+        raise UserError(f"GLUE task {task.name} reads its train.tsv or the hub's Parquet (columns "
+                        f"{', '.join(HUB_TEXT_COLUMNS[task.name])}, label, idx); --input_format must be tsv or "
+                        "parquet, or use --task generic")
+    return task, fmt, None, None
 
 
 def _read_header(path: str, task: TaskFormat, fmt: str) -> Optional[str]:
+    """The header line train_aug.tsv starts with (the input's own, as the reference copies it), or None."""
+    if fmt == "parquet" and task.text_columns is not None:  # hub Parquet of a GLUE task: the GLUE layout
+        header = GLUE_HEADERS[task.name]
+        return "\t".join(header) if header else None
     if not task.has_header or fmt in ("jsonl", "parquet"):
         return None
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-        first = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-    return first if task.text_columns is not None else "\t".join(list(task.text_fields) + ["label"])
+    if task.text_columns is None:
+        return "\t".join(list(task.text_fields) + ["label"])
+    with sources.open_input(path) as handle:
+        for _, first in sources.iter_lines(handle):
+            return sources.strip_bom(first).decode("utf-8", errors="replace")
+    return None
 
 
 def _check_options(options) -> None:
+    """One line for the first option value that cannot work."""
     if options.input_format not in INPUT_FORMATS:
-        raise UsageError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}")
+        raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}")
     if options.top_k < 1:
-        raise UsageError("--top_k must be at least 1")
+        raise UserError(f"--top_k must be at least 1 (got {options.top_k})")
     if not 0.0 <= options.replace_prob <= 1.0:
-        raise UsageError("--replace_prob must be within [0, 1]")
+        raise UserError(f"--replace_prob must be within [0, 1] (got {options.replace_prob})")
     if options.num_aug is not None and options.num_aug < 0:
-        raise UsageError("--num_aug must be >= 0")
-    if options.num_shards < 1 or options.mlm_partitions < 1 or options.glove_vocab < 1:
-        raise UsageError("--num_shards, --mlm_partitions and --glove_vocab must be >= 1")
+        raise UserError(f"--num_aug must be >= 0 (got {options.num_aug})")
+    for name in ("num_shards", "mlm_partitions", "glove_vocab", "max_batch_tokens"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(options, name)})")
+    if options.max_batch_tokens < MAX_POSITIONS:
+        raise UserError(f"--max_batch_tokens must hold one full-length query ({MAX_POSITIONS} tokens); got "
+                        f"{options.max_batch_tokens}")
+    if options.torch_threads < 0:
+        raise UserError(f"--torch_threads must be >= 0 (got {options.torch_threads})")
+    if not 0.0 <= options.max_reject_fraction <= 1.0:
+        raise UserError(f"--max_reject_fraction must be within [0, 1] (got {options.max_reject_fraction})")
+    if options.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
     if not glove_exists(options.glove):
-        raise UsageError(f"GloVe file {options.glove} not found; pass --glove PATH to a GloVe text file "
-                         "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
+        raise UserError(f"GloVe file {options.glove} not found; pass --glove PATH to a GloVe text file "
+                        "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
+    if os.path.isdir(options.model):
+        names = set(os.listdir(options.model))
+        if "config.json" not in names:
+            raise UserError(f"--model {options.model} has no config.json; pass a directory written by "
+                            "save_pretrained (or a hub name)")
+        if not names & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                        "pytorch_model.bin.index.json"}:
+            raise UserError(f"--model {options.model} holds no weights (model.safetensors or pytorch_model.bin); "
+                            "save the model with save_pretrained into it")
 
 
 def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput) -> None:
@@ -580,27 +691,30 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
     output = options.output
     header_line = _read_header(files[0]["path"], task, fmt)
+    show_progress = not options.quiet
 
     read = pipeline | "ReadExamples" >> ReadExamples(
         [f["path"] for f in files],
-        ReadExamplesFn(task, input_format=fmt, label_field=label_field, id_field=id_field,
-                       multiple_files=len(files) > 1))
+        ReadExamplesFn(task, input_format=fmt, label_field=label_field, id_field=id_field))
     # Reading is one task per file: spread the examples over the workers.
     examples = read.examples | "SpreadExamples" >> beam.Reshuffle()
     planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(options.model)).with_outputs(
         PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
         ScoreMaskedLMFn(options.model, top_k=options.top_k, precision=options.precision, device=options.device,
-                        max_batch_tokens=options.max_batch_tokens, torch_threads=options.torch_threads),
+                        max_batch_tokens=options.max_batch_tokens, torch_threads=options.torch_threads,
+                        show_progress=show_progress),
         options.mlm_partitions)
     glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
         GloveNeighboursFn(options.glove, vocab_limit=options.glove_vocab, top_k=options.top_k))
+    total_examples = read.examples | "CountExamples" >> beam.combiners.Count.Globally()
     augmented = ({"example": planned.plans, "mlm": mlm.answers}
                  | "JoinAnswers" >> beam.CoGroupByKey()
                  | "AugmentExamples" >> beam.ParDo(
                      AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
-                                       emit_candidates=options.emit_candidates),
-                     glove=beam.pvalue.AsDict(glove.neighbours)).with_outputs(
+                                       emit_candidates=options.emit_candidates, show_progress=show_progress),
+                     glove=beam.pvalue.AsDict(glove.neighbours),
+                     total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
                          AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS, main="rows"))
 
     data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task))
@@ -632,44 +746,88 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         "input_format": fmt, "inputs": files, "tsv_header": header_line,
         "pair_fields": "other fields of an augmented row keep their original text",
     }
+    quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
+                                  max_reject_fraction=options.max_reject_fraction)
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
-        output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats})
+        output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats},
+        quality=quality, dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
+                                       "label_names": list(task.label_list) if task.label_list else None})
 
 
-def run(argv=None, save_main_session=True):
-    """Parses options, checks what a person can fix, runs the pipeline, and logs a summary.
+def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
+    """The likely cause of a run whose records were (nearly) all rejected, as a short clause, or ""."""
+    path = resolved.files[0]["path"]
+    task, fmt = resolved.task, resolved.input_format
+    head = sources.sniff(path)
+    if head.startswith(b"PAR1") and fmt != "parquet":
+        return f"{os.path.basename(path)} looks like Parquet: pass --input_format parquet"
+    if head[:1] in (b"{", b"[") and fmt in ("tsv", "csv"):
+        return f"{os.path.basename(path)} looks like JSON lines: pass --input_format jsonl"
+    first = sources.strip_bom(head.splitlines()[0] if head.splitlines() else b"").decode("utf-8", "replace")
+    top = max(reasons, key=reasons.get) if reasons else ""
+    if task.text_columns is not None and fmt == "tsv":
+        columns = first.split("\t")
+        expected = GLUE_HEADERS.get(task.name)
+        if expected and len(columns) != len(expected) or top == "wrong_column_count":
+            layout = "<TAB>".join(expected) if expected else f"{task.num_columns} tab-separated columns"
+            return (f"the header has {len(columns)} column{'s' * (len(columns) != 1)}; {task.name} expects "
+                    f"{layout}" + (" (a CSV? use --task generic --input_format csv)" if "," in first else ""))
+    if top == "missing_column":
+        found = (first.split("\t") if fmt == "tsv" else first.split(",")) if fmt in ("tsv", "csv") else []
+        wanted = list(task.text_fields) + ([options.label_column] if options.label_column else [])
+        return (f"the input's columns are {found[:12]}; --text_columns/--label_column name {wanted}"
+                if found else f"--text_columns/--label_column name {wanted}; check them against the input's fields")
+    if top == "bad_label" and task.label_list:
+        return f"labels must be one of {list(task.label_list)} (--label_list)"
+    if top == "undecodable_utf8":
+        return "the input is not UTF-8 text; convert it (e.g. iconv -t utf-8)"
+    return ""
+
+
+def run(argv=None, save_main_session=False):
+    """Parses options, checks what a person can fix, runs the pipeline, and prints a summary.
+
+    `save_main_session` stays False: every DoFn lives in an importable module of the installed package, so
+    workers import it; pickling `__main__` would copy module state (locks, loaded models) that cannot travel.
 
     Returns:
       The manifest of the finished output directory.
+
+    Raises:
+      UserError: a bad option, input or output (one line); a run whose records were (nearly) all rejected.
     """
-    options = PipelineOptions(argv)
+    argv = list(argv or [])
+    if cli.wants_help(argv):
+        cli.print_help("python -m pipelines.augment", __doc__, [IOOptions, AugmentOptions])
+        return None
+    started = time.time()
+    options = cli.parse_pipeline_options(argv, [IOOptions, AugmentOptions])
     options.view_as(SetupOptions).save_main_session = save_main_session
     aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
                   num_shards=4)
+    _check_options(aug)
+    resolved = _resolve_input(aug)
     try:
-        _check_options(aug)
-        resolved = _resolve_input(aug)
-        try:
-            tokenizer = load_tokenizer(aug.model)
-        except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
-            raise UsageError(f"cannot load the tokenizer of --model {aug.model} ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
-                             "directory holding a BERT masked LM and its tokenizer") from None
+        tokenizer = load_tokenizer(aug.model)
+    except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
+        raise UserError(f"cannot load the tokenizer of --model {aug.model} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
+                        "directory holding a BERT masked LM and its tokenizer") from None
+    try:
         outputs.prepare_output_dir(aug.output, overwrite=aug.overwrite)
-    except (UsageError, FileNotFoundError, outputs.OutputExistsError) as error:
-        raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
+    except outputs.OutputExistsError as error:
+        raise UserError(str(error)) from None
+    progress.reset()
+    logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.task.name, aug.input or SAMPLE_INPUT,
+                 len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), aug.output)
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
         build_pipeline(pipeline, aug, tokenizer, resolved)
-    manifest = outputs.read_manifest(aug.output)
-    logging.info("augmentation finished: %s\n%s", aug.output, outputs.summarize(manifest))
+    manifest = outputs.read_manifest(aug.output, require_success=False)
+    outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
+                                                                  aug))
+    print(outputs.summary("augment", manifest, aug.output, time.time() - started, rows_output="data"), flush=True)
     return manifest
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    run(argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_main(run, argv)

@@ -13,6 +13,13 @@ key) into one of ceil(documents / docs_per_bucket) buckets, and a document's ran
 documents of its bucket, so no worker ever needs the whole corpus.
 """
 
+if __name__ == "__main__":
+    # Not run as `__main__` (whose DoFns cloudpickle would copy by value, and whose options Beam would see twice):
+    # the imported module runs instead, and its DoFns pickle by reference (see pipelines/augment.py).
+    import sys
+    from pipelines import entry
+    sys.exit(entry.corpus())
+
 import argparse
 import array
 import hashlib
@@ -21,7 +28,7 @@ import json
 import logging
 import math
 import random
-import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -36,10 +43,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import documents as documents_lib
 from pipelines import instances as instances_lib
-from pipelines import outputs
+from pipelines import cli, outputs, progress, sources
 from pipelines import tokenizer as tokenizer_lib
 from pipelines import wiki
-from pipelines.options import resolve
+from pipelines.cli import InputError, UserError
+from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
@@ -85,26 +93,33 @@ class SplitInputFn(beam.DoFn):
         self._split_bytes = split_bytes
 
     def process(self, file_info):
-        path, size = file_info["path"], file_info["bytes"]
+        path, size, name = file_info["path"], file_info["bytes"], file_info["name"]
         if self._input_format == "wikipedia-xml":
             for _, start, end in wiki.plan_ranges(path, size, split_bytes=self._split_bytes, open_fn=_open_raw):
-                yield {"path": path, "start": start, "end": end, "size": size}
+                yield {"path": path, "name": name, "start": start, "end": end, "size": size}
         elif self._input_format == "wikipedia-parquet":
             import pyarrow.parquet as pq
-            with _open_raw(path) as handle:
-                num_row_groups = pq.ParquetFile(handle).num_row_groups
+            try:
+                with _open_raw(path) as handle:
+                    parquet_file = pq.ParquetFile(handle)
+                    _check_text_column(path, parquet_file.schema_arrow)
+                    num_row_groups = parquet_file.num_row_groups
+            except (pa.ArrowInvalid, OSError) as error:
+                raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); download "
+                                 "it again or check --input_format") from None
             for group in range(num_row_groups):
-                yield {"path": path, "start": group, "end": group + 1, "size": size}
+                yield {"path": path, "name": name, "start": group, "end": group + 1, "size": size}
         else:
-            yield {"path": path, "start": 0, "end": size, "size": size}
+            yield {"path": path, "name": name, "start": 0, "end": size, "size": size}
 
 
 class ReadDocumentsFn(beam.DoFn):
     """A work item to documents (key, paragraphs, already_split); bad records go to REJECTS."""
     REJECTS = "rejects"
 
-    def __init__(self, input_format: str):
+    def __init__(self, input_format: str, *, show_progress: bool = False):
         self._input_format = input_format
+        self._show_progress = show_progress
         self._rejected = Metrics.counter("ReadDocuments", "rejected")
         self._read = Metrics.counter("ReadDocuments", "documents")
 
@@ -117,14 +132,17 @@ class ReadDocumentsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(self.REJECTS, item)
             else:
                 self._read.inc()
+                if self._show_progress:
+                    progress.advance("documents read", 1)
                 yield item
 
     def _read_xml(self, work):
         path, start, end = work["path"], work["start"], work["end"]
         # Offsets inside a bz2 range count decompressed bytes from the range's first stream: name the range.
         source = path if start == 0 else f"{path}@{start}"
+        name = work["name"]
         with _open_raw(path) as handle:
-            for page in wiki.iter_pages(handle, path, start, end, work["size"]):
+            for page in _checked_pages(wiki.iter_pages(handle, path, start, end, work["size"]), path):
                 try:
                     article = wiki.parse_page(page.xml)
                 except wiki.MalformedPage as error:
@@ -145,20 +163,22 @@ class ReadDocumentsFn(beam.DoFn):
                         yield outputs.reject(source, page.offset, "empty_article",
                                              f"{label}\t{article.wikitext[:1000]}")
                         continue
-                    yield (documents_lib.document_key(path, article.page_id), paragraphs, False)
+                    yield (documents_lib.document_key(name, article.page_id), paragraphs, False)
 
     def _read_parquet(self, work):
         import pyarrow.parquet as pq
         path, group = work["path"], work["start"]
-        with _open_raw(path) as handle:
-            parquet_file = pq.ParquetFile(handle)
-            names = set(parquet_file.schema_arrow.names)
-            if "text" not in names:
-                yield outputs.reject(path, group, "no_text_column", f"columns: {sorted(names)}")
-                return
-            columns = [name for name in ("id", "title", "text") if name in names]
-            table = parquet_file.read_row_group(group, columns=columns)
-            first_row = sum(parquet_file.metadata.row_group(g).num_rows for g in range(group))
+        try:
+            with _open_raw(path) as handle:
+                parquet_file = pq.ParquetFile(handle)
+                _check_text_column(path, parquet_file.schema_arrow)
+                names = set(parquet_file.schema_arrow.names)
+                columns = [name for name in ("id", "title", "text") if name in names]
+                table = parquet_file.read_row_group(group, columns=columns)
+                first_row = sum(parquet_file.metadata.row_group(g).num_rows for g in range(group))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); download it "
+                             "again or check --input_format") from None
         rows = table.to_pydict()
         for index, text in enumerate(rows["text"]):
             row_index = first_row + index
@@ -169,16 +189,16 @@ class ReadDocumentsFn(beam.DoFn):
                 yield outputs.reject(path, row_index, "empty_article",
                                      {k: rows[k][index] for k in rows})
                 continue
-            yield (documents_lib.document_key(path, local_id), paragraphs, False)
+            yield (documents_lib.document_key(work["name"], local_id), paragraphs, False)
 
     def _read_text(self, work):
         path = work["path"]
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-            for item in documents_lib.iter_text_documents(handle):
+        with sources.open_input(path) as handle:
+            for item in documents_lib.iter_text_documents(sources.iter_lines(handle)):
                 if isinstance(item, documents_lib.BadLine):
                     yield outputs.reject(path, item.offset, item.reason, item.raw)
                 else:
-                    yield (documents_lib.document_key(path, item.offset), item.lines, True)
+                    yield (documents_lib.document_key(work["name"], item.offset), item.lines, True)
 
 
 class SplitSentencesFn(beam.DoFn):
@@ -340,7 +360,9 @@ class CreateInstancesFn(beam.DoFn):
 
     def __init__(self, *, seed: int, mode: str, config: instances_lib.InstanceConfig,
                  special: instances_lib.SpecialTokens, continuation_ids: frozenset, typecode: str, num_shards: int,
-                 schema: pa.Schema):
+                 schema: pa.Schema, show_progress: bool = False, epochs: int = 1):
+        self._show_progress = show_progress
+        self._epochs = epochs
         self._num_shards = num_shards
         self._seed = seed
         self._mode = mode
@@ -351,7 +373,7 @@ class CreateInstancesFn(beam.DoFn):
         self._schema = schema
         self._lonely = Metrics.counter("CreateInstances", "buckets_of_one_document")
 
-    def process(self, element):
+    def process(self, element, counts=None):
         (epoch, _), members = element
         members = sorted(members, key=lambda kv: kv[0])  # bucket order must not depend on bundle order
         keys = [key for key, _ in members]
@@ -385,6 +407,9 @@ class CreateInstancesFn(beam.DoFn):
                     yield (epoch, shard), outputs.encode_batch(batch.to_record_batch(self._schema))
                     del batches[shard]
             instances += len(made)
+        if self._show_progress:
+            total = (counts or {}).get((COUNTS_TABLE, "documents"), 0) * self._epochs
+            progress.advance("documents cut into instances (all epochs)", len(keys), total=total)
         for shard, batch in sorted(batches.items()):
             yield (epoch, shard), outputs.encode_batch(batch.to_record_batch(self._schema))
         yield beam.pvalue.TaggedOutput(self.COUNTS, ((COUNTS_TABLE, "instances"), instances))
@@ -462,14 +487,19 @@ class ReadDocuments(beam.PTransform):
       A DoOutputsTuple: main = documents, `rejects` = reject rows.
     """
 
-    def __init__(self, files: Sequence[Dict[str, Any]], *, input_format: str, split_bytes: int):
+    def __init__(self, files: Sequence[Dict[str, Any]], *, input_format: str, split_bytes: int,
+                 show_progress: bool = False):
         super().__init__()
+        self._show_progress = show_progress
         self._files = list(files)
         self._input_format = input_format
         self._split_bytes = split_bytes
 
     def expand(self, pipeline):
-        files = self._files
+        # Document keys start with each file's path relative to the folder all inputs share: unique even where
+        # two folders hold files of one name (the `wikimedia/wikipedia` layout).
+        names = sources.relative_names([f["path"] for f in self._files])
+        files = [dict(f, name=names[f["path"]]) for f in self._files]
         # Not beam.Create: it reshuffles several elements, and SpreadRanges below spreads the work items anyway.
         return (pipeline
                 | "Start" >> beam.Impulse()
@@ -477,7 +507,8 @@ class ReadDocuments(beam.PTransform):
                 | "SplitInputs" >> beam.ParDo(SplitInputFn(self._input_format, self._split_bytes))
                 # One file fans out to many ranges: spread them over the workers before reading.
                 | "SpreadRanges" >> beam.Reshuffle()
-                | "ReadRanges" >> beam.ParDo(ReadDocumentsFn(self._input_format)).with_outputs(
+                | "ReadRanges" >> beam.ParDo(ReadDocumentsFn(self._input_format,
+                                                             show_progress=self._show_progress)).with_outputs(
                     ReadDocumentsFn.REJECTS, main="documents"))
 
 
@@ -548,11 +579,35 @@ class CreateInstances(beam.PTransform):
                     AssignBucketsFn(seed=self._seed, epochs=self._epochs, docs_per_bucket=self._docs_per_bucket),
                     counts=beam.pvalue.AsDict(self._document_counts))
                 | "GroupBuckets" >> beam.GroupByKey()
-                | "MakeInstances" >> beam.ParDo(self._fn).with_outputs(CreateInstancesFn.COUNTS, main="instances"))
+                | "MakeInstances" >> beam.ParDo(self._fn, counts=beam.pvalue.AsDict(self._document_counts)).with_outputs(
+                    CreateInstancesFn.COUNTS, main="instances"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _checked_pages(pages, path: str):
+    """`pages`, with a damaged dump stream turned into the one line that stops the run."""
+    try:
+        yield from pages
+    except wiki.DamagedStream as error:
+        raise InputError(f"{path}: damaged dump: {error}; download the file again") from None
+
+
+def _check_text_column(path: str, schema: pa.Schema) -> None:
+    """A `wikimedia/wikipedia`-layout file has a string `text` column; anything else is the wrong file.
+
+    Raises:
+      InputError: no `text` column, or one that is not text.
+    """
+    if "text" not in schema.names:
+        raise InputError(f"{path}: no 'text' column (columns: {', '.join(schema.names[:12])}); wikipedia-parquet "
+                         "reads the wikimedia/wikipedia layout (id, url, title, text)")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise InputError(f"{path}: column 'text' is {kind}, not text; wikipedia-parquet reads the "
+                         "wikimedia/wikipedia layout (id, url, title, text)")
 
 
 def _open_raw(path: str):
@@ -619,7 +674,7 @@ def _special_tokens(tokenizer: tokenizer_lib.LoadedTokenizer) -> instances_lib.S
     ids = {name: tokenizer.special_id(name) for name in ("cls_token", "sep_token", "mask_token")}
     missing = [f"{name}_id" for name, value in ids.items() if value is None]
     if missing:
-        raise SystemExit(f"error: tokenizer lacks {', '.join(missing)}; a BERT-style WordPiece tokenizer is needed")
+        raise UserError(f"tokenizer lacks {', '.join(missing)}; a BERT-style WordPiece tokenizer is needed")
     filler = tokenizer.backend.token_to_id(".")
     return instances_lib.SpecialTokens(
         cls_id=ids["cls_token"], sep_id=ids["sep_token"], mask_id=ids["mask_token"],
@@ -631,43 +686,69 @@ def _special_tokens(tokenizer: tokenizer_lib.LoadedTokenizer) -> instances_lib.S
 # Entry point
 
 
-def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) -> Dict[str, Any]:
-    """Runs the pipeline and returns the manifest it wrote.
+# Reject reasons that are a dump's skips by design, not bad input: they do not count towards
+# --max_reject_fraction (a real dump holds about as many redirects as articles).
+SKIP_REASONS = ("redirect", "not_article", "duplicate_document")
+MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens on each side
+
+
+def _check_options(options) -> None:
+    """One line for the first option value that cannot work.
 
     Raises:
-      SystemExit: with a one-line message for unusable options, a missing input, an unloadable tokenizer or a
-        non-empty output without --overwrite.
+      UserError: the option and what it accepts.
     """
-    pipeline_options = PipelineOptions(argv)
+    if not options.input or not options.output:
+        raise UserError("--input and --output are required (e.g. --input 'wiki/*.xml.bz2' --output out/general)")
+    if options.input_format not in INPUT_FORMATS:
+        raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)} (got {options.input_format})")
+    for name in ("epochs", "num_shards", "docs_per_bucket", "split_bytes", "max_predictions_per_seq"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(options, name)})")
+    if not MIN_SEQ_LEN <= options.max_seq_len <= 32767:
+        raise UserError(f"--max_seq_len must be within [{MIN_SEQ_LEN}, 32767] (got {options.max_seq_len}): an "
+                        "instance holds [CLS], [SEP]s and tokens of its segments, and positions are int16")
+    for name in ("short_seq_prob", "masked_lm_prob", "max_reject_fraction"):
+        if not 0.0 <= getattr(options, name) <= 1.0:
+            raise UserError(f"--{name} must be within [0, 1] (got {getattr(options, name)})")
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -> Optional[Dict[str, Any]]:
+    """Runs the pipeline, prints a summary and returns the manifest it wrote.
+
+    `save_main_session` stays False: every DoFn lives in an importable module of the installed package.
+
+    Raises:
+      UserError: one line for unusable options, a missing or damaged input, an unloadable tokenizer, an output
+        that is not ours to write, or a run whose records were (nearly) all rejected.
+    """
+    argv = list(argv or [])
+    if cli.wants_help(argv):
+        cli.print_help("python -m pipelines.corpus", __doc__, [IOOptions, CorpusOptions])
+        return None
+    started = time.time()
+    pipeline_options = cli.parse_pipeline_options(argv, [IOOptions, CorpusOptions])
     options = resolve(pipeline_options, CorpusOptions, input_format="text", num_shards=8)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     # No transform here declares type hints, so Beam's construction-time check has nothing to check; it would only
     # infer element types by decompiling every lambda, a fifth of the run's start-up. (Runtime checks are separate.)
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
-    if not options.input or not options.output:
-        raise SystemExit("error: --input and --output are required")
-    if options.input_format not in INPUT_FORMATS:
-        raise SystemExit(f"error: --input_format must be one of {', '.join(INPUT_FORMATS)}")
-    if options.epochs < 1 or options.num_shards < 1 or options.docs_per_bucket < 1:
-        raise SystemExit("error: --epochs, --num_shards and --docs_per_bucket must be at least 1")
+    _check_options(options)
     try:
         config = instances_lib.InstanceConfig(
             max_seq_len=options.max_seq_len, short_seq_prob=options.short_seq_prob,
             masked_lm_prob=options.masked_lm_prob, max_predictions_per_seq=options.max_predictions_per_seq,
             whole_word_mask=options.whole_word_mask)
     except ValueError as error:
-        raise SystemExit(f"error: {error}")
-    if options.max_seq_len > 32767:
-        raise SystemExit("error: --max_seq_len must fit int16 positions (<= 32767)")
-    try:
-        files = outputs.input_files(options.input)
-    except FileNotFoundError as error:
-        raise SystemExit(f"error: {error}")
+        raise UserError(str(error)) from None
+    files = sources.input_files(options.input)
+    if all(f["bytes"] == 0 for f in files):
+        raise UserError(f"--input {options.input} is empty ({len(files)} file(s) of 0 bytes)")
     try:
         tokenizer = tokenizer_lib.load(options.tokenizer)
     except tokenizer_lib.TokenizerError as error:
-        raise SystemExit(f"error: {error}; pass --tokenizer a hub name (reachable or in the local cache) or a "
-                         "directory holding a fast tokenizer") from None
+        raise UserError(f"{error}; pass --tokenizer a hub name (reachable or in the local cache) or a "
+                        "directory holding a fast tokenizer") from None
     special = _special_tokens(tokenizer)
     typecode = "H" if special.vocab_size <= 65536 else "i"
     continuation_ids = frozenset()
@@ -677,7 +758,10 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     try:
         outputs.prepare_output_dir(options.output, overwrite=options.overwrite)
     except outputs.OutputExistsError as error:
-        raise SystemExit(f"error: {error}")
+        raise UserError(str(error)) from None
+    progress.reset()
+    logging.info("corpus: %s %s (%d file(s), %s) -> %s", options.input_format, options.input, len(files),
+                 outputs.human_bytes(sum(f["bytes"] for f in files)), options.output)
 
     header = {
         "kind": KIND,
@@ -702,11 +786,13 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
     rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, options.num_shards, outputs.REJECT_SCHEMA)
     make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
                                 continuation_ids=continuation_ids, typecode=typecode,
-                                num_shards=options.num_shards, schema=schema)
+                                num_shards=options.num_shards, schema=schema, show_progress=not options.quiet,
+                                epochs=options.epochs)
 
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
-                                                           split_bytes=options.split_bytes)
+                                                           split_bytes=options.split_bytes,
+                                                           show_progress=not options.quiet)
         split = read.documents | "SplitSentences" >> beam.ParDo(SplitSentencesFn()).with_outputs(
             SplitSentencesFn.REJECTS, main="documents")
         reject_parts = [read.rejects, split.rejects]
@@ -734,19 +820,28 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
                    rejects | "RejectReasons" >> beam.Map(lambda row: ((REJECTS_TABLE, row["reason"]), 1)))
                   | "FlattenCounts" >> beam.Flatten()
                   | "SumCounts" >> outputs.CountByKey())
+        quality = outputs.QualityRule(accepted=(COUNTS_TABLE, "documents"), rejects=REJECTS_TABLE,
+                                      max_reject_fraction=options.max_reject_fraction, ignore=SKIP_REASONS)
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
             output_dir=options.output, header=header, shard_stats=shard_stats,
-            named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts))
+            named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts), quality=quality,
+            dataset_card={"data_glob": "epoch-*/*.parquet"})
 
-    manifest = outputs.read_manifest(options.output)
-    logging.info("corpus written to %s\n%s", options.output, outputs.summarize(manifest))
+    manifest = outputs.read_manifest(options.output, require_success=False)
+    hint = ""
+    if options.input_format == "text" and sources.sniff(files[0]["path"], 4).startswith(b"PAR1"):
+        hint = "the input looks like Parquet: pass --input_format wikipedia-parquet"
+    elif options.input_format == "text" and sources.sniff(files[0]["path"], 200).lstrip().startswith(b"<mediawiki"):
+        hint = "the input looks like a Wikipedia dump: pass --input_format wikipedia-xml"
+    outputs.raise_if_failed(manifest, options.output, hint=hint)
+    corpus_counts = manifest["counts"].get(COUNTS_TABLE, {})
+    extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
+             f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "
+             f"{options.epochs} epoch(s)"]
+    print(outputs.summary("corpus", manifest, options.output, time.time() - started, rows_output="",
+                          extra=extra), flush=True)
     return manifest
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(argv if argv is not None else sys.argv[1:])
-
-
-if __name__ == "__main__":
-    main()
+    cli.run_main(run, argv)

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-SAMPLE_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "samples" / "sst2" / "train.tsv"
+SAMPLE_TRAIN = pathlib.Path(__file__).resolve().parent / "samples" / "sst2" / "train.tsv"
 
 
 def read_vocab(vocab_file: str) -> Dict[str, int]:

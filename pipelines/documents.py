@@ -8,9 +8,8 @@ is in the corpus, on every worker, with nothing to install.
 """
 
 import dataclasses
-import os
 import unicodedata
-from typing import TYPE_CHECKING, BinaryIO, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -61,33 +60,39 @@ class BadLine:
     raw: bytes
 
 
-def iter_text_documents(handle: BinaryIO) -> Iterator[Union[TextDocument, BadLine]]:
+def iter_text_documents(lines: Iterable[Tuple[int, bytes]]) -> Iterator[Union[TextDocument, BadLine]]:
     """Documents of the reference's text format: one sentence per line, a blank line between documents.
+
+    Args:
+      lines: (byte offset, line without its end) pairs, e.g. `pipelines.sources.iter_lines` (which reads `\\n`,
+        `\\r\\n` and `\\r` ends alike).
 
     Streams line by line. A line that is not UTF-8 comes out as a `BadLine` (the rest of its document is kept).
     """
-    offset = 0
-    lines: List[str] = []
+    lines_of_document: List[str] = []
     first: Optional[int] = None
-    for raw in iter(handle.readline, b""):
-        line_offset = offset
-        offset += len(raw)
+    for line_offset, raw in lines:
         try:
             line = normalize_text(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            yield BadLine(line_offset, "non_utf8_line", raw.rstrip(b"\r\n"))
+            yield BadLine(line_offset, "non_utf8_line", raw)
             continue
         if line:
             if first is None:
                 first = line_offset
-            lines.append(line)
-        elif lines:
-            yield TextDocument(first, lines)
-            lines, first = [], None
-    if lines:
-        yield TextDocument(first, lines)
+            lines_of_document.append(line)
+        elif lines_of_document:
+            yield TextDocument(first, lines_of_document)
+            lines_of_document, first = [], None
+    if lines_of_document:
+        yield TextDocument(first, lines_of_document)
 
 
-def document_key(path: str, local_id: Union[int, str]) -> str:
-    """A document's stable key: input file name (not its directory, so a moved corpus keeps its keys) + local id."""
-    return f"{os.path.basename(path)}#{local_id}"
+def document_key(name: str, local_id: Union[int, str]) -> str:
+    """A document's stable key: the input's name + its local id.
+
+    `name` is the input path relative to the folder all inputs share (`pipelines.sources.relative_names`): the base
+    name for one file or one folder of files (so a moved corpus keeps its keys), more of the path where two inputs
+    in different folders share a base name.
+    """
+    return f"{name}#{local_id}"

@@ -23,7 +23,12 @@ class IOOptions(PipelineOptions):
         parser.add_argument("--seed", type=int, default=42, help="base seed of every random choice")
         parser.add_argument("--num_shards", type=int, default=None,
                             help="Parquet files per output (augment: 4; corpus: 8 per epoch)")
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace an earlier output of ours in --output (never a folder we did not write)")
+        parser.add_argument("--max_reject_fraction", type=float, default=0.1,
+                            help="fail the run (no _SUCCESS, exit 1) when more than this fraction of the input "
+                            "records is rejected (default 0.1); a run with no usable record always fails")
+        parser.add_argument("--quiet", action="store_true", help="no progress lines (the summary is still printed)")
 
 
 def resolve(options: PipelineOptions, pipeline_options: type, **defaults: Any) -> types.SimpleNamespace:

@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 CODE_VERSION = "0.1.0"
 MANIFEST_NAME = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
+DATASET_CARD = "README.md"  # read by `datasets.load_dataset(OUTPUT_DIR)`: the configs, splits and label names
 REJECTS_SUBDIR = "rejects"
 
 REJECT_SCHEMA = pa.schema([
@@ -289,7 +290,10 @@ class FinalizeOutputFn(beam.DoFn):
     """Writes missing (empty) shards, then manifest.json, then the completion marker, once every input is done."""
 
     def __init__(self, output_dir: str, header: Mapping[str, Any], shard_sets: Mapping[str, ShardSet],
-                 count_names: Sequence[str], named_count_names: Sequence[str] = ()):
+                 count_names: Sequence[str], named_count_names: Sequence[str] = (), *,
+                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None):
+        self._quality = quality
+        self._dataset_card = dataset_card
         self._output_dir = output_dir
         self._header = dict(header)
         self._shard_sets = dict(shard_sets)
@@ -317,8 +321,17 @@ class FinalizeOutputFn(beam.DoFn):
                   for name, pairs in zip(count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
                     "outputs": outputs, "counts": counts}
+        failure = self._quality.failure(counts) if self._quality is not None else None
+        if failure is not None:  # the rows are kept for a look, but nothing marks them usable
+            manifest["status"] = "failed"
+            manifest["failure"] = failure
+        if self._dataset_card is not None:
+            rejected = outputs.get(REJECTS_SUBDIR, {}).get("totals", {}).get("rows", 0)
+            _write_text(join_path(self._output_dir, DATASET_CARD),
+                        dataset_card(**self._dataset_card, with_rejects=rejected > 0))
         _write_text(join_path(self._output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
-        _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
+        if failure is None:
+            _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
         yield manifest
 
 
@@ -362,6 +375,9 @@ class FinalizeOutput(beam.PTransform):
       named_counts: (names, PCollection of ((name, key), count)): several manifest count tables from one
         collection, so that a pipeline sums all its counts in one CombinePerKey (each is a stage of its own);
         every name appears in the manifest, empty if it has no pairs.
+      quality: when the counts break it, the manifest says `"status": "failed"` and no `_SUCCESS` is written.
+      dataset_card: the keyword arguments of `dataset_card()` for the README.md written into the output (the
+        `datasets` loader's configs and features).
 
     Returns:
       A PCollection holding the manifest dict, once written.
@@ -370,8 +386,11 @@ class FinalizeOutput(beam.PTransform):
     def __init__(self, *, output_dir: str, header: Mapping[str, Any],
                  shard_stats: Mapping[str, Tuple[ShardSet, beam.PCollection]],
                  counts: Optional[Mapping[str, beam.PCollection]] = None,
-                 named_counts: Optional[Tuple[Sequence[str], beam.PCollection]] = None):
+                 named_counts: Optional[Tuple[Sequence[str], beam.PCollection]] = None,
+                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None):
         super().__init__()
+        self._quality = quality
+        self._dataset_card = dataset_card
         self._output_dir = output_dir
         self._header = header
         self._shard_stats = dict(shard_stats)
@@ -395,21 +414,133 @@ class FinalizeOutput(beam.PTransform):
         return (pipeline
                 | "Trigger" >> beam.Impulse()
                 | "WriteManifest" >> beam.ParDo(
-                    FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names, named_names),
+                    FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names, named_names,
+                                     quality=self._quality, dataset_card=self._dataset_card),
                     *side_inputs))
 
 
-def read_manifest(output_dir: str) -> Dict[str, Any]:
+def read_manifest(output_dir: str, *, require_success: bool = True) -> Dict[str, Any]:
     """Reads a finished output directory's manifest.
+
+    Args:
+      require_success: refuse a directory without the completion marker (a run that did not finish or failed).
 
     Raises:
       FileNotFoundError: no completion marker (the run did not finish) or no manifest.
     """
-    if not FileSystems.exists(join_path(output_dir, SUCCESS_MARKER)):
+    if require_success and not FileSystems.exists(join_path(output_dir, SUCCESS_MARKER)):
         raise FileNotFoundError(
             f"{output_dir} has no {SUCCESS_MARKER} marker: the run that wrote it did not finish; rerun it")
     with FileSystems.open(join_path(output_dir, MANIFEST_NAME)) as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityRule:
+    """When a run's counts mean failure: no accepted record, or more than `max_reject_fraction` rejected.
+
+    Attributes:
+      accepted: (count table, key) of the records that were used, e.g. ("stats", "examples").
+      rejects: the count table of rejects by reason.
+      ignore: reject reasons that are skips by design, not bad input (a dump's redirects), left out of the fraction.
+      max_reject_fraction: the most of the records (accepted + counted rejects) that may be rejected.
+    """
+    accepted: Tuple[str, str]
+    rejects: str
+    max_reject_fraction: float
+    ignore: Tuple[str, ...] = ()
+
+    def failure(self, counts: Mapping[str, Mapping[str, int]]) -> Optional[Dict[str, Any]]:
+        accepted = int(counts.get(self.accepted[0], {}).get(self.accepted[1], 0))
+        reasons = {k: int(v) for k, v in counts.get(self.rejects, {}).items() if k not in self.ignore}
+        rejected = sum(reasons.values())
+        total = accepted + rejected
+        fraction = rejected / total if total else 0.0
+        if accepted > 0 and fraction <= self.max_reject_fraction:
+            return None
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return {"accepted": accepted, "rejected": rejected, "reject_fraction": round(fraction, 4),
+                "max_reject_fraction": self.max_reject_fraction, "top_reasons": dict(top)}
+
+
+def raise_if_failed(manifest: Mapping[str, Any], output_dir: str, *, hint: str = "") -> None:
+    """The one line a failed run ends with: what was rejected, why, the likely cause, where the rejects are.
+
+    Raises:
+      UserError: the manifest says the run failed its QualityRule.
+    """
+    from pipelines.cli import UserError
+    if manifest.get("status") != "failed":
+        return
+    failure = manifest["failure"]
+    reasons = ", ".join(f"{k} {v}" for k, v in failure["top_reasons"].items())
+    if failure["accepted"] == 0 and failure["rejected"] == 0:
+        what = "the input holds no record"
+    elif failure["accepted"] == 0:
+        what = f"all {failure['rejected']} input records were rejected ({reasons})"
+    else:
+        what = (f"{failure['rejected']} of {failure['accepted'] + failure['rejected']} input records were rejected "
+                f"({100 * failure['reject_fraction']:.0f}% > --max_reject_fraction "
+                f"{failure['max_reject_fraction']}; {reasons})")
+    where = f"; see {join_path(output_dir, REJECTS_SUBDIR)}/" if failure["rejected"] else ""
+    raise UserError(f"{what}{'; ' + hint if hint else ''}{where}; no {SUCCESS_MARKER} written")
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def summary(pipeline: str, manifest: Mapping[str, Any], output_dir: str, seconds: float, *,
+            rows_output: str, extra: Sequence[str] = ()) -> str:
+    """The end-of-run summary a person reads: inputs, rows out, rejects by reason, output path, wall time."""
+    inputs = manifest.get("inputs", [])
+    rejects = manifest.get("counts", {}).get("rejects", {})
+    lines = [f"{pipeline} finished in {seconds:.1f} s -> {output_dir}",
+             f"  inputs   {len(inputs)} file{'s' * (len(inputs) != 1)}, "
+             f"{human_bytes(sum(i.get('bytes', 0) for i in inputs))}"]
+    for name, out in sorted(manifest["outputs"].items()):
+        if name == "rejects":
+            continue
+        rows = out["totals"].get("rows", 0)
+        label = "rows" if name == rows_output else f"{name}"
+        lines.append(f"  {label:<8} {rows:,} rows in {out['subdir']}/ ({out['num_shards']} files)")
+    lines.extend(f"  {line}" for line in extra)
+    total = sum(rejects.values())
+    lines.append(f"  rejects  {total:,}" + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(
+        rejects.items(), key=lambda kv: -kv[1])) + f") in {REJECTS_SUBDIR}/" if total else ""))
+    return "\n".join(lines)
+
+
+def dataset_card(*, data_glob: str, label_names: Optional[Sequence[str]] = None,
+                 text_fields: Sequence[str] = (), with_rejects: bool = True) -> str:
+    """A dataset card whose YAML tells `datasets.load_dataset(OUTPUT_DIR)` the `train` split and label names.
+
+    Without it the loader names the split after the shard files' prefix (`part`) and would also try the rejects.
+    Labels are stored as strings (the reference's own labels); with `label_names`, the card declares a
+    `ClassLabel`, which the loader casts the strings to, so `features["label"].int2str` works. A `rejects` config
+    is declared where there are rejects (the loader fails on a Parquet file of zero rows).
+    """
+    lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
+             f"    path: {data_glob}"]
+    if with_rejects:
+        lines += ["- config_name: rejects", "  data_files:", "  - split: train", f"    path: {REJECTS_SUBDIR}/*.parquet"]
+    if label_names:
+        lines += ["dataset_info:", "  config_name: default", "  features:"]
+        # The card's features must list every column, in order: the augmented schema's.
+        columns = [("example_id", "string"), ("row_index", "int64"), ("aug_index", "int32"),
+                   ("augmented_field", "string")] + [(f, "string") for f in text_fields]
+        for name, dtype in columns:
+            lines += [f"  - name: {json.dumps(name)}", f"    dtype: {dtype}"]
+        lines += ["  - name: label", "    dtype:", "      class_label:", "        names:"]
+        lines += [f"          '{i}': {json.dumps(n)}" for i, n in enumerate(label_names)]
+        lines += ["  - name: replaced_word_indices", "    sequence: int32"]
+    lines += ["---", "", "Written by tinybert-data. `datasets.load_dataset(THIS_FOLDER)` gives the rows as the `train` "
+              "split; `manifest.json` describes them (inputs, tokenizer, options, counts).", ""]
+    return "\n".join(lines)
 
 
 def summarize(manifest: Mapping[str, Any]) -> str:

@@ -47,6 +47,14 @@ class Article:
     wikitext: str
 
 
+class DamagedStream(ValueError):
+    """A compressed dump that ends inside a stream (a truncated download); `offset` is the compressed byte."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
 class MalformedPage(ValueError):
     """A page block that is not well-formed XML or lacks the export schema's fields."""
 
@@ -119,8 +127,10 @@ def _bz2_range(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
                 break
             consumed += len(pending)
             pending = handle.read(_CHUNK)
-            if not pending:
-                return  # a truncated last stream: what it held has been yielded
+            if not pending:  # the file ends inside the stream: a truncated dump
+                raise DamagedStream(f"the bz2 stream that starts at byte {position} ends at byte "
+                                    f"{position + consumed} without its end-of-stream marker (truncated)",
+                                    position + consumed)
         position += consumed
         if not buffer:
             buffer = handle.read(_CHUNK)
@@ -153,9 +163,9 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
     if path.endswith(".bz2") and (start > 0 or end < size):
         chunks, owns_all = _bz2_range(raw, start, end), True
     elif path.endswith(".bz2"):
-        chunks, owns_all = _decompressed(bz2.BZ2File(raw)), True
+        chunks, owns_all = _decompressed(bz2.BZ2File(raw), raw), True
     elif path.endswith(".gz"):
-        chunks, owns_all = _decompressed(gzip.GzipFile(fileobj=raw)), True
+        chunks, owns_all = _decompressed(gzip.GzipFile(fileobj=raw), raw), True
     else:
         chunks, owns_all = _plain_bytes(raw, start, end), False
     buffer = b""
@@ -191,9 +201,17 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
         yield Page(base + open_at, buffer[open_at:])  # truncated at the end of the data
 
 
-def _decompressed(stream) -> Iterator[bytes]:
+def _decompressed(stream, raw: BinaryIO) -> Iterator[bytes]:
     while True:
-        data = stream.read(_CHUNK)
+        try:
+            data = stream.read(_CHUNK)
+        except (EOFError, OSError) as error:  # EOFError: truncated; OSError: not gzip/bz2 data, a bad CRC
+            try:
+                offset = raw.tell()
+            except (OSError, ValueError):
+                offset = -1
+            cause = "ends before its end-of-stream marker (truncated)" if isinstance(error, EOFError) else str(error)
+            raise DamagedStream(f"the compressed stream {cause} near byte {offset}", offset) from None
         if not data:
             return
         yield data

@@ -9,7 +9,7 @@ import sys
 from distill import run, testing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "samples" / "sst2"
+SAMPLE = ROOT / "pipelines" / "samples" / "sst2"
 
 
 def test_end_to_end_from_the_pipelines_outputs(tmp_path, capsys):
