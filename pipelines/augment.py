@@ -574,7 +574,8 @@ def _check_options(options) -> None:
                          "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
 
 
-def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput) -> None:
+def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput, *,
+                   run_id: Optional[str] = None) -> None:
     """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
     files, task, fmt, label_field, id_field = resolved
     num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
@@ -633,7 +634,8 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         "pair_fields": "other fields of an augmented row keep their original text",
     }
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
-        output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats})
+        output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats},
+        run_id=run_id)
 
 
 def run(argv=None, save_main_session=True):
@@ -655,11 +657,11 @@ def run(argv=None, save_main_session=True):
             raise UsageError(f"cannot load the tokenizer of --model {aug.model} ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                              "directory holding a BERT masked LM and its tokenizer") from None
-        outputs.prepare_output_dir(aug.output, overwrite=aug.overwrite)
+        run_id = outputs.claim_output_dir(aug.output, overwrite=aug.overwrite)
     except (UsageError, FileNotFoundError, outputs.OutputExistsError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
-        build_pipeline(pipeline, aug, tokenizer, resolved)
+        build_pipeline(pipeline, aug, tokenizer, resolved, run_id=run_id)
     manifest = outputs.read_manifest(aug.output)
     logging.info("augmentation finished: %s\n%s", aug.output, outputs.summarize(manifest))
     return manifest

@@ -675,9 +675,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
         continuation_ids = frozenset(i for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()
                                      if t.startswith("##"))
     try:
-        outputs.prepare_output_dir(options.output, overwrite=options.overwrite)
+        run_id = outputs.claim_output_dir(options.output, overwrite=options.overwrite)
     except outputs.OutputExistsError as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
 
     header = {
         "kind": KIND,
@@ -736,7 +736,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = True) ->
                   | "SumCounts" >> outputs.CountByKey())
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
             output_dir=options.output, header=header, shard_stats=shard_stats,
-            named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts))
+            named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts), run_id=run_id)
 
     manifest = outputs.read_manifest(options.output)
     logging.info("corpus written to %s\n%s", options.output, outputs.summarize(manifest))
