@@ -685,7 +685,8 @@ def _check_options(options) -> None:
                             "save the model with save_pretrained into it")
 
 
-def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput) -> None:
+def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput, *,
+                   run_id: Optional[str] = None) -> None:
     """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
     files, task, fmt, label_field, id_field = resolved
     num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
@@ -751,7 +752,8 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
         output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats},
         quality=quality, dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
-                                       "label_names": list(task.label_list) if task.label_list else None})
+                                       "label_names": list(task.label_list) if task.label_list else None},
+        run_id=run_id)
 
 
 def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
@@ -814,14 +816,14 @@ def run(argv=None, save_main_session=False):
                         f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                         "directory holding a BERT masked LM and its tokenizer") from None
     try:
-        outputs.prepare_output_dir(aug.output, overwrite=aug.overwrite)
+        run_id = outputs.claim_output_dir(aug.output, overwrite=aug.overwrite)
     except outputs.OutputExistsError as error:
         raise UserError(str(error)) from None
     progress.reset()
     logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.task.name, aug.input or SAMPLE_INPUT,
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), aug.output)
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
-        build_pipeline(pipeline, aug, tokenizer, resolved)
+        build_pipeline(pipeline, aug, tokenizer, resolved, run_id=run_id)
     manifest = outputs.read_manifest(aug.output, require_success=False)
     outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
                                                                   aug))

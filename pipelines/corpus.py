@@ -756,7 +756,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         continuation_ids = frozenset(i for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()
                                      if t.startswith("##"))
     try:
-        outputs.prepare_output_dir(options.output, overwrite=options.overwrite)
+        run_id = outputs.claim_output_dir(options.output, overwrite=options.overwrite)
     except outputs.OutputExistsError as error:
         raise UserError(str(error)) from None
     progress.reset()
@@ -825,7 +825,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
             output_dir=options.output, header=header, shard_stats=shard_stats,
             named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts), quality=quality,
-            dataset_card={"data_glob": "epoch-*/*.parquet"})
+            dataset_card={"data_glob": "epoch-*/*.parquet"}, run_id=run_id)
 
     manifest = outputs.read_manifest(options.output, require_success=False)
     hint = ""

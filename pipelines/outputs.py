@@ -12,8 +12,14 @@ place. Output bytes therefore depend only on the rows, never on bundling, runner
 """
 
 import dataclasses
+import datetime
 import hashlib
 import json
+import os
+import re
+import socket
+import sys
+import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -23,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
+from pipelines.cli import InputError, UserError
 
 FORMAT_VERSION = 1
 CODE_VERSION = "0.1.0"
@@ -74,22 +82,302 @@ def reject(source: str, row_index: int, reason: str, record: Any) -> Dict[str, A
     return {"source": source, "row_index": int(row_index), "reason": reason, "record": record}
 
 
-def prepare_output_dir(output_dir: str, *, overwrite: bool) -> None:
-    """Makes sure `output_dir` can be written: stops on a non-empty directory unless `overwrite`.
+IN_PROGRESS_MARKER = "_IN_PROGRESS"
+OUTPUT_KINDS = ("augmented-task", "general-distillation")
+# What our outputs write at the top of an output directory (besides the manifest's own subdirs): --overwrite deletes
+# these and nothing else.
+_OWN_TOP_LEVEL = frozenset({MANIFEST_NAME, SUCCESS_MARKER, IN_PROGRESS_MARKER, REJECTS_SUBDIR, "data", "candidates",
+                            "train_aug.tsv", "tsv-parts", "report", "README.md"})
+_OWN_SUBDIR_PATTERN = re.compile(r"epoch-\d+$")
+
+
+class OutputInUseError(OutputExistsError):
+    """Another run, still alive (or on another host), has claimed the output directory."""
+
+
+class OutputClaimLostError(InputError):
+    """Another run took this run's output directory (--overwrite) while it ran; this run must not finish it.
+
+    An `InputError`: raised on a worker, its one line still reaches the launcher's user.
+    """
+
+
+def claim_output_dir(output_dir: str, *, overwrite: bool, argv: Optional[Sequence[str]] = None) -> str:
+    """Claims `output_dir` for one run before any work, with an in-progress marker; returns the run's id.
+
+    The marker (`_IN_PROGRESS`: run id, host, pid, start time, argv) stays until `FinalizeOutputFn` has written
+    `_SUCCESS`, so a run that dies leaves it behind. A directory is usable when it is missing or empty; with
+    `overwrite`, also when it holds only what our runs write (a manifest.json of ours, or our marker) and no run
+    holds it: then the new marker is taken first and the old output deleted after, file by file, `_SUCCESS` first.
+
+    On a local path the marker is created with O_CREAT|O_EXCL, so of two runs starting together exactly one wins.
+    On other Beam filesystems (gs://, s3://) it is written, read back and compared: best effort only, two runs
+    starting within the same second may both pass. A marker is live unless it was written on this host by a process
+    that is gone (or by this very process, whose earlier run has returned); a marker from another host is always
+    live, as its process cannot be checked from here.
+
+    Args:
+      output_dir: the output root (any Beam filesystem path).
+      overwrite: replace a finished or unfinished output of ours (never a live run's, never foreign files).
+      argv: the command recorded in the marker (default sys.argv).
+
+    Returns:
+      The run id, for `FinalizeOutput(run_id=...)`.
 
     Raises:
-      OutputExistsError: the directory holds files and `overwrite` is False.
+      OutputInUseError: a live run holds the directory (also with `overwrite`).
+      OutputExistsError: `output_dir` is a file; it holds our output and `overwrite` is False; it holds files our
+        runs never write (nothing is deleted).
     """
-    pattern = join_path(output_dir, "**")
-    existing = [m.path for m in FileSystems.match([pattern])[0].metadata_list] if FileSystems.exists(output_dir) else []
-    if existing and not overwrite:
+    listing = _list_output(output_dir)
+    if listing is None:
+        raise OutputExistsError(f"--output {output_dir} is a file, not a directory; choose a directory")
+    if not listing:
+        _make_dirs(output_dir)
+        return _write_marker(output_dir, argv)
+    marker = _check_replaceable(output_dir, listing, overwrite=overwrite)
+    old = [path for path in listing if path != IN_PROGRESS_MARKER]
+    if IN_PROGRESS_MARKER in listing:  # stale or damaged: moved aside first, so that exactly one new run takes it
+        old.append(_move_marker_aside(output_dir, marker))
+    run_id = _write_marker(output_dir, argv)
+    _delete_own_output(output_dir, old)
+    return run_id
+
+
+def prepare_output_dir(output_dir: str, *, overwrite: bool) -> str:
+    """The former name of `claim_output_dir`."""
+    return claim_output_dir(output_dir, overwrite=overwrite)
+
+
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
+def _list_output(output_dir: str) -> Optional[List[str]]:
+    """Paths under `output_dir`, relative and with "/" separators, hidden ones included; empty directories end with
+    "/". [] for a missing directory, None for a file."""
+    if _is_local(output_dir):
+        if not os.path.exists(output_dir):
+            return []
+        if not os.path.isdir(output_dir):
+            return None
+        found = []
+        for root, dirs, files in os.walk(output_dir):
+            relative = os.path.relpath(root, output_dir).replace(os.sep, "/")
+            prefix = "" if relative == "." else relative + "/"
+            found.extend(prefix + name for name in files)
+            if not dirs and not files and prefix:
+                found.append(prefix)
+        return sorted(found)
+    base = output_dir.rstrip("/")
+    if FileSystems.exists(base) and any(m.path.rstrip("/") == base for m in FileSystems.match([base])[0].metadata_list):
+        return None
+    metadata = FileSystems.match([join_path(output_dir, "**")])[0].metadata_list
+    return sorted(m.path[len(base) + 1:] for m in metadata if m.path.startswith(base + "/"))
+
+
+def _make_dirs(output_dir: str) -> None:
+    if _is_local(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+    elif not FileSystems.exists(output_dir):
+        try:
+            FileSystems.mkdirs(output_dir)
+        except IOError:  # another run made it first; the marker decides
+            pass
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with FileSystems.open(path) as handle:
+            value = json.loads(handle.read().decode("utf-8"))
+    except (IOError, OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_marker(output_dir: str) -> Optional[Dict[str, Any]]:
+    """The marker's fields, or None for a damaged one; waits briefly for a marker that is being written."""
+    for _ in range(10):
+        marker = _read_json(join_path(output_dir, IN_PROGRESS_MARKER))
+        if marker is not None and "run_id" in marker:
+            return marker
+        time.sleep(0.05)
+    return None
+
+
+def _our_manifest(output_dir: str) -> Optional[Dict[str, Any]]:
+    manifest = _read_json(join_path(output_dir, MANIFEST_NAME))
+    version = manifest.get("format_version") if manifest else None
+    if isinstance(version, int) and 1 <= version <= FORMAT_VERSION and manifest.get("kind") in OUTPUT_KINDS:
+        return manifest
+    return None
+
+
+def _process_start(pid: Any) -> Optional[str]:
+    """The start time of a process in clock ticks since boot (Linux), to tell a reused pid from the marker's."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _marker_is_live(marker: Mapping[str, Any]) -> bool:
+    if marker.get("host") != socket.gethostname():
+        return True
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False  # this process's earlier run has returned (or raised)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    recorded = marker.get("pid_start")
+    return recorded is None or _process_start(pid) in (None, recorded)
+
+
+def _describe(marker: Mapping[str, Any]) -> str:
+    return f"host {marker.get('host')}, pid {marker.get('pid')}, started {marker.get('started')}"
+
+
+def _in_use_error(output_dir: str, marker: Optional[Mapping[str, Any]]) -> OutputInUseError:
+    if marker is None:
+        return OutputInUseError(f"output directory {output_dir} was just claimed by another run; choose another "
+                                "--output or wait for it to finish")
+    hint = ("" if marker.get("host") == socket.gethostname() else
+            f"; if that run is gone, delete {join_path(output_dir, IN_PROGRESS_MARKER)} by hand")
+    return OutputInUseError(f"output directory {output_dir} is in use by another run ({_describe(marker)}); wait for "
+                            f"it to finish or choose another --output{hint}")
+
+
+def _check_replaceable(output_dir: str, listing: Sequence[str], *, overwrite: bool) -> Optional[Dict[str, Any]]:
+    """Raises unless `overwrite` may replace the (non-empty) directory's contents; returns the stale marker, if any."""
+    marker = _read_marker(output_dir) if IN_PROGRESS_MARKER in listing else None
+    if marker is not None and _marker_is_live(marker):
+        raise _in_use_error(output_dir, marker)
+    manifest = _our_manifest(output_dir) if MANIFEST_NAME in listing else None
+    if manifest is None and IN_PROGRESS_MARKER not in listing:
         raise OutputExistsError(
-            f"output directory {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace it "
-            "or choose another --output")
-    if existing:
-        FileSystems.delete(existing)
-    if not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
+            f"output directory {output_dir} holds files our runs did not write (e.g. {listing[0]}), so even "
+            "--overwrite will not delete it; nothing was deleted: choose another --output or empty it yourself")
+    finished = manifest is not None and SUCCESS_MARKER in listing
+    if not overwrite:
+        if finished:
+            raise OutputExistsError(f"output directory {output_dir} already holds a finished {manifest['kind']} "
+                                    "output; pass --overwrite to replace it or choose another --output")
+        if marker is not None:
+            raise OutputExistsError(
+                f"output directory {output_dir} holds the output of an earlier run that did not finish (marker "
+                f"{join_path(output_dir, IN_PROGRESS_MARKER)}: {_describe(marker)}, no longer running); pass "
+                "--overwrite to replace it or choose another --output")
+        raise OutputExistsError(f"output directory {output_dir} holds an unfinished output (no {SUCCESS_MARKER}); "
+                                "pass --overwrite to replace it or choose another --output")
+    own_subdirs = {out.get("subdir") for out in (manifest or {}).get("outputs", {}).values() if isinstance(out, dict)}
+    for path in listing:
+        if not _is_own_path(path, own_subdirs):
+            raise OutputExistsError(
+                f"output directory {output_dir} holds {path}, which our runs never write; nothing was deleted: "
+                "move it away or choose another --output")
+    return marker
+
+
+def _is_own_path(path: str, own_subdirs: set) -> bool:
+    top, _, rest = path.partition("/")
+    if top.startswith(".tmp-"):
+        return True
+    if not rest:  # a top-level file (or an empty directory, "name/")
+        return top in _OWN_TOP_LEVEL or ((top in own_subdirs or _OWN_SUBDIR_PATTERN.match(top)) and path.endswith("/"))
+    if not (top in _OWN_TOP_LEVEL or top in own_subdirs or _OWN_SUBDIR_PATTERN.match(top)):
+        return False
+    if top == "report":  # report files are named by whatever writes them
+        return True
+    return "/" not in rest and (rest.startswith("part-") or rest.startswith(".tmp-"))
+
+
+def _move_marker_aside(output_dir: str, marker: Optional[Mapping[str, Any]]) -> str:
+    """Renames the stale marker to a temporary name (returned, relative); a run that raced us to it finds it gone,
+    or finds a fresh marker that it puts back, and stops."""
+    source = join_path(output_dir, IN_PROGRESS_MARKER)
+    name = f".tmp-{uuid.uuid4().hex}-{IN_PROGRESS_MARKER}"
+    aside = join_path(output_dir, name)
+    rename = os.rename if _is_local(output_dir) else lambda a, b: FileSystems.rename([a], [b])
+    try:
+        rename(source, aside)
+    except Exception:  # noqa: BLE001 - gone: another run moved it first (Beam wraps the filesystem's error)
+        raise _in_use_error(output_dir, _read_marker(output_dir)) from None
+    moved = _read_json(aside)
+    if marker is not None and (moved or {}).get("run_id") != marker.get("run_id"):
+        rename(aside, source)  # another run's fresh marker: give it back
+        raise _in_use_error(output_dir, moved)
+    return name
+
+
+def _write_marker(output_dir: str, argv: Optional[Sequence[str]]) -> str:
+    run_id = uuid.uuid4().hex
+    marker = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+              "pid_start": _process_start(os.getpid()),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "argv": list(sys.argv if argv is None else argv)}
+    data = json.dumps(marker, indent=2).encode("utf-8")
+    path = join_path(output_dir, IN_PROGRESS_MARKER)
+    if _is_local(output_dir):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise _in_use_error(output_dir, _read_marker(output_dir)) from None
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return run_id
+    # Object stores have no exclusive create through Beam's FileSystems: check, write, read back (best effort).
+    if FileSystems.exists(path):
+        raise _in_use_error(output_dir, _read_marker(output_dir))
+    with FileSystems.create(path) as handle:
+        handle.write(data)
+    if (_read_json(path) or {}).get("run_id") != run_id:
+        raise _in_use_error(output_dir, _read_marker(output_dir))
+    return run_id
+
+
+def _delete_own_output(output_dir: str, paths: Sequence[str]) -> None:
+    """Deletes the old output (checked by `_check_replaceable`), `_SUCCESS` first so readers stop trusting it."""
+    order = sorted(paths, key=lambda path: (path != SUCCESS_MARKER, path != MANIFEST_NAME, path))
+    if not _is_local(output_dir):
+        for path in order:
+            FileSystems.delete([join_path(output_dir, path)])
+        return
+    directories = set()
+    for path in order:
+        parts = path.rstrip("/").split("/")
+        directories.update("/".join(parts[:depth]) for depth in range(1, len(parts) + path.endswith("/")))
+        if not path.endswith("/"):
+            os.remove(os.path.join(output_dir, *parts))
+    for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
+        full = os.path.join(output_dir, *directory.split("/"))
+        if os.path.isdir(full) and not os.listdir(full):
+            os.rmdir(full)
+
+
+def check_claim(output_dir: str, run_id: Optional[str]) -> None:
+    """Raises unless the in-progress marker still carries `run_id` (None: no check).
+
+    Raises:
+      OutputClaimLostError: another run took the directory (--overwrite after this run's driver was gone).
+    """
+    if run_id is None:
+        return
+    marker = _read_json(join_path(output_dir, IN_PROGRESS_MARKER))
+    if (marker or {}).get("run_id") != run_id:
+        taken = f" by run {marker.get('run_id')} ({_describe(marker)})" if marker else ""
+        raise OutputClaimLostError(f"output directory {output_dir} was taken{taken} while run {run_id} was writing "
+                                   f"it; this run writes no manifest and no {SUCCESS_MARKER}")
+
+
+def release_claim(output_dir: str, run_id: Optional[str]) -> None:
+    """Removes this run's in-progress marker once `_SUCCESS` is written (None: leaves any marker alone)."""
+    if run_id is not None:
+        FileSystems.delete([join_path(output_dir, IN_PROGRESS_MARKER)])
 
 
 def write_table_atomically(table: pa.Table, directory: str, name: str) -> str:
@@ -291,10 +579,13 @@ class FinalizeOutputFn(beam.DoFn):
 
     def __init__(self, output_dir: str, header: Mapping[str, Any], shard_sets: Mapping[str, ShardSet],
                  count_names: Sequence[str], named_count_names: Sequence[str] = (), *,
-                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None):
+                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None,
+                 run_id: Optional[str] = None):
+        self._run_id = run_id
         self._quality = quality
         self._dataset_card = dataset_card
         self._output_dir = output_dir
+        self._run_id = run_id  # the claim's id (claim_output_dir); None: no check
         self._header = dict(header)
         self._shard_sets = dict(shard_sets)
         self._count_names = list(count_names)
@@ -321,6 +612,7 @@ class FinalizeOutputFn(beam.DoFn):
                   for name, pairs in zip(count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
                     "outputs": outputs, "counts": counts}
+        check_claim(self._output_dir, self._run_id)  # another run took the folder: write nothing further
         failure = self._quality.failure(counts) if self._quality is not None else None
         if failure is not None:  # the rows are kept for a look, but nothing marks them usable
             manifest["status"] = "failed"
@@ -332,6 +624,7 @@ class FinalizeOutputFn(beam.DoFn):
         _write_text(join_path(self._output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
         if failure is None:
             _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
+            release_claim(self._output_dir, self._run_id)
         yield manifest
 
 
@@ -378,6 +671,8 @@ class FinalizeOutput(beam.PTransform):
       quality: when the counts break it, the manifest says `"status": "failed"` and no `_SUCCESS` is written.
       dataset_card: the keyword arguments of `dataset_card()` for the README.md written into the output (the
         `datasets` loader's configs and features).
+      run_id: the id `claim_output_dir` returned: the manifest and `_SUCCESS` are written only while the in-progress
+        marker still carries it, and the marker is removed after `_SUCCESS`. None: no check, the marker is left.
 
     Returns:
       A PCollection holding the manifest dict, once written.
@@ -387,8 +682,9 @@ class FinalizeOutput(beam.PTransform):
                  shard_stats: Mapping[str, Tuple[ShardSet, beam.PCollection]],
                  counts: Optional[Mapping[str, beam.PCollection]] = None,
                  named_counts: Optional[Tuple[Sequence[str], beam.PCollection]] = None,
-                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None):
+                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None, run_id: Optional[str] = None):
         super().__init__()
+        self._run_id = run_id
         self._quality = quality
         self._dataset_card = dataset_card
         self._output_dir = output_dir
@@ -415,7 +711,7 @@ class FinalizeOutput(beam.PTransform):
                 | "Trigger" >> beam.Impulse()
                 | "WriteManifest" >> beam.ParDo(
                     FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names, named_names,
-                                     quality=self._quality, dataset_card=self._dataset_card),
+                                     quality=self._quality, dataset_card=self._dataset_card, run_id=self._run_id),
                     *side_inputs))
 
 
@@ -469,7 +765,6 @@ def raise_if_failed(manifest: Mapping[str, Any], output_dir: str, *, hint: str =
     Raises:
       UserError: the manifest says the run failed its QualityRule.
     """
-    from pipelines.cli import UserError
     if manifest.get("status") != "failed":
         return
     failure = manifest["failure"]

@@ -56,12 +56,15 @@ def test_reader_refuses_unfinished_directory(tmp_path):
         outputs.read_manifest(str(tmp_path))
 
 
-def test_prepare_output_dir_refuses_non_empty(tmp_path):
-    (tmp_path / "old.txt").write_text("x")
-    with pytest.raises(outputs.OutputExistsError, match="--overwrite"):
-        outputs.prepare_output_dir(str(tmp_path), overwrite=False)
-    outputs.prepare_output_dir(str(tmp_path), overwrite=True)
-    assert not (tmp_path / "old.txt").exists()
+def test_claim_output_dir_refuses_a_finished_output_without_overwrite(tmp_path):
+    _write(tmp_path, [{"key": 1, "text": "a"}])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "kind": "general-distillation"}))
+    with pytest.raises(outputs.OutputExistsError, match="finished general-distillation output; pass --overwrite"):
+        outputs.claim_output_dir(str(tmp_path), overwrite=False)
+    run_id = outputs.claim_output_dir(str(tmp_path), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_IN_PROGRESS"]
+    assert json.loads((tmp_path / "_IN_PROGRESS").read_text())["run_id"] == run_id
 
 
 def test_rows_sharing_a_key_are_ordered_by_content():
