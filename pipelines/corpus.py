@@ -686,9 +686,9 @@ def _special_tokens(tokenizer: tokenizer_lib.LoadedTokenizer) -> instances_lib.S
 # Entry point
 
 
-# Reject reasons that are a dump's skips by design, not bad input: they do not count towards
-# --max_reject_fraction (a real dump holds about as many redirects as articles).
-SKIP_REASONS = ("redirect", "not_article", "duplicate_document")
+# Reject reasons that are skips by design, not bad input: they do not count towards --max_reject_fraction (a real
+# dump holds about as many redirects as articles, and pages that are all templates or tables: empty after markup).
+SKIP_REASONS = ("redirect", "not_article", "duplicate_document", "empty_article")
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens on each side
 
 

@@ -10,6 +10,7 @@ import pytest
 from augment.tasks import GLUE_TASKS
 from pipelines import augment as augment_pipeline
 from pipelines import outputs
+from pipelines.cli import UserError
 
 # One data row per GLUE task, in the layout of its train.tsv (header, columns), texts at the reference's indices.
 GLUE_ROWS = {
@@ -60,9 +61,8 @@ def test_every_glue_format_is_read_as_the_reference_reads_it(tmp_path, task):
     header, row = GLUE_ROWS[task]
     fmt = GLUE_TASKS[task]
     path = _write_tsv(tmp_path / "train.tsv", header, [row])
-    fn = augment_pipeline.ReadExamplesFn(fmt, input_format="tsv", label_field=None, id_field=None,
-                                         multiple_files=False)
-    (key, example), = list(fn.process((0, str(path))))
+    fn = augment_pipeline.ReadExamplesFn(fmt, input_format="tsv", label_field=None, id_field=None)
+    (key, example), = list(fn.process((0, str(path), "")))
     assert key == (0, 0)
     assert example.texts == tuple(row[i] for i in fmt.text_columns)
     assert example.label == row[fmt.label_column]
@@ -89,7 +89,7 @@ def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert
     # train_aug.tsv: the header, then every row in the input's own layout.
     tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
     assert tsv[0] == "sentence\tlabel" and len(tsv) == len(rows) + 1
-    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "candidates", "data", "manifest.json", "rejects",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_SUCCESS", "candidates", "data", "manifest.json", "rejects",
                                                      "train_aug.tsv"]
     assert sorted(tsv[1:]) == sorted(f"{r['sentence']}\t{r['label']}" for r in rows)
     # candidates/: every word, with its source
@@ -132,7 +132,7 @@ def test_bad_records_go_to_rejects_with_reasons(tmp_path, tiny_bert, tiny_glove)
                      b"caf\xe9 society\t1\n"
                      b"a dull film .\tpositive\n"
                      b"a dull film .\t0\n")
-    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}", "--num_aug=2")
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--max_reject_fraction=1", f"--input={path}", "--num_aug=2")
     assert manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1, "undecodable_utf8": 1,
                                              "wrong_column_count": 1}
     rejects = pq.read_table(out / "rejects" / "part-00000-of-00001.parquet").to_pylist()
@@ -147,7 +147,7 @@ def test_generic_jsonl_with_named_columns(tmp_path, tiny_bert, tiny_glove):
     records = [{"id": "a1", "text": "a warm and funny film .", "y": "pos"},
                {"id": "a2", "text": "a loud joyless sequel .", "y": "neg"}, "not an object", {"id": "a3", "y": "neg"}]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n{broken\n", encoding="utf-8")
-    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={path}", "--text_columns=text",
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--max_reject_fraction=1", "--task=generic", f"--input={path}", "--text_columns=text",
                          "--label_column=y", "--id_column=id", "--label_list=pos,neg", "--num_aug=3")
     assert manifest["counts"]["rejects"] == {"bad_json": 2, "missing_column": 1}
     assert {r["example_id"] for r in _rows(out)} == {"a1", "a2"}
@@ -173,12 +173,13 @@ def test_same_seed_same_bytes_whatever_the_runner_mode(tmp_path, tiny_bert, tiny
     (["--model=/nonexistent/model"], "cannot load the tokenizer of --model /nonexistent/model"),
     (["--replace_prob=2"], "--replace_prob must be within [0, 1]"),
 ])
-def test_fixable_errors_stop_with_one_line(tmp_path, tiny_bert, tiny_glove, argv, message):
+def test_fixable_errors_stop_with_one_line(tmp_path, tiny_bert, tiny_glove, argv, message, capsys):
     base = ["--runner=DirectRunner", f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--output={tmp_path / 'o'}"]
     with pytest.raises(SystemExit) as info:
-        augment_pipeline.run(base + argv)
-    text = str(info.value)
-    assert message in text and "\n" not in text
+        augment_pipeline.main(base + argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "o" / "_SUCCESS").exists()
 
 
@@ -186,7 +187,7 @@ def test_non_empty_output_needs_overwrite(tmp_path, tiny_bert, tiny_glove):
     out = tmp_path / "o"
     out.mkdir()
     (out / "old").write_text("x")
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         augment_pipeline.run([f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--output={out}"])
 
 
@@ -225,7 +226,7 @@ def test_generic_csv_and_parquet_inputs(tmp_path, tiny_bert, tiny_glove):
     csv_path = tmp_path / "data.csv"
     csv_path.write_text('premise,hypothesis,gold\n"a warm, funny film .",the film is funny .,yes\n'
                         'a loud sequel .,,no\n"too, many",columns,here,now\n', encoding="utf-8")
-    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={csv_path}",
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--max_reject_fraction=1", "--task=generic", f"--input={csv_path}",
                          "--text_columns=premise,hypothesis", "--label_column=gold", "--num_aug=2", name="csv")
     assert manifest["input_format"] == "csv" and manifest["text_fields"] == ["premise", "hypothesis"]
     assert manifest["counts"]["rejects"] == {"empty_text": 1, "wrong_column_count": 1}
@@ -235,7 +236,7 @@ def test_generic_csv_and_parquet_inputs(tmp_path, tiny_bert, tiny_glove):
     parquet_path = tmp_path / "data.parquet"
     pq.write_table(pa.table({"text": ["a gorgeous , witty film .", None, "a dull film ."], "y": [1, 0, 0]}),
                    parquet_path)
-    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={parquet_path}",
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--max_reject_fraction=1", "--task=generic", f"--input={parquet_path}",
                          "--text_columns=text", "--label_column=y", "--num_aug=2", name="parquet")
     assert manifest["input_format"] == "parquet" and manifest["counts"]["rejects"] == {"empty_text": 1}
     originals = [r for r in _rows(out) if r["aug_index"] == 0]
@@ -243,9 +244,12 @@ def test_generic_csv_and_parquet_inputs(tmp_path, tiny_bert, tiny_glove):
         (0, "a gorgeous , witty film .", "1"), (2, "a dull film .", "0")]
 
 
-def test_every_record_rejected_still_finishes(tmp_path, tiny_bert, tiny_glove):
+def test_every_record_rejected_fails_without_success(tmp_path, tiny_bert, tiny_glove):
     path = _write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [["", "1"], ["fine", "7"]])
-    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}")
-    assert manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1}
-    assert manifest["outputs"]["data"]["totals"]["rows"] == 0
-    assert (out / "train_aug.tsv").read_text(encoding="utf-8") == "sentence\tlabel\n"
+    with pytest.raises(UserError, match=r"all 2 input records were rejected \(bad_label 1, empty_text 1\)"):
+        _run(tmp_path, tiny_bert, tiny_glove, f"--input={path}", "--max_reject_fraction=1")
+    out = tmp_path / "out"
+    assert not (out / "_SUCCESS").exists()
+    manifest = outputs.read_manifest(str(out), require_success=False)
+    assert manifest["status"] == "failed" and manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1}
+    assert manifest["outputs"]["rejects"]["totals"]["rows"] == 2  # the rejects are there to look at

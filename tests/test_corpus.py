@@ -8,6 +8,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from pipelines.cli import UserError
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -132,7 +134,7 @@ def _run(tmp_path, name, input_path, input_format, tokenizer_dir, *extra):
     manifest = corpus.run([
         f"--input={input_path}", f"--input_format={input_format}", f"--output={output}",
         f"--tokenizer={tokenizer_dir}", "--num_shards=3", "--epochs=2", "--seed=7", "--docs_per_bucket=3",
-        *extra])
+        "--max_reject_fraction=0.5", *extra])
     return output, manifest
 
 
@@ -256,11 +258,11 @@ def test_end_to_end_text_single_mode_and_rerun_guard(tmp_path, tokenizer_dir):
     assert manifest["counts"]["corpus"]["sentences"] == 14
     for epoch in range(2):
         _check_rows(_read_all(output, manifest, epoch), max_seq_len=16, mode="single")
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         _run(tmp_path, "out", path, "text", tokenizer_dir)
-    with pytest.raises(SystemExit, match="no input file"):
+    with pytest.raises(UserError, match="no input file"):
         _run(tmp_path, "other", tmp_path / "missing*.txt", "text", tokenizer_dir)
-    with pytest.raises(SystemExit, match="cannot load a tokenizer"):
+    with pytest.raises(UserError, match="cannot load a tokenizer"):
         _run(tmp_path, "other", path, "text", str(tmp_path / "no-such-tokenizer"))
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 

@@ -45,7 +45,7 @@ def test_end_to_end_from_the_pipelines_outputs(tmp_path, capsys):
         [s.split() for s in sentences]))
     augmented = tmp_path / "aug"
     pipeline("pipelines.augment", "--runner=DirectRunner", "--task=SST-2", f"--input={SAMPLE / 'train.tsv'}",
-             f"--output={augmented}", f"--model={mlm}", f"--glove={glove}", "--num_shards=2", "--N=2")
+             f"--output={augmented}", f"--model={mlm}", f"--glove={glove}", "--num_shards=2", "--num_aug=2")
     common = ["--task", "SST-2", "--data", str(augmented), "--teacher", task_teacher, "--batch_size", "8",
               "--num_workers", "0", "--log_interval", "1"]
     intermediate = tmp_path / "task-int"
