@@ -696,9 +696,9 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         "kind": "augmented-task", "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
         "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
         "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
-        "glove": glove_file, "glove_vocab": options.glove_vocab, "word_rule": options.word_rule,
-        "stop_words": None if options.stop_words is None else {"path": options.stop_words,
-                                                               "sha256": stop_words_sha256}, "num_aug": num_aug, "top_k": options.top_k,
+        "glove": glove_file, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
+        "word_rule": options.word_rule, "stop_words": None if options.stop_words is None else {
+            "path": options.stop_words, "sha256": stop_words_sha256},
         "replace_prob": options.replace_prob, "seed": options.seed, "precision": options.precision,
         "input_format": fmt, "inputs": files, "tsv_header": header_line,
         "pair_fields": "other fields of an augmented row keep their original text",
