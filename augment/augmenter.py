@@ -5,7 +5,7 @@ examples, answer each distinct one once, and hand the answers back.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from augment.algorithm import augment_sentence, example_rng
 from augment.mlm import MaskedQuery, window_queries
@@ -78,20 +78,25 @@ def plan_fields(texts: Sequence[str], *, splitter: WordSplitter, tokenizer,
     return plans
 
 
-def field_candidates(plan: FieldPlan, mlm: Mapping[int, Sequence[str]], glove: Mapping[str, Sequence[str]]
-                     ) -> Dict[int, List[str]]:
+def field_candidates(plan: FieldPlan, mlm: Mapping[int, Sequence[str]], glove: Mapping[str, Sequence[str]], *,
+                     word_filter: Optional[Callable[[str], bool]] = None) -> Dict[int, List[str]]:
     """{word index: candidates} of a field; a word with no candidates keeps itself, as in the reference.
 
     Args:
       plan: the field's plan.
       mlm: {piece position: masked-LM candidates} for this field's text.
       glove: {word: GloVe neighbours}.
+      word_filter: keep only the candidates it accepts (the unicode rule keeps letter words: a letter word is never
+        replaced by punctuation, a digit or a special token); None keeps all, as the reference does.
     """
+    def keep(found: Optional[Sequence[str]]) -> List[str]:
+        return [w for w in found or () if word_filter(w)] if word_filter is not None else list(found or ())
+
     result: Dict[int, List[str]] = {}
     for word_index, position in plan.mlm_words:
-        result[word_index] = list(mlm.get(position) or [plan.words[word_index]])
+        result[word_index] = keep(mlm.get(position)) or [plan.words[word_index]]
     for word_index, word in plan.glove_words:
-        result[word_index] = list(glove.get(word) or [word])
+        result[word_index] = keep(glove.get(word)) or [word]
     return result
 
 

@@ -38,7 +38,7 @@ from augment.glove import GloveIndex
 from augment.mlm import MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from augment.tasks import (Example, RejectedRecord, TaskFormat, generic_task, parse_glue_row, parse_named_row,
                            replace_cells, resolve_task)
-from augment.words import WORD_RULES, WordRule, WordSplitter
+from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
 from pipelines import outputs
 from pipelines import tokenizer as tokenizer_lib
 from pipelines.options import resolve
@@ -279,9 +279,10 @@ class ScoreMaskedLMFn(beam.DoFn):
             queries[sentence] = window_queries(piece_ids, positions)
             beyond += len(positions) - len(queries[sentence])
         answers = self._scorer.candidates(q for qs in queries.values() for q in qs)
-        self._queries.inc(len(answers))
+        distinct = len(answers) + beyond  # counted as before: a query past the window is distinct, answered []
+        self._queries.inc(distinct)
         self._truncated.inc(beyond)
-        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", len(answers)))
+        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", distinct))
         if beyond:
             yield beam.pvalue.TaggedOutput("stats", ("mlm_queries_beyond_512_tokens", beyond))
         for sentence, requests in sentences:
@@ -322,9 +323,10 @@ class AugmentExamplesFn(beam.DoFn):
     STATS = "stats"
 
     def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool,
-                 glove: bool = True):
+                 glove: bool = True, word_rule: str = "reference"):
         self._task = task
         self._glove = glove
+        self._word_filter = is_letter_word if word_rule == "unicode" else None
         self._num_aug = num_aug
         self._replace_prob = replace_prob
         self._seed = seed
@@ -337,7 +339,8 @@ class AugmentExamplesFn(beam.DoFn):
         mlm = [dict() for _ in plans]
         for field_index, answers in grouped["mlm"]:
             mlm[field_index].update(answers)
-        candidates = [field_candidates(plan, mlm[i], glove) for i, plan in enumerate(plans)]
+        candidates = [field_candidates(plan, mlm[i], glove, word_filter=self._word_filter)
+                      for i, plan in enumerate(plans)]
         rows = augment_example(example, plans, candidates, num_aug=self._num_aug, replace_prob=self._replace_prob,
                                seed=self._seed)
         fields = self._task.text_fields
@@ -668,7 +671,8 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
                  | "JoinAnswers" >> beam.CoGroupByKey()
                  | "AugmentExamples" >> beam.ParDo(
                      AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
-                                       emit_candidates=options.emit_candidates, glove=glove_file is not None),
+                                       emit_candidates=options.emit_candidates, glove=glove_file is not None,
+                                       word_rule=options.word_rule),
                      glove=beam.pvalue.AsDict(glove_neighbours)).with_outputs(
                          AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS, main="rows"))
 
