@@ -5,12 +5,14 @@ examples, answer each distinct one once, and hand the answers back.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from augment.algorithm import augment_sentence, example_rng
-from augment.mlm import MaskedQuery
+from augment.mlm import MaskedQuery, window_queries
 from augment.tasks import Example
-from augment.words import WordSplitter, is_candidate_word, piece_spans
+from augment.words import WordRule, WordSplitter, piece_spans
+
+_REFERENCE_RULE = WordRule.create("reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,26 +24,49 @@ class FieldPlan:
       piece_ids: WordPiece ids of the whole text (no special tokens).
       mlm_words: (word index, piece position) of candidate words that are a single piece.
       glove_words: (word index, word) of candidate words of several pieces.
+      offsets: each word's (start, end) character span in the source text when augmented text keeps the source's
+        spacing (word rule `unicode`); None when words are joined by spaces (the reference).
     """
     words: Tuple[str, ...]
     piece_ids: Tuple[int, ...]
     mlm_words: Tuple[Tuple[int, int], ...]
     glove_words: Tuple[Tuple[int, str], ...]
+    offsets: Optional[Tuple[Tuple[int, int], ...]] = None
 
     def mlm_queries(self) -> List[MaskedQuery]:
-        return [MaskedQuery(self.piece_ids, position) for _, position in self.mlm_words]
+        """The masked-LM queries of the single-piece words whose mask falls inside the 512-token window.
+
+        A word past the window has no candidates (it keeps itself), as in the reference, and costs no query.
+        """
+        return window_queries(self.piece_ids, [position for _, position in self.mlm_words])
 
 
-def plan_fields(texts: Sequence[str], *, splitter: WordSplitter, tokenizer) -> List[FieldPlan]:
-    """Plans every text of an example with one batched call of the fast tokenizer."""
-    words = [splitter.split(text) for text in texts]
+def plan_fields(texts: Sequence[str], *, splitter: WordSplitter, tokenizer,
+                word_rule: WordRule = _REFERENCE_RULE) -> List[FieldPlan]:
+    """Plans every text of an example with one batched call of the fast tokenizer.
+
+    Args:
+      texts: the example's text fields.
+      splitter: BERT's basic tokenization for the model.
+      tokenizer: the model's Hugging Face fast tokenizer.
+      word_rule: which words are candidates, and whether augmented text keeps the source's spacing.
+    """
+    offsets: List[Optional[Tuple[Tuple[int, int], ...]]] = [None] * len(texts)
+    if word_rule.keeps_spacing:
+        words = []
+        for field_index, text in enumerate(texts):
+            field_words, spans = splitter.split_with_offsets(text)
+            words.append(field_words)
+            offsets[field_index] = tuple(spans)
+    else:
+        words = [splitter.split(text) for text in texts]
     encodings = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
     plans = []
     for field_index, field_words in enumerate(words):
         spans = piece_spans(encodings.word_ids(field_index))
         mlm, glove = [], []
         for word_index, word in enumerate(field_words):
-            if not is_candidate_word(word):
+            if not word_rule.is_candidate(word):
                 continue
             start, count = spans[word_index]
             if count == 1:
@@ -49,24 +74,29 @@ def plan_fields(texts: Sequence[str], *, splitter: WordSplitter, tokenizer) -> L
             else:
                 glove.append((word_index, word))
         plans.append(FieldPlan(tuple(field_words), tuple(encodings["input_ids"][field_index]), tuple(mlm),
-                               tuple(glove)))
+                               tuple(glove), offsets[field_index]))
     return plans
 
 
-def field_candidates(plan: FieldPlan, mlm: Mapping[int, Sequence[str]], glove: Mapping[str, Sequence[str]]
-                     ) -> Dict[int, List[str]]:
+def field_candidates(plan: FieldPlan, mlm: Mapping[int, Sequence[str]], glove: Mapping[str, Sequence[str]], *,
+                     word_filter: Optional[Callable[[str], bool]] = None) -> Dict[int, List[str]]:
     """{word index: candidates} of a field; a word with no candidates keeps itself, as in the reference.
 
     Args:
       plan: the field's plan.
       mlm: {piece position: masked-LM candidates} for this field's text.
       glove: {word: GloVe neighbours}.
+      word_filter: keep only the candidates it accepts (the unicode rule keeps letter words: a letter word is never
+        replaced by punctuation, a digit or a special token); None keeps all, as the reference does.
     """
+    def keep(found: Optional[Sequence[str]]) -> List[str]:
+        return [w for w in found or () if word_filter(w)] if word_filter is not None else list(found or ())
+
     result: Dict[int, List[str]] = {}
     for word_index, position in plan.mlm_words:
-        result[word_index] = list(mlm.get(position) or [plan.words[word_index]])
+        result[word_index] = keep(mlm.get(position)) or [plan.words[word_index]]
     for word_index, word in plan.glove_words:
-        result[word_index] = list(glove.get(word) or [word])
+        result[word_index] = keep(glove.get(word)) or [word]
     return result
 
 
@@ -91,7 +121,7 @@ def augment_example(example: Example, plans: Sequence[FieldPlan], candidates: Se
     rows = [AugmentedExample(0, None, tuple(example.texts), ())]
     for field_index, (plan, field_cands) in enumerate(zip(plans, candidates)):
         sentences = augment_sentence(example.texts[field_index], plan.words, field_cands, num_aug=num_aug,
-                                     replace_prob=replace_prob, rng=rng)
+                                     replace_prob=replace_prob, rng=rng, offsets=plan.offsets)
         for sentence in sentences[1:]:
             texts = list(example.texts)
             texts[field_index] = sentence.text

@@ -8,6 +8,10 @@ candidates. `MaskedLMScorer` computes exactly that for many queries at once:
 - queries are grouped by exact input length, so a batch needs no padding and no attention mask;
 - the vocabulary head runs only on the masked rows, not on every position;
 - batches are formed from the sorted queries it is given, so the same set of queries always gives the same batches.
+
+A query reads at most the first 511 pieces of its sentence, and only a mask before position 511 has candidates;
+`window_queries` builds just those queries, holding just those pieces, so a sentence of any length costs at most
+511 queries of bounded size (a 100k-piece sentence used to cost 100k queries of 100k pieces each).
 """
 
 import copy
@@ -17,6 +21,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 MAX_POSITIONS = 512
+# [CLS] + 511 pieces fill the window: the pieces a query's input can hold, and the masks that can have candidates.
+WINDOW_PIECES = MAX_POSITIONS - 1
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
@@ -33,13 +39,30 @@ def build_input(query: MaskedQuery, *, cls_id: int, sep_id: int, mask_id: int
 
     Returns a mask index of None when the masked piece falls at position 512 or later (no candidates).
     """
-    pieces = list(query.piece_ids)
+    # The input never holds more than WINDOW_PIECES pieces: cut before copying (a long sentence is not copied whole).
+    pieces = list(query.piece_ids[:WINDOW_PIECES])
     masked = list(pieces)
-    masked[query.position] = mask_id
+    if in_window(query.position):
+        masked[query.position] = mask_id
     ids = [cls_id] + masked + [sep_id] + pieces + [sep_id]
     segments = [0] * (len(pieces) + 2) + [1] * (len(pieces) + 1)
     mask_index = query.position + 1
     return ids[:MAX_POSITIONS], segments[:MAX_POSITIONS], (mask_index if mask_index < MAX_POSITIONS else None)
+
+
+def in_window(position: int) -> bool:
+    """True when a mask at piece `position` falls inside the 512-token input (it can have candidates)."""
+    return position < WINDOW_PIECES
+
+
+def window_queries(piece_ids: Sequence[int], positions: Iterable[int]) -> List[MaskedQuery]:
+    """The queries of `positions` that fall inside the window, all sharing the sentence's first 511 pieces.
+
+    `build_input` gives the same input for these as for the uncut sentence: past 511 pieces the input is
+    `[CLS]` + the first 511 pieces (one masked), segment 0 throughout, whatever the sentence's length.
+    """
+    window = tuple(piece_ids[:WINDOW_PIECES]) if len(piece_ids) > WINDOW_PIECES else tuple(piece_ids)
+    return [MaskedQuery(window, position) for position in positions if in_window(position)]
 
 
 class MaskedLMScorer:

@@ -19,6 +19,7 @@ if __name__ == "__main__":
     from pipelines import entry
     sys.exit(entry.augment())
 
+import hashlib
 import io
 import json
 import logging
@@ -42,16 +43,17 @@ from apache_beam.utils import shared
 from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
-from augment.mlm import MAX_POSITIONS, PRECISIONS, MaskedLMScorer, MaskedQuery
+from augment.mlm import MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
                            generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
-from augment.words import WordSplitter
+from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
 from pipelines import cli, outputs, progress, sources
 from pipelines import tokenizer as tokenizer_lib
 from pipelines.cli import InputError, UserError
 from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
+DEFAULT_GLOVE = "glove.6B.300d.txt"  # the default of --word_rule reference; unicode defaults to no GloVe
 SAMPLE_INPUT = str(pathlib.Path(__file__).resolve().parent / "samples" / "sst2" / "train.tsv")
 INPUT_FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet")
 
@@ -260,23 +262,32 @@ class PlanExamplesFn(beam.DoFn):
     MLM_REQUESTS = "mlm_requests"
     GLOVE_WORDS = "glove_words"
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, *, word_rule: str = "reference", stop_words: Optional[Tuple[str, ...]] = None,
+                 glove: bool = True):
         self._model_name = model_name
+        self._word_rule = word_rule
+        self._stop_words = stop_words
+        self._glove = glove
 
     def setup(self):
         self._tokenizer = load_tokenizer(self._model_name)
         self._splitter = WordSplitter(self._tokenizer.backend_tokenizer)
+        # Words are compared after the model's normalizer (an uncased BERT strips accents): so are the stop words.
+        stop_words = None if self._stop_words is None else [
+            self._splitter.normalize(word).strip() for word in self._stop_words]
+        self._rule = WordRule.create(self._word_rule, stop_words)
 
     def process(self, element):
         key, example = element
-        plans = plan_fields(example.texts, splitter=self._splitter, tokenizer=self._tokenizer)
+        plans = plan_fields(example.texts, splitter=self._splitter, tokenizer=self._tokenizer, word_rule=self._rule)
         for field_index, plan in enumerate(plans):
             if plan.mlm_words:
                 sentence = np.asarray(plan.piece_ids, dtype=np.int32).tobytes()
                 positions = tuple(position for _, position in plan.mlm_words)
                 yield beam.pvalue.TaggedOutput(self.MLM_REQUESTS, (sentence, (key, field_index, positions)))
-            for _, word in plan.glove_words:
-                yield beam.pvalue.TaggedOutput(self.GLOVE_WORDS, word)
+            if self._glove:
+                for _, word in plan.glove_words:
+                    yield beam.pvalue.TaggedOutput(self.GLOVE_WORDS, word)
         yield key, (example, plans)
 
 
@@ -313,23 +324,28 @@ class ScoreMaskedLMFn(beam.DoFn):
     def process(self, element, total_queries=None):
         _, sentences = element
         queries = {}
+        beyond = 0
         for sentence, requests in sentences:
-            piece_ids = tuple(np.frombuffer(sentence, dtype=np.int32).tolist())
+            # Only masks inside the 512-token window get queries, each holding only the pieces the input can hold:
+            # a sentence of any length costs at most 511 bounded queries.
+            piece_ids = np.frombuffer(sentence, dtype=np.int32)[:WINDOW_PIECES].tolist()
             positions = sorted({p for _, _, field_positions in requests for p in field_positions})
-            queries[sentence] = [MaskedQuery(piece_ids, p) for p in positions]
+            queries[sentence] = window_queries(piece_ids, positions)
+            beyond += len(positions) - len(queries[sentence])
         answers = self._scorer.candidates(q for qs in queries.values() for q in qs)
-        beyond = sum(1 for qs in queries.values() for q in qs if q.position + 1 >= MAX_POSITIONS)
-        self._queries.inc(len(answers))
+        distinct = len(answers) + beyond  # counted as before: a query past the window is distinct, answered []
+        self._queries.inc(distinct)
         self._truncated.inc(beyond)
         if self._show_progress:
-            progress.advance("masked-LM queries", len(answers), total=total_queries)
-        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", len(answers)))
+            progress.advance("masked-LM queries", distinct, total=total_queries)
+        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", distinct))
         if beyond:
             yield beam.pvalue.TaggedOutput("stats", ("mlm_queries_beyond_512_tokens", beyond))
         for sentence, requests in sentences:
             by_position = {q.position: answers[q] for q in queries[sentence]}
             for key, field_index, positions in requests:
-                yield key, (field_index, {p: by_position[p] for p in positions})
+                # A position past the window has no answer: its word keeps itself (field_candidates).
+                yield key, (field_index, {p: by_position[p] for p in positions if p in by_position})
 
 
 class GloveNeighboursFn(beam.DoFn):
@@ -363,9 +379,11 @@ class AugmentExamplesFn(beam.DoFn):
     STATS = "stats"
 
     def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool,
-                 show_progress: bool = False):
+                 glove: bool = True, word_rule: str = "reference", show_progress: bool = False):
         self._task = task
         self._show_progress = show_progress
+        self._glove = glove
+        self._word_filter = is_letter_word if word_rule == "unicode" else None
         self._num_aug = num_aug
         self._replace_prob = replace_prob
         self._seed = seed
@@ -378,7 +396,8 @@ class AugmentExamplesFn(beam.DoFn):
         mlm = [dict() for _ in plans]
         for field_index, answers in grouped["mlm"]:
             mlm[field_index].update(answers)
-        candidates = [field_candidates(plan, mlm[i], glove) for i, plan in enumerate(plans)]
+        candidates = [field_candidates(plan, mlm[i], glove, word_filter=self._word_filter)
+                      for i, plan in enumerate(plans)]
         rows = augment_example(example, plans, candidates, num_aug=self._num_aug, replace_prob=self._replace_prob,
                                seed=self._seed)
         fields = self._task.text_fields
@@ -395,6 +414,10 @@ class AugmentExamplesFn(beam.DoFn):
             progress.advance("examples augmented", 1, total=total_examples)
         yield beam.pvalue.TaggedOutput(self.STATS, ("examples", 1))
         yield beam.pvalue.TaggedOutput(self.STATS, ("rows", len(rows)))
+        if not self._glove:
+            kept = sum(len(plan.glove_words) for plan in plans)
+            if kept:
+                yield beam.pvalue.TaggedOutput(self.STATS, ("words_without_glove", kept))
         if self._emit_candidates:
             for field_index, plan in enumerate(plans):
                 mlm_words = {w for w, _ in plan.mlm_words}
@@ -536,8 +559,17 @@ class AugmentOptions(PipelineOptions):
         parser.add_argument("--label_list", default=None, help="generic: comma-separated allowed labels")
         parser.add_argument("--model", default="bert-base-uncased",
                             help="BERT masked LM: hub name or local directory (with its tokenizer)")
-        parser.add_argument("--glove", default="glove.6B.300d.txt",
-                            help="GloVe text file (.txt, .txt.gz, .zip or archive.zip:member.txt)")
+        parser.add_argument("--glove", default=None,
+                            help="GloVe text file (.txt, .txt.gz, .zip or archive.zip:member.txt), or 'none': words of "
+                            f"several WordPieces then keep themselves; default {DEFAULT_GLOVE} for --word_rule "
+                            "reference, none for --word_rule unicode")
+        parser.add_argument("--word_rule", default="reference", choices=WORD_RULES,
+                            help="candidate words: 'reference' (a-z letters, English stop words, words joined by "
+                            "spaces, as the reference) or 'unicode' (letters of any script, CJK characters one word "
+                            "each, the source's spacing kept)")
+        parser.add_argument("--stop_words", default=None,
+                            help="UTF-8 file, one stop word per line, replacing the rule's list (reference: the "
+                            "reference's English list; unicode: none)")
         parser.add_argument("--glove_vocab", type=int, default=100_000, help="use the first N GloVe words")
         parser.add_argument("--num_aug", type=int, default=None,
                             help="draws per sentence (N); default per task: " + ", ".join(
@@ -671,9 +703,12 @@ def _check_options(options) -> None:
         import torch
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
-    if not glove_exists(options.glove):
-        raise UserError(f"GloVe file {options.glove} not found; pass --glove PATH to a GloVe text file "
-                        "(e.g. glove.6B.300d.txt from the Stanford GloVe site)")
+    glove = resolve_glove(options)
+    if glove is not None and not glove_exists(glove):
+        raise UserError(f"GloVe file {glove} not found; pass --glove PATH to a GloVe text file "
+                        "(e.g. glove.6B.300d.txt from the Stanford GloVe site), or --glove none")
+    if options.stop_words is not None:
+        read_stop_words(options.stop_words)
     if os.path.isdir(options.model):
         names = set(os.listdir(options.model))
         if "config.json" not in names:
@@ -685,6 +720,31 @@ def _check_options(options) -> None:
                             "save the model with save_pretrained into it")
 
 
+def resolve_glove(options) -> Optional[str]:
+    """The GloVe file to use, or None when GloVe is off (--glove none, or omitted with --word_rule unicode)."""
+    if options.glove is None:
+        return DEFAULT_GLOVE if options.word_rule == "reference" else None
+    return None if options.glove.strip().lower() in ("", "none") else options.glove
+
+
+def read_stop_words(path: str) -> Tuple[Tuple[str, ...], str]:
+    """(the stop words of a UTF-8 file, one per line, blank lines skipped; the SHA-256 of the file).
+
+    Raises:
+      UserError: the file is missing or not UTF-8.
+    """
+    if not FileSystems.exists(path):
+        raise UserError(f"--stop_words file {path} not found")
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"--stop_words file {path} is not UTF-8 ({error.reason} at byte {error.start})") from None
+    words = tuple(line.strip() for line in text.splitlines() if line.strip())
+    return words, hashlib.sha256(data).hexdigest()
+
+
 def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput, *,
                    run_id: Optional[str] = None) -> None:
     """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
@@ -693,28 +753,40 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     output = options.output
     header_line = _read_header(files[0]["path"], task, fmt)
     show_progress = not options.quiet
+    glove_file = resolve_glove(options)
+    stop_words, stop_words_sha256 = (read_stop_words(options.stop_words) if options.stop_words is not None
+                                     else (None, None))
+    if glove_file is None:
+        logging.info("GloVe is off: candidate words of several WordPieces keep themselves (counted as "
+                     "words_without_glove); pass --glove PATH to give them GloVe neighbours")
 
     read = pipeline | "ReadExamples" >> ReadExamples(
         [f["path"] for f in files],
         ReadExamplesFn(task, input_format=fmt, label_field=label_field, id_field=id_field))
     # Reading is one task per file: spread the examples over the workers.
     examples = read.examples | "SpreadExamples" >> beam.Reshuffle()
-    planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(options.model)).with_outputs(
+    planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(
+        options.model, word_rule=options.word_rule, stop_words=stop_words, glove=glove_file is not None)).with_outputs(
         PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
         ScoreMaskedLMFn(options.model, top_k=options.top_k, precision=options.precision, device=options.device,
                         max_batch_tokens=options.max_batch_tokens, torch_threads=options.torch_threads,
                         show_progress=show_progress),
         options.mlm_partitions)
-    glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
-        GloveNeighboursFn(options.glove, vocab_limit=options.glove_vocab, top_k=options.top_k))
+    if glove_file is not None:
+        glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
+            GloveNeighboursFn(glove_file, vocab_limit=options.glove_vocab, top_k=options.top_k))
+        glove_neighbours, glove_stats = glove.neighbours, (glove.stats,)
+    else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
+        glove_neighbours, glove_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), ()
     total_examples = read.examples | "CountExamples" >> beam.combiners.Count.Globally()
     augmented = ({"example": planned.plans, "mlm": mlm.answers}
                  | "JoinAnswers" >> beam.CoGroupByKey()
                  | "AugmentExamples" >> beam.ParDo(
                      AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
-                                       emit_candidates=options.emit_candidates, show_progress=show_progress),
-                     glove=beam.pvalue.AsDict(glove.neighbours),
+                                       emit_candidates=options.emit_candidates, glove=glove_file is not None,
+                                       word_rule=options.word_rule, show_progress=show_progress),
+                     glove=beam.pvalue.AsDict(glove_neighbours),
                      total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
                          AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS, main="rows"))
 
@@ -731,7 +803,7 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     reject_stats = read[ReadExamplesFn.REJECTS] | "WriteRejects" >> outputs.WriteShards(output, rejects_set)
     reasons = (read[ReadExamplesFn.REJECTS] | "RejectReasons" >> beam.Map(lambda kv: (kv[1]["reason"], 1))
                | "CountRejects" >> outputs.CountByKey())
-    stats = ((augmented[AugmentExamplesFn.STATS], mlm.stats, glove.stats, tsv_done) | "MergeStats" >> beam.Flatten()
+    stats = ((augmented[AugmentExamplesFn.STATS], mlm.stats, *glove_stats, tsv_done) | "MergeStats" >> beam.Flatten()
              | "CountStats" >> outputs.CountByKey())
     shard_stats = {"data": (data_set, data_stats), "rejects": (rejects_set, reject_stats)}
     if options.emit_candidates:
@@ -742,7 +814,9 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         "kind": "augmented-task", "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
         "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
         "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
-        "glove": options.glove, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
+        "glove": glove_file, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
+        "word_rule": options.word_rule, "stop_words": None if options.stop_words is None else {
+            "path": options.stop_words, "sha256": stop_words_sha256},
         "replace_prob": options.replace_prob, "seed": options.seed, "precision": options.precision,
         "input_format": fmt, "inputs": files, "tsv_header": header_line,
         "pair_fields": "other fields of an augmented row keep their original text",
