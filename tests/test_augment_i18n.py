@@ -9,6 +9,8 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.cli import UserError
+
 from augment.algorithm import augment_sentence
 from augment.words import STOP_WORDS, WordRule, WordSplitter, is_candidate_word, is_letter_word
 from pipelines import augment as augment_pipeline
@@ -185,9 +187,9 @@ def test_glove_none_with_reference_rule_keeps_multi_piece_words(tmp_path, tiny_b
 def test_bad_stop_words_file_stops_with_one_line(tmp_path, tiny_bert):
     bad = tmp_path / "stop.txt"
     bad.write_bytes(b"\xff\xfe bad")
-    with pytest.raises(SystemExit, match="--stop_words file .* is not UTF-8"):
+    with pytest.raises(UserError, match="--stop_words file .* is not UTF-8"):
         augment_pipeline.run(["--runner=DirectRunner", f"--model={tiny_bert}", "--glove=none",
                               f"--output={tmp_path / 'out'}", f"--stop_words={bad}"])
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         augment_pipeline.run(["--runner=DirectRunner", f"--model={tiny_bert}", "--glove=none",
                               f"--output={tmp_path / 'out2'}", f"--stop_words={tmp_path / 'missing.txt'}"])
