@@ -82,7 +82,7 @@ _NOWIKI = re.compile(r"<nowiki\s*/>|<nowiki(?:\s[^<>]*)?>(.*?)</nowiki\s*>", re.
 # An opening or self-closing tag: the name, then attributes up to the first `>` (never past a `<`: linear).
 _OPEN_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9]*)(?=[\s/>])[^<>]*?(/?)>")
 _ANY_TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)(?=[\s/>])[^<>]*>")
-_BRACES = re.compile(r"\{\{|\}\}")
+_BRACE_RUN = re.compile(r"\{\{+|\}\}+")
 _TABLE_EDGE = re.compile(r"^[ \t]*(\{\||\|\})", re.MULTILINE)
 _BRACKETS = re.compile(r"\[\[|\]\]")
 # `[scheme://target label]`; the label stops at `[`, `]` or a newline, so a scan never passes the next bracket.
@@ -118,8 +118,8 @@ def wikitext_to_paragraphs(wikitext: str) -> List[str]:
     text = _drop_comments(wikitext)
     text, protected = _protect_nowiki(text)
     text = _drop_tags_with_contents(text)
-    text = _drop_balanced(text, _BRACES.finditer(text), "{{")
-    text = _drop_balanced(text, _TABLE_EDGE.finditer(text), "{|")
+    text = _drop_templates(text)
+    text = _drop_tables(text)
     text = _render_links(text)
     text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
     text = _ANY_TAG.sub(_tag_replacement, text)
@@ -197,38 +197,78 @@ def _drop_tags_with_contents(text: str) -> str:
     return "".join(parts)
 
 
-def _drop_balanced(text: str, tokens, opener: str) -> str:
-    """Drops every outermost balanced span of opener/closer tokens; an unmatched token drops only itself.
+def _drop_templates(text: str) -> str:
+    """Drops every outermost `{{...}}` / `{{{...}}}`; an unmatched brace run drops only itself.
 
-    One pass over the tokens with a stack of open positions; a span closed while others are open is recorded and
-    replaced by its parent when the parent closes, so the work is linear in the number of tokens.
+    Brace runs are matched with a stack: an opening run of 3 (or an odd run above 3) opens a parameter `{{{`
+    first, the rest opens templates `{{`; a closing run closes what the stack holds, innermost first, 3 braces for
+    a parameter and 2 for a template, so `{{a|{{b}}}}` closes both templates and `{{{1}}}` one parameter.
     """
-    stack: List[int] = []
-    spans: List[Tuple[int, int]] = []  # matched spans, outermost last; children removed when the parent closes
-    strays: List[Tuple[int, int]] = []  # unmatched closers
-    for match in tokens:
-        token = match.group(1) if match.re.groups else match.group(0)
-        if token == opener:
-            stack.append(match.start())
-            continue
-        if not stack:
-            strays.append((match.start(), match.end()))
-            continue
-        start = stack.pop()
-        while spans and spans[-1][0] >= start:
-            spans.pop()
-        spans.append((start, match.end()))
-    if not spans and not stack and not strays:
+    if "{{" not in text and "}}" not in text:
         return text
-    # Unmatched openers drop only their own two characters.
-    drops = spans + strays + [(start, start + 2) for start in stack if not _inside(spans, start)]
+    stack: List[Tuple[int, int]] = []  # (start of the opening braces, their count)
+    spans: List[Tuple[int, int]] = []
+    strays: List[Tuple[int, int]] = []
+    for match in _BRACE_RUN.finditer(text):
+        start, end = match.span()
+        if text[start] == "{":
+            count = end - start
+            if count % 2:
+                stack.append((start, 3))
+                start, count = start + 3, count - 3
+            for offset in range(0, count, 2):
+                stack.append((start + offset, 2))
+            continue
+        position = start
+        while end - position >= 2 and stack:
+            open_at, size = stack.pop()
+            position = min(end, position + size)
+            _close_span(spans, open_at, position)
+        if end - position >= 2:
+            strays.append((position, end))
+    return _drop_spans(text, spans, strays, [(start, start + size) for start, size in stack])
+
+
+def _drop_tables(text: str) -> str:
+    """Drops every outermost table `{| ... |}` (edges at line starts); an unmatched edge drops only itself."""
+    if "{|" not in text:
+        return text
+    stack: List[int] = []
+    spans: List[Tuple[int, int]] = []
+    strays: List[Tuple[int, int]] = []
+    for match in _TABLE_EDGE.finditer(text):
+        if match.group(1) == "{|":
+            stack.append(match.start(1))
+        elif stack:
+            _close_span(spans, stack.pop(), match.end())
+        else:
+            strays.append(match.span(1))
+    return _drop_spans(text, spans, strays, [(start, start + 2) for start in stack])
+
+
+def _close_span(spans: List[Tuple[int, int]], start: int, end: int) -> None:
+    """Records a matched span; the spans it encloses (recorded before it, at the end of the list) go."""
+    while spans and spans[-1][0] >= start:
+        spans.pop()
+    spans.append((start, end))
+
+
+def _drop_spans(text: str, spans: List[Tuple[int, int]], strays: List[Tuple[int, int]],
+                unmatched: List[Tuple[int, int]]) -> str:
+    """`text` without the outermost matched spans, the stray closers and the unmatched openers outside them.
+
+    Linear: the spans come sorted and disjoint (`_close_span`); strays and openers are few and sorted.
+    """
+    if not spans and not strays and not unmatched:
+        return text
+    drops = spans + strays + [span for span in unmatched if not _inside(spans, span[0])]
     drops.sort()
     parts = []
     position = 0
     for start, end in drops:
-        if start < position:
-            continue  # a stray inside a dropped span
-        parts.append(text[position:start])
+        if end <= position:
+            continue
+        parts.append(text[position:max(start, position)])
         position = end
     parts.append(text[position:])
     return "".join(parts)
