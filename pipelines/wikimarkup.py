@@ -47,7 +47,7 @@ import bisect
 import html
 import re
 import unicodedata
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 # Tags dropped with everything inside them.
 _DROPPED_TAGS = frozenset({

@@ -155,7 +155,7 @@ def test_cjk_sentence_ends_in_parquet_input(tmp_path):
 
 @pytest.mark.parametrize("wiki_markup", corpus.WIKI_MARKUPS)
 def test_cjk_sentence_ends_in_wikipedia_xml_input(tmp_path, wiki_markup):
-    text = f"'''维基百科'''是一个[[网络]]百科全书。它由志愿者共同编写！你知道它有多少条目吗？{{{{lang|en|x}}}}\n\n" \
+    text = "'''维基百科'''是一个[[网络]]百科全书。它由志愿者共同编写！你知道它有多少条目吗？{{lang|en|x}}\n\n" \
            "== 历史 ==\n他说：“我明天来。”然后就走了……再也没有回来。"
     path = tmp_path / "zhwiki-sample.xml.bz2"
     path.write_bytes(bz2.compress(HEADER + _page(1, "维基百科", text) + FOOTER))
