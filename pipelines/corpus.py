@@ -51,6 +51,7 @@ from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
+WIKI_MARKUPS = tuple(wiki.MARKUP_STRIPPERS)  # --wiki_markup: how wikitext becomes paragraphs
 INSTANCE_MODES = ("pairs", "single")
 KIND = "general-distillation"
 COUNTS_TABLE = "corpus"  # the manifest's count table; `counts` outputs are ((COUNTS_TABLE, name), n) pairs
@@ -79,6 +80,9 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--dedup", action="store_true", help="drop documents identical to another one")
         parser.add_argument("--split_bytes", type=int, default=64 << 20,
                             help="work range size for splittable dumps (uncompressed or multistream .bz2 XML)")
+        parser.add_argument("--wiki_markup", choices=WIKI_MARKUPS, default="fast",
+                            help="wikipedia-xml: fast (pipelines/wikimarkup.py, linear-time stripper) or "
+                                 "mwparserfromhell (a full parser, about 7x slower)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,8 +121,9 @@ class ReadDocumentsFn(beam.DoFn):
     """A work item to documents (key, paragraphs, already_split); bad records go to REJECTS."""
     REJECTS = "rejects"
 
-    def __init__(self, input_format: str, *, show_progress: bool = False):
+    def __init__(self, input_format: str, wiki_markup: str = "fast", *, show_progress: bool = False):
         self._input_format = input_format
+        self._wiki_markup = wiki_markup
         self._show_progress = show_progress
         self._rejected = Metrics.counter("ReadDocuments", "rejected")
         self._read = Metrics.counter("ReadDocuments", "documents")
@@ -141,6 +146,7 @@ class ReadDocumentsFn(beam.DoFn):
         # Offsets inside a bz2 range count decompressed bytes from the range's first stream: name the range.
         source = path if start == 0 else f"{path}@{start}"
         name = work["name"]
+        to_paragraphs = wiki.MARKUP_STRIPPERS[self._wiki_markup]
         with _open_raw(path) as handle:
             for page in _checked_pages(wiki.iter_pages(handle, path, start, end, work["size"]), path):
                 try:
@@ -155,7 +161,7 @@ class ReadDocumentsFn(beam.DoFn):
                     yield outputs.reject(source, page.offset, "redirect", label)
                 else:
                     try:
-                        paragraphs = wiki.wikitext_to_paragraphs(article.wikitext)
+                        paragraphs = to_paragraphs(article.wikitext)
                     except Exception as error:  # the parser's own failure on odd markup: one reject, not a crash
                         yield outputs.reject(source, page.offset, "unparsable_wikitext", f"{label}\t{error}")
                         continue
@@ -482,18 +488,20 @@ class ReadDocuments(beam.PTransform):
       files: [{"path", "bytes"}] from `outputs.input_files`.
       input_format: one of INPUT_FORMATS.
       split_bytes: work range size for splittable dumps.
+      wiki_markup: one of WIKI_MARKUPS, how wikipedia-xml pages become paragraphs.
 
     Returns:
       A DoOutputsTuple: main = documents, `rejects` = reject rows.
     """
 
     def __init__(self, files: Sequence[Dict[str, Any]], *, input_format: str, split_bytes: int,
-                 show_progress: bool = False):
+                 wiki_markup: str = "fast", show_progress: bool = False):
         super().__init__()
         self._show_progress = show_progress
         self._files = list(files)
         self._input_format = input_format
         self._split_bytes = split_bytes
+        self._wiki_markup = wiki_markup
 
     def expand(self, pipeline):
         # Document keys start with each file's path relative to the folder all inputs share: unique even where
@@ -507,7 +515,7 @@ class ReadDocuments(beam.PTransform):
                 | "SplitInputs" >> beam.ParDo(SplitInputFn(self._input_format, self._split_bytes))
                 # One file fans out to many ranges: spread them over the workers before reading.
                 | "SpreadRanges" >> beam.Reshuffle()
-                | "ReadRanges" >> beam.ParDo(ReadDocumentsFn(self._input_format,
+                | "ReadRanges" >> beam.ParDo(ReadDocumentsFn(self._input_format, self._wiki_markup,
                                                              show_progress=self._show_progress)).with_outputs(
                     ReadDocumentsFn.REJECTS, main="documents"))
 
@@ -767,6 +775,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         "kind": KIND,
         "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.tokenizer),
         "input_format": options.input_format,
+        "wiki_markup": options.wiki_markup if options.input_format == "wikipedia-xml" else None,
         "inputs": files,
         "max_seq_len": options.max_seq_len,
         "short_seq_prob": options.short_seq_prob,
@@ -792,6 +801,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
                                                            split_bytes=options.split_bytes,
+                                                           wiki_markup=options.wiki_markup,
                                                            show_progress=not options.quiet)
         split = read.documents | "SplitSentences" >> beam.ParDo(SplitSentencesFn()).with_outputs(
             SplitSentencesFn.REJECTS, main="documents")

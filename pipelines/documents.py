@@ -5,9 +5,18 @@ parameters, namely the untrained defaults plus a fixed list of English abbreviat
 model trained on the run's own corpus would need a global pass over the corpus before any splitting and would make
 the output depend on which documents are in the run; fixed parameters split a sentence the same way whatever else
 is in the corpus, on every worker, with nothing to install.
+
+Punkt only ends a sentence at `.`, `!` or `?` followed by whitespace, so Chinese and Japanese text (no spaces, its own
+sentence-final marks) would come out as one sentence per paragraph. `split_cjk` splits after `。！？｡．` (ideographic
+and full-width full stop, full-width `!` and `?`, half-width ideographic full stop), with the closing quotes and
+brackets that follow them (`」』”’）】〕》〉"')`); it runs after Punkt on every paragraph, and on every line of text
+input (the only re-splitting of text input: a line in the one-sentence-per-line format may still hold several CJK
+sentences, while English text is never touched by it). `…`/`……` is not a sentence end: Chinese uses it inside
+sentences as often as at their end, and a sentence that ends with it usually goes on to `。`.
 """
 
 import dataclasses
+import re
 import unicodedata
 from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -20,6 +29,27 @@ a.d a.m approx apr assn aug ave b.c b.c.e bros c ca capt c.e cf ch co col corp c
 feb fig figs fl ft gen gov hon i.e inc jan jr jul jun lt ltd maj mar mr mrs ms mt no nos nov oct op p p.m pp prof
 pt rev sen sep sept sgt sr st vol vols vs u.k u.n u.s u.s.a u.s.s.r
 """.split())
+
+# A run of CJK sentence ends and the closing quotes/brackets after it.
+_CJK_SENTENCE_END = re.compile("[\u3002\uff01\uff1f\uff61\uff0e]+[\u300d\u300f\u201d\u2019\uff09\u3011\u3015\u300b\u3009\"')]*")
+
+
+def split_cjk(text: str) -> List[str]:
+    """`text` cut after each CJK sentence end (see the module docstring); `[text]` when it holds none."""
+    if _CJK_SENTENCE_END.search(text) is None:
+        return [text]
+    pieces = []
+    start = 0
+    for match in _CJK_SENTENCE_END.finditer(text):
+        piece = text[start:match.end()].strip()
+        if piece:
+            pieces.append(piece)
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        pieces.append(tail)
+    return pieces
+
 
 def make_sentence_splitter() -> "PunktSentenceTokenizer":
     """Punkt with fixed parameters (see the module docstring); deterministic and download-free."""
@@ -37,13 +67,13 @@ def normalize_text(text: str) -> str:
 
 
 def split_sentences(splitter: "PunktSentenceTokenizer", paragraphs: List[str]) -> List[str]:
-    """Sentences of each paragraph in order; a sentence never spans two paragraphs."""
+    """Sentences of each paragraph in order (Punkt, then `split_cjk`); a sentence never spans two paragraphs."""
     sentences = []
     for paragraph in paragraphs:
         for sentence in splitter.tokenize(paragraph):
-            sentence = normalize_text(sentence)
-            if sentence:
-                sentences.append(sentence)
+            for piece in split_cjk(normalize_text(sentence)):
+                if piece:
+                    sentences.append(piece)
     return sentences
 
 
@@ -68,6 +98,7 @@ def iter_text_documents(lines: Iterable[Tuple[int, bytes]]) -> Iterator[Union[Te
         `\\r\\n` and `\\r` ends alike).
 
     Streams line by line. A line that is not UTF-8 comes out as a `BadLine` (the rest of its document is kept).
+    A line holding several CJK sentences is cut into them (`split_cjk`).
     """
     lines_of_document: List[str] = []
     first: Optional[int] = None
@@ -80,7 +111,7 @@ def iter_text_documents(lines: Iterable[Tuple[int, bytes]]) -> Iterator[Union[Te
         if line:
             if first is None:
                 first = line_offset
-            lines_of_document.append(line)
+            lines_of_document.extend(split_cjk(line))
         elif lines_of_document:
             yield TextDocument(first, lines_of_document)
             lines_of_document, first = [], None

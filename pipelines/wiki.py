@@ -26,6 +26,8 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import mwparserfromhell
 from mwparserfromhell import nodes as wiki_nodes
 
+from pipelines import wikimarkup
+
 _CHUNK = 1 << 20
 _PAGE_OPEN = b"<page>"
 _PAGE_CLOSE = b"</page>"
@@ -258,7 +260,9 @@ _QUOTE_MARKUP = re.compile(r"'{2,}")  # bold/italic markup, left as text by skip
 
 
 def wikitext_to_paragraphs(wikitext: str) -> List[str]:
-    """Plain-text paragraphs of an article: markup rendered, templates/refs/tables/files dropped.
+    """Plain-text paragraphs of an article: markup rendered, templates/refs/tables/files dropped (mwparserfromhell).
+
+    `--wiki_markup mwparserfromhell`; the default is `wikimarkup.wikitext_to_paragraphs` (same contract, ~7x faster).
 
     Headings and list items end a paragraph, so a sentence never runs into a heading or the next item; sections
     of references and links are dropped; each returned paragraph is NFC-normalized with single spaces.
@@ -323,3 +327,7 @@ def _clean_line(line: str) -> str:
     line = _EMPTY_BRACKETS.sub("", _QUOTE_MARKUP.sub("", line))
     line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
     return line if _LETTER.search(line) else ""
+
+
+# The ways wikitext becomes paragraphs, by the name `--wiki_markup` takes; the first is the default.
+MARKUP_STRIPPERS = {"fast": wikimarkup.wikitext_to_paragraphs, "mwparserfromhell": wikitext_to_paragraphs}

@@ -6,7 +6,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data next to the checkout; TINYBERT_SHARED_DATA points elsewhere (a git worktree lives deeper).
+SHARED_DATA = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA")
+                           or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
