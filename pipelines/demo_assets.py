@@ -1,8 +1,17 @@
-"""Builds a small BERT masked LM and a GloVe-format file for running the pipelines where no model hub is reachable.
+"""Builds everything the README's demo needs where no model hub is reachable: models, GloVe file, sample texts.
 
 Usage:
   python -m pipelines.demo_assets --output demo_assets
   python -m pipelines.augment --runner=DirectRunner --model demo_assets/bert --glove demo_assets/glove.txt
+
+Writes, under --output:
+  bert/          a small BERT masked LM + tokenizer (the augmenter's model, and the general-distillation teacher)
+  teacher-sst2/  a BERT classifier with 2 labels, same size and vocab (the task teacher; untrained, so its scores
+                 mean nothing: it stands in for a fine-tuned BERT-base)
+  student.json   a 1-layer student config for the distillation commands
+  glove.txt      GloVe-format vectors
+  corpus.txt     the sample sentences as documents in the corpus pipeline's text format
+  train.tsv, dev.tsv  the sample SST-2 task
 
 The BERT has seeded random weights (its candidates mean nothing, but every code path runs as with
 bert-base-uncased); its WordPiece vocabulary is trained on the sample task, or is `--vocab` (e.g. the real
@@ -13,9 +22,11 @@ the same text, in GloVe's published text format.
 import argparse
 import collections
 import csv
+import json
 import logging
 import os
 import pathlib
+import shutil
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -52,6 +63,20 @@ def build_masked_lm(output_dir: str, tokenizer, *, layers: int = 2, hidden: int 
                         num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=512)
     model = BertForMaskedLM(config).eval()
     model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def build_classifier(output_dir: str, tokenizer, *, layers: int = 2, hidden: int = 64, heads: int = 2,
+                     intermediate: int = 128, num_labels: int = 2, seed: int = 1) -> str:
+    """Saves a randomly initialised (seeded) BertForSequenceClassification and its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=512,
+                        num_labels=num_labels)
+    BertForSequenceClassification(config).eval().save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
 
@@ -102,7 +127,19 @@ def main(argv=None):
     splitter = WordSplitter(tokenizer.backend_tokenizer)
     words, vectors = cooccurrence_vectors(splitter.split(text) for text in texts)
     glove = write_glove(os.path.join(args.output, "glove.txt"), words, vectors)
-    logging.info("wrote %s (vocab %d) and %s (%d words)", model_dir, len(tokenizer.get_vocab()), glove, len(words))
+    build_classifier(os.path.join(args.output, "teacher-sst2"), tokenizer, layers=args.layers, hidden=args.hidden,
+                     num_labels=2)
+    with open(os.path.join(args.output, "student.json"), "w", encoding="utf-8") as handle:
+        # Heads as the teacher's: attention scores are matched head by head.
+        json.dump({"num_hidden_layers": 1, "hidden_size": max(2, args.hidden // 2), "num_attention_heads": 2,
+                   "intermediate_size": args.hidden}, handle)
+    with open(os.path.join(args.output, "corpus.txt"), "w", encoding="utf-8") as handle:
+        # Documents of four sentences, one sentence a line, a blank line between documents.
+        handle.write("\n\n".join("\n".join(texts[i:i + 4]) for i in range(0, len(texts), 4)) + "\n")
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copyfile(SAMPLE_TRAIN.parent / name, os.path.join(args.output, name))
+    logging.info("wrote %s (vocab %d), teacher-sst2/, student.json, %s (%d words), corpus.txt, train.tsv, dev.tsv",
+                 model_dir, len(tokenizer.get_vocab()), glove, len(words))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ A line reads `progress  masked-LM queries  12,345 / 67,890 (18%)  205/s  ETA 0:0
 """
 
 import logging
+import os
 import threading
 import time
 from typing import Dict, Optional
 
-INTERVAL_S = 10.0
+INTERVAL_S = 10.0  # TINYBERT_PROGRESS_INTERVAL (seconds) overrides it
 
 _lock = threading.Lock()
 _meters: Dict[str, "_Meter"] = {}
@@ -57,7 +58,7 @@ def line(meter: _Meter, now: float) -> str:
 
 
 def advance(name: str, amount: int, *, total: Optional[int] = None, unit: str = "items",
-            interval: float = INTERVAL_S) -> None:
+            interval: Optional[float] = None) -> None:
     """Adds `amount` to the stage `name` of this process and logs a line if `interval` seconds have passed.
 
     Args:
@@ -67,6 +68,8 @@ def advance(name: str, amount: int, *, total: Optional[int] = None, unit: str = 
         whole total, so with several workers the percentage of one worker's line understates the run's.
       unit: "bytes" shows sizes; anything else counts.
     """
+    if interval is None:
+        interval = float(os.environ.get("TINYBERT_PROGRESS_INTERVAL", INTERVAL_S))
     now = time.time()
     with _lock:
         meter = _meters.get(name)

@@ -50,7 +50,7 @@ def test_augment_on_dask_equals_direct_runner(tmp_path, tiny_bert, tiny_glove, d
     bad.write_bytes(augment_pipeline.pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_bytes()
                     + b"\t1\nno label here\n")
     common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={bad}", "--num_aug=4", "--num_shards=3",
-              "--emit_candidates"]
+              "--emit_candidates", "--max_reject_fraction=0.5"]
     direct = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     dask = augment_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
                                  f"--output={tmp_path / 'dask'}"] + common)
@@ -75,7 +75,7 @@ def test_corpus_on_dask_equals_direct_runner(tmp_path, tiny_bert, dask_cluster):
     text = tmp_path / "corpus.txt"
     _write_corpus(text, copies=3)
     common = [f"--input={text}", "--input_format=text", f"--tokenizer={tiny_bert}", "--num_shards=3", "--epochs=2",
-              "--seed=7", "--docs_per_bucket=3", "--max_seq_len=20"]
+              "--seed=7", "--docs_per_bucket=3", "--max_seq_len=20", "--max_reject_fraction=0.5"]
     direct = corpus_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     dask = corpus_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
                                 f"--output={tmp_path / 'dask'}"] + common)

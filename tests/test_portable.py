@@ -32,7 +32,7 @@ def test_augment_on_the_portable_runner(tmp_path, tiny_bert, tiny_glove):
     train = tmp_path / "train.tsv"
     train.write_bytes(pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_bytes() + b"\t1\nno label here\n")
     common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={train}", "--num_aug=3", "--num_shards=2",
-              "--emit_candidates"]
+              "--emit_candidates", "--max_reject_fraction=0.5"]
     direct = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     portable = augment_pipeline.run(PORTABLE + [f"--output={tmp_path / 'portable'}"] + common)
     assert direct["counts"]["rejects"] == {"empty_text": 1, "wrong_column_count": 1}
@@ -44,7 +44,7 @@ def test_corpus_on_the_portable_runner(tmp_path, tiny_bert):
     text.write_bytes(b"One sentence here.\nAnd another one.\nA third.\n\nA second document.\nIt ends.\n\n"
                      b"Third document, one line.\n\nBad \xff line.\nFourth document.\nWith two lines.\n")
     common = [f"--input={text}", "--input_format=text", f"--tokenizer={tiny_bert}", "--num_shards=2", "--epochs=2",
-              "--seed=3", "--docs_per_bucket=2", "--max_seq_len=16"]
+              "--seed=3", "--docs_per_bucket=2", "--max_seq_len=16", "--max_reject_fraction=0.5"]
     direct = corpus_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     portable = corpus_pipeline.run(PORTABLE + [f"--output={tmp_path / 'portable'}"] + common)
     assert direct["counts"]["rejects"] == {"non_utf8_line": 1}
