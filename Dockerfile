@@ -8,7 +8,7 @@
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t tinybert-data:cu128 .
 #
 # The base image is the official Beam Python SDK image of the pinned Beam version (apache-beam==2.77.0 in
-# requirements.txt): its ENTRYPOINT, /opt/apache/beam/boot, is what the runners start, so it is left as it is.
+# pyproject.toml): its ENTRYPOINT, /opt/apache/beam/boot, is what the runners start, so it is left as it is.
 ARG BEAM_VERSION=2.77.0
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 
@@ -22,15 +22,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/tinybert
 
-# The pinned requirements, with torch's own index as an extra index: for the pin `torch==X` it offers `X+cpu` (or
-# `X+cu128`), which PEP 440 ranks above PyPI's plain `X`, so the build chosen by TORCH_INDEX is the one installed.
-COPY requirements.txt .
-RUN pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt \
-    && python -c "import apache_beam, torch, transformers; print(apache_beam.__version__, torch.__version__)"
-
-# The project code: DoFns are unpickled on the workers and import these packages.
+# The project and its pinned dependencies (pyproject.toml), with torch's own index as an extra index: for the pin
+# `torch==X` it offers `X+cpu` (or `X+cu128`), which PEP 440 ranks above PyPI's plain `X`, so the build chosen by
+# TORCH_INDEX is the one installed. Workers unpickle our DoFns and import these packages from site-packages.
+COPY pyproject.toml README.md ./
 COPY augment/ augment/
 COPY pipelines/ pipelines/
 COPY distill/ distill/
-COPY samples/ samples/
-ENV PYTHONPATH=/opt/tinybert
+RUN pip install --extra-index-url "${TORCH_INDEX}" . \
+    && python -c "import apache_beam, torch, transformers, pipelines.augment; print(apache_beam.__version__, torch.__version__)"

@@ -130,6 +130,10 @@ def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_c
     """
     if len(cells) != num_columns:
         raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, expected {num_columns}")
+    needed = max(list(task.text_columns) + [c if c >= 0 else -c - 1 for c in (task.label_column, task.id_column)
+                                             if c is not None]) + 1
+    if len(cells) < needed:  # the header itself is not the task's layout (it set num_columns)
+        raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, {task.name} needs at least {needed}")
     texts = _check_texts(task, [cells[i] for i in task.text_columns])
     label = _check_label(task, cells[task.label_column])
     example_id = cells[task.id_column].strip() if task.id_column is not None else str(row_index)

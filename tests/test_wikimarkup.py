@@ -7,6 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.cli import UserError
+
 from pipelines import corpus, documents, wiki
 from pipelines.wikimarkup import wikitext_to_paragraphs as strip
 from tests.test_corpus import FOOTER, HEADER, _page, _pages, _run, _write_xml, tokenizer_dir  # noqa: F401 (fixture)
@@ -125,7 +127,8 @@ def _sentences(input_format, path, wiki_markup="fast"):
     splitter_fn = corpus.SplitSentencesFn()
     splitter_fn.setup()
     read_fn = corpus.ReadDocumentsFn(input_format, wiki_markup)
-    work_items = list(corpus.SplitInputFn(input_format, 1 << 20).process({"path": str(path), "bytes": size}))
+    work_items = list(corpus.SplitInputFn(input_format, 1 << 20).process({"path": str(path), "bytes": size,
+                                                                                   "name": path.name}))
     out = []
     for work in work_items:
         for document in read_fn.process(work):
@@ -174,5 +177,5 @@ def test_wiki_markup_option_reaches_the_reader_and_manifest(tmp_path, tokenizer_
         assert manifest["wiki_markup"] == markup
         counts[markup] = manifest["counts"]["corpus"]["sentences"]
     assert counts["fast"] == counts["mwparserfromhell"] == 18
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="invalid choice: 'regex'"):
         _run(tmp_path, "bad", path, "wikipedia-xml", tokenizer_dir, "--wiki_markup=regex")

@@ -1,0 +1,99 @@
+"""Both pipelines from the shell on a Dask cluster started from the shell, as docs/scaling.md tells users to.
+
+`dask scheduler` and `dask worker` (2 processes, 1 thread each) on 127.0.0.1, started in a folder outside the
+source tree with no PYTHONPATH: the workers import the project from the installed package. The pipelines run as
+`python -m pipelines.augment|corpus --runner=DaskRunner --dask_client_address=...`, so the pipeline module is
+`__main__` in the launcher, and their outputs must equal the DirectRunner's byte for byte.
+"""
+
+import contextlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+@contextlib.contextmanager
+def _shell_cluster(folder: pathlib.Path):
+    dask = shutil.which("dask", path=str(BIN)) or shutil.which("dask")
+    if dask is None:
+        pytest.skip("the dask command is not installed")
+    scheduler_file = folder / "scheduler.json"
+    logs = [open(folder / name, "w") for name in ("scheduler.log", "workers.log")]
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                  ":0", "--scheduler-file", str(scheduler_file)], cwd=folder, env=_env(),
+                                 stdout=logs[0], stderr=subprocess.STDOUT)
+    workers = None
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert scheduler_file.exists(), (folder / "scheduler.log").read_text()
+        workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
+                                    "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
+                                    "--local-directory", str(folder / "workers")], cwd=folder, env=_env(),
+                                   stdout=logs[1], stderr=subprocess.STDOUT)
+        import json
+        address = json.loads(scheduler_file.read_text())["address"]
+        import dask.distributed
+        with dask.distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in (workers, scheduler):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for log in logs:
+            log.close()
+
+
+def _files(out: pathlib.Path):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+            and p.name != "manifest.json"}  # the manifest holds the output path
+
+
+def _run(cwd, *argv):
+    result = subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=_env())
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert, tiny_glove):
+    work = tmp_path / "work"
+    work.mkdir()
+    corpus_text = work / "corpus.txt"
+    corpus_text.write_text("".join(f"Sentence {i} of document {d} says something new .\n"
+                                   + ("\n" if i == 4 else "") for d in range(8) for i in range(5)), encoding="utf-8")
+    augment_args = ["pipelines.augment", f"--model={tiny_bert}", f"--glove={tiny_glove}", "--num_aug=3",
+                    "--num_shards=2", "--quiet"]
+    corpus_args = ["pipelines.corpus", f"--input={corpus_text}", f"--tokenizer={tiny_bert}", "--max_seq_len=24",
+                   "--num_shards=2", "--epochs=2", "--docs_per_bucket=3", "--quiet"]
+    _run(work, *augment_args, "--runner=DirectRunner", "--output=direct-aug")
+    _run(work, *corpus_args, "--runner=DirectRunner", "--output=direct-corpus")
+    with _shell_cluster(tmp_path) as address:
+        _run(work, *augment_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-aug")
+        _run(work, *corpus_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-corpus")
+    for name in ("aug", "corpus"):
+        direct, dask = _files(work / f"direct-{name}"), _files(work / f"dask-{name}")
+        assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
+        for path in direct:
+            assert direct[path] == dask[path], (name, path)
