@@ -703,6 +703,10 @@ def _check_options(options) -> None:
         import torch
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
+
+
+def _check_resources(options) -> None:
+    """One line for a GloVe file, stop-word file or model directory that is missing or unusable."""
     glove = resolve_glove(options)
     if glove is not None and not glove_exists(glove):
         raise UserError(f"GloVe file {glove} not found; pass --glove PATH to a GloVe text file "
@@ -881,8 +885,12 @@ def run(argv=None, save_main_session=False):
     options.view_as(SetupOptions).save_main_session = save_main_session
     aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
                   num_shards=4)
+    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
+    for name in ("input", "output", "model", "glove", "stop_words"):
+        setattr(aug, name, sources.absolute(getattr(aug, name), may_be_hub_name=name in ('model',)))
     _check_options(aug)
     resolved = _resolve_input(aug)
+    _check_resources(aug)
     try:
         tokenizer = load_tokenizer(aug.model)
     except Exception as error:  # the hub's and the loader's errors differ; the fix is the same

@@ -742,6 +742,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     # infer element types by decompiling every lambda, a fifth of the run's start-up. (Runtime checks are separate.)
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
     _check_options(options)
+    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
+    for name in ("input", "output", "tokenizer"):
+        setattr(options, name, sources.absolute(getattr(options, name), may_be_hub_name=name in ('tokenizer',)))
     try:
         config = instances_lib.InstanceConfig(
             max_seq_len=options.max_seq_len, short_seq_prob=options.short_seq_prob,

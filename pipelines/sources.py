@@ -200,6 +200,16 @@ def input_files(pattern: str) -> List[Dict[str, Any]]:
     return [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]
 
 
+def absolute(path: Optional[str], *, may_be_hub_name: bool = False) -> Optional[str]:
+    """A local path as an absolute one; URLs (`gs://...`), `none` and None unchanged, and with `may_be_hub_name` a
+    name that is no local path (`bert-base-uncased`, `org/model`) too, for the loader to find on the hub."""
+    if path is None or "://" in path or path.lower() == "none":
+        return path
+    if may_be_hub_name and not os.path.exists(path):
+        return path
+    return os.path.abspath(path)
+
+
 def relative_names(paths: List[str]) -> Dict[str, str]:
     """Each path's name relative to the deepest folder all of them share: unique, and stable when the set moves.
 

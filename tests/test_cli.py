@@ -41,7 +41,7 @@ def _shell(command: str, cwd: pathlib.Path, timeout: int = 600, **env) -> subpro
 def _readme_block(name: str) -> str:
     """The fenced block that follows `<!-- test: NAME -->` in README.md."""
     text = README.read_text(encoding="utf-8")
-    match = re.search(r"<!-- test: %s -->\s*```bash\n(.*?)```" % re.escape(name), text, re.S)
+    match = re.search(r"<!-- test: %s\b[^>]*-->\s*```bash\n(.*?)```" % re.escape(name), text, re.S)
     assert match, f"README.md has no block marked <!-- test: {name} -->"
     return match.group(1)
 

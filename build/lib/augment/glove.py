@@ -1,0 +1,99 @@
+"""GloVe nearest neighbours, the candidate source for words of several WordPieces.
+
+The reference keeps the first 100,000 words of the published GloVe text file, normalises every vector, and for a
+word returns the `M` words of highest cosine similarity, itself excluded, title-cased when the word is. Here the
+neighbours of many words are computed at once with a matrix product and `torch.topk` (no full sort), in float64
+as the reference's numpy code does, so the lists match it.
+"""
+
+import math
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+import torch
+
+
+class GloveFormatError(ValueError):
+    """A line of the GloVe file is not `word v1 ... vD` with the dimension of the first line."""
+
+
+class GloveIndex:
+    """The first `vocab_limit` GloVe vectors, normalised, with their words.
+
+    Build it with `from_lines` on the lines of a GloVe text file (the caller opens the file).
+    """
+
+    def __init__(self, words: Sequence[str], vectors: np.ndarray):
+        self.words: List[str] = list(words)
+        # Like the reference, a repeated word maps to its last row.
+        self.word_to_index: Dict[str, int] = {word: index for index, word in enumerate(self.words)}
+        norms = np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1))
+        self._has_norm = torch.from_numpy(norms > 0)
+        safe = np.where(norms > 0, norms, 1.0)
+        self._unit = torch.from_numpy(vectors.astype(np.float64) / safe[:, None])  # (vocab, dim)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], vocab_limit: int = 100_000) -> "GloveIndex":
+        """Parses GloVe's text format: one `word v1 ... vD` per line, most frequent first.
+
+        Raises:
+          GloveFormatError: a line with a different number of values than the first, or a non-number.
+        """
+        words: List[str] = []
+        rows: List[np.ndarray] = []
+        dim = None
+        for line_number, line in enumerate(lines, start=1):
+            if len(words) >= vocab_limit:
+                break
+            items = line.rstrip().split(" ")
+            if len(items) < 2:
+                continue
+            if dim is None:
+                dim = len(items) - 1
+            if len(items) < dim + 1:
+                raise GloveFormatError(
+                    f"GloVe line {line_number} has {len(items) - 1} values, expected {dim}; is this a GloVe text file?")
+            # Some published files (840B) hold words with spaces: the vector is always the last `dim` items.
+            word = " ".join(items[:-dim])
+            try:
+                vector = np.asarray(items[-dim:], dtype=np.float64)
+            except ValueError as error:
+                raise GloveFormatError(f"GloVe line {line_number}: {error}") from None
+            words.append(word)
+            # The reference leaves the vector of '<unk>' at zero.
+            rows.append(np.zeros(dim) if word == "<unk>" else vector)
+        if not words:
+            raise GloveFormatError("the GloVe file holds no vectors")
+        return cls(words, np.stack(rows))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def unit_vectors(self) -> torch.Tensor:
+        """(vocab, dim) float64, each row of norm 1 (zero rows stay zero)."""
+        return self._unit
+
+    def neighbours(self, words: Iterable[str], top_k: int, batch_size: int = 128) -> Dict[str, List[str]]:
+        """The `top_k` nearest words by cosine of each of `words`; [] for a word not in the index.
+
+        Every distinct word is computed once, in batches of `batch_size` rows of one matrix product (a batch holds
+        batch_size x vocab float64 similarities: 100 MB for 128 x 100,000).
+        """
+        unique = sorted(set(words))
+        known = [word for word in unique if word in self.word_to_index]
+        result: Dict[str, List[str]] = {word: [] for word in unique}
+        k = min(top_k, len(self.words) - 1)
+        for start in range(0, len(known), batch_size):
+            batch = known[start:start + batch_size]
+            rows = torch.tensor([self.word_to_index[word] for word in batch])
+            similarity = self._unit[rows] @ self._unit.T  # (batch, vocab)
+            # A zero vector has no direction: the reference's NaN similarities sort last.
+            similarity[:, ~self._has_norm] = -math.inf
+            similarity[~self._has_norm[rows]] = -math.inf
+            similarity[torch.arange(len(batch)), rows] = -math.inf  # never the word itself
+            top = torch.topk(similarity, k, dim=1).indices.tolist()
+            for word, indices in zip(batch, top):
+                found = [self.words[i] for i in indices]
+                result[word] = [w.title() for w in found] if word.istitle() else found
+        return result

@@ -1,0 +1,141 @@
+"""Masked-LM candidates for words of a single WordPiece, computed in batches.
+
+For a word at WordPiece position `i` of a sentence with pieces `p`, the reference feeds BERT
+`[CLS] p-with-p[i]-masked [SEP] p [SEP]` (segment ids 0 for `[CLS] A [SEP]`, 1 after), cut at 512 tokens, takes the
+`M` highest logits at the mask and drops the pieces that start with `##`; a mask at position 512 or later has no
+candidates. `MaskedLMScorer` computes exactly that for many queries at once:
+- identical queries are computed once;
+- queries are grouped by exact input length, so a batch needs no padding and no attention mask;
+- the vocabulary head runs only on the masked rows, not on every position;
+- batches are formed from the sorted queries it is given, so the same set of queries always gives the same batches.
+
+A query reads at most the first 511 pieces of its sentence, and only a mask before position 511 has candidates;
+`window_queries` builds just those queries, holding just those pieces, so a sentence of any length costs at most
+511 queries of bounded size (a 100k-piece sentence used to cost 100k queries of 100k pieces each).
+"""
+
+import copy
+import dataclasses
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+MAX_POSITIONS = 512
+# [CLS] + 511 pieces fill the window: the pieces a query's input can hold, and the masks that can have candidates.
+WINDOW_PIECES = MAX_POSITIONS - 1
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class MaskedQuery:
+    """One masked-LM question: the sentence's WordPiece ids (no special tokens) and the position to mask."""
+    piece_ids: Tuple[int, ...]
+    position: int
+
+
+def build_input(query: MaskedQuery, *, cls_id: int, sep_id: int, mask_id: int
+                ) -> Tuple[List[int], List[int], Optional[int]]:
+    """Token ids, segment ids and mask index of a query, cut at 512 tokens as the reference cuts them.
+
+    Returns a mask index of None when the masked piece falls at position 512 or later (no candidates).
+    """
+    # The input never holds more than WINDOW_PIECES pieces: cut before copying (a long sentence is not copied whole).
+    pieces = list(query.piece_ids[:WINDOW_PIECES])
+    masked = list(pieces)
+    if in_window(query.position):
+        masked[query.position] = mask_id
+    ids = [cls_id] + masked + [sep_id] + pieces + [sep_id]
+    segments = [0] * (len(pieces) + 2) + [1] * (len(pieces) + 1)
+    mask_index = query.position + 1
+    return ids[:MAX_POSITIONS], segments[:MAX_POSITIONS], (mask_index if mask_index < MAX_POSITIONS else None)
+
+
+def in_window(position: int) -> bool:
+    """True when a mask at piece `position` falls inside the 512-token input (it can have candidates)."""
+    return position < WINDOW_PIECES
+
+
+def window_queries(piece_ids: Sequence[int], positions: Iterable[int]) -> List[MaskedQuery]:
+    """The queries of `positions` that fall inside the window, all sharing the sentence's first 511 pieces.
+
+    `build_input` gives the same input for these as for the uncut sentence: past 511 pieces the input is
+    `[CLS]` + the first 511 pieces (one masked), segment 0 throughout, whatever the sentence's length.
+    """
+    window = tuple(piece_ids[:WINDOW_PIECES]) if len(piece_ids) > WINDOW_PIECES else tuple(piece_ids)
+    return [MaskedQuery(window, position) for position in positions if in_window(position)]
+
+
+class MaskedLMScorer:
+    """Top-`top_k` masked-LM candidates for many queries, batched.
+
+    Args:
+      model: a `BertForMaskedLM` (anything with `.bert` and `.cls` like it), in eval mode.
+      tokenizer: its Hugging Face tokenizer (for the special ids and the id -> piece table).
+      top_k: how many ids to take at the mask before `##` pieces are dropped (the reference's M).
+      max_batch_tokens: a batch holds at most this many tokens (rows x length).
+      precision: "fp32" (the reference's numbers), "bf16" (encoder in bfloat16, head in float32: for GPUs and CPUs
+        with native bf16) or "int8" (encoder Linear layers dynamically quantized to int8, head in float32: for
+        CPUs without native bf16, CPU only).
+      device: torch device for the forward passes.
+    """
+
+    def __init__(self, model, tokenizer, *, top_k: int = 15, max_batch_tokens: int = 8192,
+                 precision: str = "fp32", device: str = "cpu"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not (hasattr(model, "bert") and hasattr(model, "cls")):
+            raise ValueError("the masked-LM model must be a BertForMaskedLM (with .bert and .cls)")
+        self._device = torch.device(device)
+        # The head shares its decoder weight with the input embeddings; copy it so it stays float32 in bf16 mode.
+        self._head = copy.deepcopy(model.cls).float().to(self._device).eval()
+        self._encoder = model.bert.to(self._device).eval()
+        if precision == "bf16":
+            self._encoder = copy.deepcopy(self._encoder).to(torch.bfloat16)
+        elif precision == "int8":
+            if self._device.type != "cpu":
+                raise ValueError("precision int8 (dynamic quantization) runs on the CPU only; use bf16 on a GPU")
+            from torch.ao.quantization import quantize_dynamic
+            self._encoder = quantize_dynamic(copy.deepcopy(self._encoder), {torch.nn.Linear}, dtype=torch.qint8)
+        self._top_k = top_k
+        self._max_batch_tokens = max_batch_tokens
+        self._cls_id = tokenizer.cls_token_id
+        self._sep_id = tokenizer.sep_token_id
+        self._mask_id = tokenizer.mask_token_id
+        vocab = tokenizer.get_vocab()
+        self._id_to_piece = [""] * (max(vocab.values()) + 1)
+        for piece, index in vocab.items():
+            self._id_to_piece[index] = piece
+        self.forward_rows = 0  # how many masked inputs went through the model, for stats and tests
+
+    def _batches(self, queries: Sequence[MaskedQuery]):
+        """Yields lists of (query, ids, segments, mask_index) of one length, in a deterministic order."""
+        by_length: Dict[int, List[Tuple[MaskedQuery, List[int], List[int], int]]] = {}
+        for query in queries:
+            ids, segments, mask_index = build_input(query, cls_id=self._cls_id, sep_id=self._sep_id,
+                                                    mask_id=self._mask_id)
+            if mask_index is not None:
+                by_length.setdefault(len(ids), []).append((query, ids, segments, mask_index))
+        for length in sorted(by_length):
+            items = by_length[length]
+            rows = max(1, self._max_batch_tokens // length)
+            for start in range(0, len(items), rows):
+                yield items[start:start + rows]
+
+    @torch.inference_mode()
+    def candidates(self, queries: Iterable[MaskedQuery]) -> Dict[MaskedQuery, List[str]]:
+        """The candidate pieces of every query, best first; [] where the mask falls beyond 512 tokens."""
+        unique = sorted(set(queries))
+        result: Dict[MaskedQuery, List[str]] = {query: [] for query in unique}
+        for batch in self._batches(unique):
+            ids = torch.tensor([item[1] for item in batch], device=self._device)  # (batch, seq)
+            segments = torch.tensor([item[2] for item in batch], device=self._device)
+            mask_index = torch.tensor([item[3] for item in batch], device=self._device)
+            hidden = self._encoder(input_ids=ids, token_type_ids=segments).last_hidden_state  # (batch, seq, hidden)
+            masked = hidden[torch.arange(len(batch), device=self._device), mask_index].float()  # (batch, hidden)
+            logits = self._head(masked)  # (batch, vocab)
+            top = torch.topk(logits, self._top_k, dim=-1).indices.tolist()
+            self.forward_rows += len(batch)
+            for item, ids_row in zip(batch, top):
+                pieces = [self._id_to_piece[i] for i in ids_row]
+                result[item[0]] = [piece for piece in pieces if not piece.startswith("##")]
+        return result

@@ -1,0 +1,234 @@
+"""Task formats: which columns of a training file hold the texts, the label and the id.
+
+The eight GLUE tasks are read as the reference reads their `train.tsv` (tab-separated, no quoting, header line
+except CoLA); any other data set is a generic TSV/CSV/JSONL/Parquet table with named text and label columns.
+"""
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from augment.algorithm import DEFAULT_NUM_AUG
+
+
+class RejectedRecord(ValueError):
+    """An input record that cannot be augmented; `reason` is a short stable name for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFormat:
+    """Where a task's fields are.
+
+    Attributes:
+      name: task name ("SST-2", ..., or "generic").
+      text_fields: names of the text fields, in the order they are augmented.
+      text_columns: their column indices (GLUE) or None for named columns (generic).
+      label_column: index of the label column (negative counts from the end), or None.
+      id_column: index of the id column, or None (the data row index is the id).
+      label_list: the allowed labels, or None for any (regression: checked as a number).
+      regression: the label is a real number (STS-B).
+      has_header: the first line is a header (copied to train_aug.tsv as the reference does).
+      num_columns: the exact number of columns of a data row, or None to take the header's.
+    """
+    name: str
+    text_fields: Tuple[str, ...]
+    text_columns: Optional[Tuple[int, ...]]
+    label_column: Optional[int]
+    id_column: Optional[int]
+    label_list: Optional[Tuple[str, ...]]
+    regression: bool = False
+    has_header: bool = True
+    num_columns: Optional[int] = None
+
+    @property
+    def default_num_aug(self) -> int:
+        return DEFAULT_NUM_AUG.get(self.name, 20)
+
+
+_BINARY = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+
+GLUE_TASKS: Dict[str, TaskFormat] = {
+    "CoLA": TaskFormat("CoLA", ("sentence",), (3,), 1, None, _BINARY, has_header=False, num_columns=4),
+    "SST-2": TaskFormat("SST-2", ("sentence",), (0,), 1, None, _BINARY),
+    "MRPC": TaskFormat("MRPC", ("sentence1", "sentence2"), (3, 4), 0, None, _BINARY),
+    "STS-B": TaskFormat("STS-B", ("sentence1", "sentence2"), (7, 8), -1, 0, None, regression=True),
+    "QQP": TaskFormat("QQP", ("question1", "question2"), (3, 4), 5, 0, _BINARY),
+    "MNLI": TaskFormat("MNLI", ("sentence1", "sentence2"), (8, 9), -1, 0, ("contradiction", "entailment", "neutral")),
+    "QNLI": TaskFormat("QNLI", ("question", "sentence"), (1, 2), -1, 0, _NLI2),
+    "RTE": TaskFormat("RTE", ("sentence1", "sentence2"), (1, 2), -1, 0, _NLI2),
+}
+# Names people type for the same tasks.
+TASK_ALIASES = {name.lower(): name for name in GLUE_TASKS}
+TASK_ALIASES.update({"sst2": "SST-2", "stsb": "STS-B", "sts-b": "STS-B", "mnli-m": "MNLI"})
+
+
+def resolve_task(name: str) -> TaskFormat:
+    """The GLUE format of `name` (any case, with or without the dash).
+
+    Raises:
+      KeyError: not a GLUE task; the message lists the known ones.
+    """
+    key = TASK_ALIASES.get(name.lower())
+    if key is None:
+        raise KeyError(f"unknown task {name!r}; use one of {', '.join(GLUE_TASKS)} or --task generic "
+                       "with --text_columns")
+    return GLUE_TASKS[key]
+
+
+def generic_task(text_fields: Sequence[str], label_field: Optional[str],
+                 label_list: Optional[Sequence[str]] = None) -> TaskFormat:
+    """A named-column task (TSV/CSV with a header, JSONL, Parquet)."""
+    if not text_fields:
+        raise ValueError("a generic task needs at least one text column (--text_columns)")
+    return TaskFormat("generic", tuple(text_fields), None, None, None,
+                      tuple(label_list) if label_list else None, has_header=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One input example: its id, its row in the input, its texts (in text_fields order), and its label."""
+    example_id: str
+    row_index: int
+    texts: Tuple[str, ...]
+    label: Optional[str]
+    cells: Optional[Tuple[str, ...]] = None  # the whole GLUE row, for train_aug.tsv
+
+
+def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
+    if label is None:
+        return None
+    label = label.strip()
+    if task.regression:
+        try:
+            value = float(label)
+        except ValueError:
+            raise RejectedRecord("bad_label", f"{label!r} is not a number") from None
+        if not math.isfinite(value):
+            raise RejectedRecord("bad_label", f"{label!r} is not finite")
+    elif task.label_list is not None and label not in task.label_list:
+        raise RejectedRecord("bad_label", f"{label!r} is not one of {list(task.label_list)}")
+    return label
+
+
+def _check_texts(task: TaskFormat, texts: Sequence[Optional[str]]) -> Tuple[str, ...]:
+    for field, text in zip(task.text_fields, texts):
+        if text is None or not str(text).strip():
+            raise RejectedRecord("empty_text", f"field {field} is empty")
+    return tuple(str(text) for text in texts)
+
+
+def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_columns: int) -> Example:
+    """An example from the cells of one data row of a GLUE train.tsv.
+
+    Raises:
+      RejectedRecord: wrong column count, empty text, or a label outside the task's labels.
+    """
+    if len(cells) != num_columns:
+        raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, expected {num_columns}")
+    needed = max(list(task.text_columns) + [c if c >= 0 else -c - 1 for c in (task.label_column, task.id_column)
+                                             if c is not None]) + 1
+    if len(cells) < needed:  # the header itself is not the task's layout (it set num_columns)
+        raise RejectedRecord("wrong_column_count", f"{len(cells)} columns, {task.name} needs at least {needed}")
+    texts = _check_texts(task, [cells[i] for i in task.text_columns])
+    label = _check_label(task, cells[task.label_column])
+    example_id = cells[task.id_column].strip() if task.id_column is not None else str(row_index)
+    return Example(example_id or str(row_index), row_index, texts, label, tuple(cells))
+
+
+def parse_named_row(task: TaskFormat, record: Dict[str, object], row_index: int, *,
+                    label_field: Optional[str], id_field: Optional[str]) -> Example:
+    """An example from a named record (a CSV/TSV row with a header, a JSON object, a Parquet row).
+
+    Raises:
+      RejectedRecord: a missing column, empty text or a label outside `task.label_list`.
+    """
+    missing = [name for name in list(task.text_fields) + [label_field, id_field] if name and name not in record]
+    if missing:
+        raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
+    texts = _check_texts(task, [record[name] for name in task.text_fields])
+    raw_label = record[label_field] if label_field else None
+    label = _check_label(task, None if raw_label is None else str(raw_label))
+    example_id = str(record[id_field]).strip() if id_field else str(row_index)
+    return Example(example_id or str(row_index), row_index, texts, label)
+
+
+def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> List[str]:
+    """The cells of a GLUE row with its text fields replaced (an augmented row of train_aug.tsv)."""
+    out = list(cells)
+    for column, text in zip(task.text_columns, texts):
+        out[column] = text
+    return out
+
+
+# The GLUE tasks as the Hugging Face hub's `glue`/`nyu-mll/glue` Parquet files hold them: text columns, and the
+# label names in the order of their integer labels (ClassLabel). Binary tasks map their names to the reference's
+# "0"/"1"; the NLI tasks' names are the reference's labels themselves. A label of -1 (the test split) is rejected.
+HUB_TEXT_COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "CoLA": ("sentence",), "SST-2": ("sentence",), "MRPC": ("sentence1", "sentence2"),
+    "STS-B": ("sentence1", "sentence2"), "QQP": ("question1", "question2"), "MNLI": ("premise", "hypothesis"),
+    "QNLI": ("question", "sentence"), "RTE": ("sentence1", "sentence2"),
+}
+HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {
+    "CoLA": ("unacceptable", "acceptable"), "SST-2": ("negative", "positive"),
+    "MRPC": ("not_equivalent", "equivalent"), "STS-B": None, "QQP": ("not_duplicate", "duplicate"),
+    "MNLI": ("entailment", "neutral", "contradiction"), "QNLI": ("entailment", "not_entailment"),
+    "RTE": ("entailment", "not_entailment"),
+}
+# The header of each GLUE train.tsv (CoLA has none), for writing a hub-Parquet input's train_aug.tsv in the
+# reference layout that `task_distill.py` reads.
+GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {
+    "CoLA": None, "SST-2": ("sentence", "label"),
+    "MRPC": ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+    "STS-B": ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+              "score"),
+    "QQP": ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+    "MNLI": ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"),
+    "QNLI": ("index", "question", "sentence", "label"), "RTE": ("index", "sentence1", "sentence2", "label"),
+}
+
+
+def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> Optional[str]:
+    """The reference's label string for a hub label (an integer class, a float score, or a name)."""
+    if value is None:
+        return None
+    if task.regression:
+        return str(value)
+    if isinstance(value, str):
+        return value
+    names = list(label_names) if label_names is not None else list(HUB_LABEL_NAMES[task.name] or ())
+    index = int(value)
+    if not 0 <= index < len(names):
+        raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name} (-1 marks the test split)")
+    if task.label_list == ("0", "1"):
+        return str(index)
+    return names[index]
+
+
+def parse_hub_row(task: TaskFormat, record: Dict[str, object], row_index: int,
+                  label_names: Optional[Sequence[str]]) -> Example:
+    """An example from a row of a GLUE task's hub Parquet file (`datasets` layout), with GLUE-layout cells.
+
+    Raises:
+      RejectedRecord: a missing column, empty text, or a label outside the task's labels.
+    """
+    columns = HUB_TEXT_COLUMNS[task.name]
+    missing = [name for name in columns + ("label",) if name not in record]
+    if missing:
+        raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
+    texts = _check_texts(task, [record[name] for name in columns])
+    label = _check_label(task, hub_label_text(task, record["label"], label_names))
+    example_id = str(record["idx"]) if record.get("idx") is not None else str(row_index)
+    header = GLUE_HEADERS[task.name]
+    cells = [""] * (len(header) if header else task.num_columns)
+    for column, text in zip(task.text_columns, texts):
+        cells[column] = text
+    cells[task.label_column] = label
+    if task.id_column is not None:
+        cells[task.id_column] = example_id
+    return Example(example_id, row_index, texts, label, tuple(cells))

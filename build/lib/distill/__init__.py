@@ -1,0 +1,1 @@
+"""TinyBERT distillation: streaming reader, models, losses, trainer."""

@@ -1,0 +1,485 @@
+"""Streaming reader of the pipelines' Parquet outputs for the distillation trainer.
+
+    dataset = open_corpus("gs://bucket/shards", tokenizer=tok, batch_size=32, ...)   # general distillation
+    dataset = open_augmented("out/sst2-aug", tokenizer=tok, max_seq_len=64, ...)     # task distillation
+
+The dataset is an `IterableDataset` that yields ready, dynamically padded batches:
+- files are split by rank, then by DataLoader worker (after an epoch-seeded shuffle shared by all ranks);
+- rows are shuffled in a bounded buffer: consecutive chunks of `shuffle_buffer` rows, each permuted by a generator
+  seeded from (base seed, epoch, rank, worker, chunk), so any position can be rebuilt without replaying the epoch;
+- a position is (epoch, examples emitted per worker, last worker read): `set_position` resumes exactly there,
+  skipping whole Parquet row groups, so time to first batch does not grow with the corpus.
+It never loads a whole dataset: at most one chunk per worker is in memory.
+"""
+
+import dataclasses
+import json
+import logging
+import posixpath
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from distill.config import UserError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"  # = pipelines.outputs.MANIFEST_NAME
+SUCCESS_MARKER = "_SUCCESS"  # = pipelines.outputs.SUCCESS_MARKER
+CORPUS_KIND = "general-distillation"
+AUGMENTED_KIND = "augmented-task"
+_READ_BATCH_ROWS = 2048
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output directories and their manifests
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputDir:
+    """A finished pipeline output: its filesystem, root path and manifest."""
+    fs: Any
+    root: str
+    manifest: Dict[str, Any]
+
+    def path(self, relative: str) -> str:
+        return posixpath.join(self.root, relative)
+
+    def files(self, output_name: str) -> List[str]:
+        return [self.path(f["path"]) for f in self.manifest["outputs"][output_name]["files"]]
+
+    def rows(self, output_name: str) -> int:
+        return sum(int(f.get("rows", 0)) for f in self.manifest["outputs"][output_name]["files"])
+
+
+def open_output_dir(path: str, *, kind: str) -> OutputDir:
+    """Opens a pipeline output directory on any fsspec filesystem and checks it is finished and of `kind`.
+
+    Raises:
+      UserError: the directory is missing, has no completion marker, no manifest, or is of another kind.
+    """
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.isdir(root):
+        raise UserError(f"--data {path} does not exist or is not a directory")
+    if not fs.exists(posixpath.join(root, SUCCESS_MARKER)):
+        raise UserError(f"{path} has no {SUCCESS_MARKER} marker: the pipeline run that writes it did not finish; "
+                        "rerun it to completion, or point --data at a finished output")
+    try:
+        with fs.open(posixpath.join(root, MANIFEST_NAME), "rb") as handle:
+            manifest = json.loads(handle.read().decode("utf-8"))
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"{path} has no readable {MANIFEST_NAME} ({error}); rerun the pipeline that wrote it") from error
+    if manifest.get("kind") != kind:
+        raise UserError(f"{path} holds {manifest.get('kind')!r} data but {kind!r} is needed here "
+                        f"({'python -m pipelines.corpus' if kind == CORPUS_KIND else 'python -m pipelines.augment'} "
+                        "writes it)")
+    return OutputDir(fs, root, manifest)
+
+
+def check_tokenizer(manifest: Dict[str, Any], tokenizer, tokenizer_name: str, data_path: str) -> None:
+    """Refuses token ids made with another vocabulary than the model's.
+
+    Raises:
+      UserError: the vocab SHA-256 (or lower-casing) differs.
+    """
+    from pipelines.outputs import tokenizer_fingerprint  # the same hash the pipelines wrote
+    recorded = manifest.get("tokenizer") or {}
+    ours = tokenizer_fingerprint(tokenizer, tokenizer_name)
+    if recorded.get("vocab_sha256") != ours["vocab_sha256"]:
+        raise UserError(
+            f"{data_path} was tokenized with {recorded.get('name_or_path')!r} (vocab sha256 "
+            f"{str(recorded.get('vocab_sha256'))[:12]}..., {recorded.get('vocab_size')} tokens) but the model's "
+            f"tokenizer {tokenizer_name!r} has vocab sha256 {ours['vocab_sha256'][:12]}... ({ours['vocab_size']} "
+            "tokens); regenerate the shards with the teacher's tokenizer or pass the matching --teacher/--tokenizer")
+    if "do_lower_case" in recorded and bool(recorded["do_lower_case"]) != ours["do_lower_case"]:
+        raise UserError(f"{data_path} was tokenized with do_lower_case={recorded['do_lower_case']} but the model's "
+                        f"tokenizer lower-cases: {ours['do_lower_case']}; regenerate the shards with the teacher's "
+                        "tokenizer")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoded rows and batches
+
+
+@dataclasses.dataclass
+class EncodedRows:
+    """Token ids of many examples, flat: example i is values[offsets[i]:offsets[i + 1]].
+
+    segment_a_len[i] tokens ("[CLS] A [SEP]") have token type 0, the rest 1. `labels` (float32, NaN where a row
+    has none) is present only when the reader was asked for regression labels.
+    """
+    values: np.ndarray
+    offsets: np.ndarray
+    segment_a_len: np.ndarray
+    labels: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.segment_a_len)
+
+
+def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int,
+            pad_to: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Pads the chosen examples to the longest of them, or to `pad_to` tokens: input_ids, token_type_ids,
+    attention_mask (batch, seq), plus float32 `labels` (batch,) when the rows carry them.
+
+    Raises:
+      UserError: an example is longer than `pad_to`.
+    """
+    indices = np.asarray(indices)
+    starts, ends = rows.offsets[indices], rows.offsets[indices + 1]
+    lengths = ends - starts
+    width = int(lengths.max())
+    if pad_to is not None:
+        if width > pad_to:
+            raise UserError(f"an example has {width} tokens, more than the {pad_to} it is padded to; raise "
+                            "--max_seq_len (task data) or drop --pad_to_max_length")
+        width = pad_to
+    input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        input_ids[row, :end - start] = rows.values[start:end]
+    positions = np.arange(width)[None, :]
+    attention_mask = positions < lengths[:, None]
+    token_type_ids = (positions >= rows.segment_a_len[indices][:, None]) & attention_mask
+    batch = {"input_ids": torch.from_numpy(input_ids),
+             "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
+             "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
+    if rows.labels is not None:
+        batch["labels"] = torch.from_numpy(np.ascontiguousarray(rows.labels[indices], dtype=np.float32))
+    return batch
+
+
+def encode_corpus_rows(table: pa.Table) -> EncodedRows:
+    """Corpus rows already hold token ids: no tokenization, only Arrow buffers viewed as numpy."""
+    ids = table.column("input_ids").combine_chunks()
+    if isinstance(ids, pa.ChunkedArray):  # an empty table
+        ids = pa.array([], type=table.schema.field("input_ids").type)
+    offsets = ids.offsets.to_numpy().astype(np.int64)
+    values = ids.values.to_numpy(zero_copy_only=False)
+    if ids.offset or offsets[0]:  # a sliced array: make offsets start at 0
+        values = values[offsets[0]:offsets[-1]]
+        offsets = offsets - offsets[0]
+    segment_a = table.column("segment_a_len").to_numpy().astype(np.int64)
+    return EncodedRows(values, offsets, segment_a)
+
+
+def encode_texts(tokenizer, texts: Sequence[Tuple[str, ...]], max_seq_len: int) -> EncodedRows:
+    """Tokenizes single sentences or pairs with the fast tokenizer, in one batch call."""
+    if not texts:
+        return EncodedRows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
+    first = [t[0] or "" for t in texts]
+    second = [t[1] or "" for t in texts] if len(texts[0]) > 1 else None
+    encoded = tokenizer(first, second, truncation=True, max_length=max_seq_len, return_token_type_ids=True,
+                        return_attention_mask=False)
+    ids = encoded["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.fromiter((token for x in ids for token in x), dtype=np.int64, count=int(offsets[-1]))
+    segment_b = np.fromiter((sum(x) for x in encoded["token_type_ids"]), dtype=np.int64, count=len(ids))
+    return EncodedRows(values, offsets, lengths - segment_b)
+
+
+def float_labels(column) -> np.ndarray:
+    """A label column (strings as pipelines.augment writes them, or numbers) as float32; NaN where a row has no
+    label or one that is not a finite number (the trainer refuses those rows where it needs the label)."""
+    try:
+        values = pc.cast(column, pa.float64())  # "3.800" -> 3.8, null stays null
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = pa.array([_parse_float(v) for v in column.to_pylist()], type=pa.float64())
+    labels = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)  # nulls come back as NaN
+    labels[~np.isfinite(labels)] = np.nan
+    return labels
+
+
+def _parse_float(value) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def augmented_encoder(tokenizer, text_fields: Sequence[str], max_seq_len: int, *,
+                      label_field: Optional[str] = None) -> Callable[[pa.Table], EncodedRows]:
+    """An encoder for augmented-task rows: the text fields tokenized on the fly; with `label_field`, that column
+    read as float regression labels (see `float_labels`)."""
+    fields = list(text_fields)
+
+    def encode(table: pa.Table) -> EncodedRows:
+        columns = [table.column(name).to_pylist() for name in fields]
+        rows = encode_texts(tokenizer, list(zip(*columns)), max_seq_len)
+        if label_field is not None:
+            rows.labels = float_labels(table.column(label_field))
+        return rows
+
+    return encode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The streaming dataset
+
+
+@dataclasses.dataclass
+class ReaderPosition:
+    """Where a rank's reader is: the epoch, examples emitted per logical worker, and the worker read last."""
+    epoch: int = 0
+    emitted: Dict[int, int] = dataclasses.field(default_factory=dict)
+    last_worker: int = -1
+
+    def advance(self, batch: Dict[str, Any]) -> None:
+        worker = int(batch["worker"])
+        self.emitted[worker] = int(batch["emitted"])
+        self.last_worker = worker
+
+    def next_epoch(self) -> None:
+        self.epoch, self.emitted, self.last_worker = self.epoch + 1, {}, -1
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch, "emitted": {str(k): v for k, v in self.emitted.items()},
+                "last_worker": self.last_worker}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "ReaderPosition":
+        return cls(int(values["epoch"]), {int(k): int(v) for k, v in values["emitted"].items()},
+                   int(values["last_worker"]))
+
+
+class ShardStream(IterableDataset):
+    """Dynamically padded batches streamed from Parquet files; use with `DataLoader(batch_size=None)`.
+
+    Each batch is a dict of (batch, seq) int64 tensors (and float32 "labels" (batch,) when the encoder reads them)
+    plus "worker" (the logical worker that read it) and "emitted" (how many examples that worker has emitted this
+    epoch, this batch included), which the trainer folds into a `ReaderPosition`.
+
+    Args:
+      fs: an fsspec filesystem.
+      files_by_epoch: the Parquet paths of each data epoch; training epoch e reads entry e % len(files_by_epoch).
+      columns: the columns to read.
+      encoder: turns a pyarrow Table of rows into `EncodedRows`.
+      batch_size: examples per batch (the last batch of a worker's epoch may be smaller; it is kept).
+      shuffle_buffer: rows per shuffled chunk.
+      seed: base seed.
+      rank, world_size: this process's place in the DDP group.
+      num_workers: DataLoader workers that will iterate this dataset (0 = the main process).
+      pad_id: the tokenizer's padding id.
+      pad_to: pad every batch to this many tokens (the reference's fixed width) instead of its longest row.
+    """
+
+    def __init__(self, *, fs, files_by_epoch: Sequence[Sequence[str]], columns: Sequence[str],
+                 encoder: Callable[[pa.Table], EncodedRows], batch_size: int, shuffle_buffer: int, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, pad_id: int = 0,
+                 pad_to: Optional[int] = None):
+        super().__init__()
+        self.fs = fs
+        self.files_by_epoch = [list(files) for files in files_by_epoch]
+        self.columns = list(columns)
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.pad_id = pad_id
+        self.pad_to = pad_to
+        self.position = ReaderPosition()
+        smallest = min(len(files) for files in self.files_by_epoch)
+        if smallest < world_size:
+            raise UserError(f"the data has {smallest} files per epoch, fewer than the {world_size} training "
+                            "processes; write more shards (--num_shards) or use fewer processes")
+        if smallest < world_size * max(num_workers, 1):
+            logger.warning("%d files per epoch for %d processes x %d workers: some workers will be idle",
+                           smallest, world_size, max(num_workers, 1))
+
+    def set_position(self, position: ReaderPosition) -> None:
+        """Where the next iteration starts; set before creating the DataLoader iterator."""
+        self.position = ReaderPosition.from_dict(position.to_dict())
+
+    def worker_files(self, epoch: int, worker: int) -> List[str]:
+        """The files logical `worker` of this rank reads in `epoch`: shuffled per epoch, then rank, then worker."""
+        files = self.files_by_epoch[epoch % len(self.files_by_epoch)]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(files))  # the same on every rank
+        rank_files = [files[i] for i in order][self.rank::self.world_size]
+        return rank_files[worker::max(self.num_workers, 1)]
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        info = get_worker_info()
+        workers = max(self.num_workers, 1)
+        physical = info.id if info is not None else 0
+        if info is not None and info.num_workers != workers:
+            raise RuntimeError(f"ShardStream built for {self.num_workers} workers but the DataLoader has "
+                               f"{info.num_workers}")
+        # The DataLoader asks its workers in turn starting from worker 0; rotating the logical ids makes physical
+        # worker 0 play the worker whose batch comes next, so a resumed run sees batches in the original order.
+        logical = (physical + self.position.last_worker + 1) % workers
+        epoch = self.position.epoch
+        start = self.position.emitted.get(logical, 0)
+        emitted = start
+        for indices, rows in self._shuffled_examples(epoch, logical, start):
+            batch = collate(rows, indices, self.pad_id, self.pad_to)
+            emitted += len(indices)
+            batch["worker"], batch["emitted"] = logical, emitted
+            yield batch
+
+    def _shuffled_examples(self, epoch: int, worker: int, start: int) -> Iterator[Tuple[np.ndarray, EncodedRows]]:
+        """(indices into rows, rows) per batch, from example `start` of this worker's epoch stream."""
+        chunk_index, skip = divmod(start, self.shuffle_buffer)
+        chunks = self._chunks(self.worker_files(epoch, worker), chunk_index * self.shuffle_buffer)
+        pending: List[Tuple[np.ndarray, EncodedRows]] = []  # a batch can straddle two chunks
+        pending_count = 0
+        for table in chunks:
+            rows = self.encoder(table)
+            rng = np.random.default_rng([self.seed, epoch, self.rank, worker, chunk_index])
+            order = rng.permutation(len(rows))[skip:]
+            chunk_index, skip = chunk_index + 1, 0
+            cursor = 0
+            while cursor < len(order):
+                take = min(self.batch_size - pending_count, len(order) - cursor)
+                pending.append((order[cursor:cursor + take], rows))
+                pending_count += take
+                cursor += take
+                if pending_count == self.batch_size:
+                    yield _merge(pending)
+                    pending, pending_count = [], 0
+        if pending_count:
+            yield _merge(pending)
+
+    def _chunks(self, files: Sequence[str], start_row: int) -> Iterator[pa.Table]:
+        """Tables of `shuffle_buffer` consecutive rows (the last may be shorter), from row `start_row` on."""
+        buffered: List[pa.RecordBatch] = []
+        buffered_rows = 0
+        for record_batch in self._record_batches(files, start_row):
+            buffered.append(record_batch)
+            buffered_rows += record_batch.num_rows
+            while buffered_rows >= self.shuffle_buffer:
+                table = pa.Table.from_batches(buffered)
+                yield table.slice(0, self.shuffle_buffer)
+                rest = table.slice(self.shuffle_buffer)
+                buffered, buffered_rows = rest.to_batches(), rest.num_rows
+        if buffered_rows:
+            yield pa.Table.from_batches(buffered)
+
+    def _record_batches(self, files: Sequence[str], start_row: int) -> Iterator[pa.RecordBatch]:
+        skip = start_row
+        for path in files:
+            with self.fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                if skip >= parquet.metadata.num_rows:
+                    skip -= parquet.metadata.num_rows
+                    continue
+                groups = []
+                for group in range(parquet.metadata.num_row_groups):
+                    group_rows = parquet.metadata.row_group(group).num_rows
+                    if skip >= group_rows:  # whole row groups are skipped without being read
+                        skip -= group_rows
+                    else:
+                        groups.append(group)
+                for record_batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=groups,
+                                                         columns=self.columns):
+                    if skip:
+                        dropped = min(skip, record_batch.num_rows)
+                        record_batch, skip = record_batch.slice(dropped), skip - dropped
+                    if record_batch.num_rows:
+                        yield record_batch
+
+
+def _merge(parts: List[Tuple[np.ndarray, EncodedRows]]) -> Tuple[np.ndarray, EncodedRows]:
+    if len(parts) == 1:
+        return parts[0]
+    # Rebase the second chunk's examples after the first's so one collate call pads them all.
+    values, offsets, segment_a, indices, labels = [], [np.zeros(1, np.int64)], [], [], []
+    base_values, base_rows = 0, 0
+    for part_indices, rows in parts:
+        starts, ends = rows.offsets[part_indices], rows.offsets[part_indices + 1]
+        pieces = [rows.values[s:e] for s, e in zip(starts, ends)]
+        values.extend(pieces)
+        lengths = ends - starts
+        offsets.append(base_values + np.cumsum(lengths))
+        segment_a.append(rows.segment_a_len[part_indices])
+        if rows.labels is not None:
+            labels.append(rows.labels[part_indices])  # in the same order as the rows above
+        indices.append(np.arange(len(part_indices)) + base_rows)
+        base_values += int(lengths.sum())
+        base_rows += len(part_indices)
+    merged = EncodedRows(np.concatenate(values), np.concatenate(offsets), np.concatenate(segment_a),
+                         np.concatenate(labels) if labels else None)
+    return np.concatenate(indices), merged
+
+
+def _epoch_outputs(manifest: Dict[str, Any]) -> List[str]:
+    names = sorted((name for name in manifest["outputs"] if name.startswith("epoch-")),
+                   key=lambda name: int(name.split("-", 1)[1]))
+    if not names:
+        raise UserError("the corpus manifest lists no epoch-N outputs; rerun python -m pipelines.corpus")
+    return names
+
+
+def open_corpus(path: str, *, tokenizer, tokenizer_name: str, batch_size: int, shuffle_buffer: int, seed: int,
+                rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                pad_to_max_length: bool = False) -> Tuple[ShardStream, OutputDir]:
+    """A stream over general-distillation shards, refused unless finished and tokenized like the model.
+
+    Args:
+      pad_to_max_length: pad every batch to the corpus's `max_seq_len` (from its manifest), as the reference does.
+
+    Raises:
+      UserError: see `open_output_dir` and `check_tokenizer`.
+    """
+    output = open_output_dir(path, kind=CORPUS_KIND)
+    check_tokenizer(output.manifest, tokenizer, tokenizer_name, path)
+    files_by_epoch = [output.files(name) for name in _epoch_outputs(output.manifest)]
+    stream = ShardStream(fs=output.fs, files_by_epoch=files_by_epoch, columns=["input_ids", "segment_a_len"],
+                         encoder=encode_corpus_rows, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
+                         rank=rank, world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
+                         pad_to=int(output.manifest["max_seq_len"]) if pad_to_max_length else None)
+    return stream, output
+
+
+def corpus_rows_per_epoch(output: OutputDir) -> int:
+    names = _epoch_outputs(output.manifest)
+    return max(1, min(output.rows(name) for name in names))
+
+
+def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, shuffle_buffer: int, seed: int,
+                   rank: int = 0, world_size: int = 1, num_workers: int = 0, regression_labels: bool = False,
+                   pad_to_max_length: bool = False) -> Tuple[ShardStream, OutputDir]:
+    """A stream over an augmented task directory, tokenized on the fly with the (teacher's) fast tokenizer.
+
+    Args:
+      pad_to_max_length: pad every batch to `max_seq_len`, as the reference does.
+      regression_labels: also read the label column as float and add `labels` (batch,) to each batch (STS-B's
+        prediction stage against the gold labels); rows without a numeric label get NaN.
+
+    Raises:
+      UserError: see `open_output_dir`; also a manifest without text fields, or regression labels asked of a
+        classification task's data.
+    """
+    output = open_output_dir(path, kind=AUGMENTED_KIND)
+    text_fields = output.manifest.get("text_fields") or []
+    if not text_fields or "data" not in output.manifest.get("outputs", {}):
+        raise UserError(f"{path}: the manifest names no text_fields or data output; rerun python -m pipelines.augment")
+    label_field = None
+    if regression_labels:
+        if output.manifest.get("label_list") is not None:
+            raise UserError(f"{path} holds a classification task ({output.manifest.get('task')}, labels "
+                            f"{output.manifest['label_list']}); regression labels need a regression task such as STS-B")
+        label_field = output.manifest.get("label_field") or "label"
+    columns = list(text_fields) + ([label_field] if label_field and label_field not in text_fields else [])
+    stream = ShardStream(fs=output.fs, files_by_epoch=[output.files("data")], columns=columns,
+                         encoder=augmented_encoder(tokenizer, text_fields, max_seq_len, label_field=label_field),
+                         batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
+                         world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
+                         pad_to=max_seq_len if pad_to_max_length else None)
+    return stream, output
+
+
+def make_loader(stream: ShardStream) -> torch.utils.data.DataLoader:
+    """The DataLoader for a stream: batches are already made, so batch_size=None; workers persist per iterator."""
+    # Its own generator: creating an iterator must not draw from the global RNG that drives dropout, or a resumed
+    # run (which creates its iterator at another moment) would diverge.
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.num_workers,
+                                       prefetch_factor=4 if stream.num_workers else None,
+                                       generator=torch.Generator().manual_seed(stream.seed))

@@ -1,0 +1,172 @@
+"""Teacher and student models, and pre-softmax attention scores without copying BERT's code.
+
+The scores come from an attention function registered with transformers' `AttentionInterface` (and the boolean
+mask function that goes with it): it computes `QK^T * scaling`, fills masked keys with -10000 as the reference
+does, and returns those scores as the layer's "attention weights", so `output_attentions=True` hands them back.
+"""
+
+import json
+import logging
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from distill.config import UserError
+
+logger = logging.getLogger(__name__)
+
+SCORES_ATTENTION = "tinybert_scores"
+FIT_DENSE_NAME = "fit_dense.pt"
+MASKED_FILL = -10000.0
+
+STUDENT_PRESETS = {
+    "4L-312H": {"num_hidden_layers": 4, "hidden_size": 312, "intermediate_size": 1200, "num_attention_heads": 12},
+    "6L-768H": {"num_hidden_layers": 6, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+}
+STUDENT_PRESETS["4L-312H-1200I"] = STUDENT_PRESETS["4L-312H"]
+
+
+def _scores_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **unused_kwargs):
+    """Eager attention that returns the pre-softmax scores instead of the probabilities."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, seq, seq)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # True = attend
+            scores = scores.masked_fill(~attention_mask, MASKED_FILL)
+        else:  # additive float mask (0 or dtype min): cap at the reference's -10000
+            scores = scores + attention_mask.clamp(min=MASKED_FILL).to(scores.dtype)
+    probs = torch.nn.functional.softmax(scores, dim=-1)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (batch, seq, heads, head_dim)
+    return output, scores
+
+
+def register_scores_attention() -> None:
+    """Registers the scores-returning attention (idempotent); call before building or loading models."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(SCORES_ATTENTION, _scores_attention)
+    AttentionMaskInterface.register(SCORES_ATTENTION, sdpa_mask)  # boolean mask, None when nothing is padded
+
+
+def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optional[int] = None) -> nn.Module:
+    """Loads a Hugging Face BERT teacher, frozen, in eval mode, returning attention scores.
+
+    Args:
+      name_or_path: hub name or directory.
+      classification: load `BertForSequenceClassification` (task distillation) rather than `BertModel`.
+      num_labels: expected label count for a classification teacher.
+
+    Raises:
+      UserError: it cannot be loaded or its label count differs.
+    """
+    from transformers import BertForSequenceClassification, BertModel
+    register_scores_attention()
+    model_class = BertForSequenceClassification if classification else BertModel
+    try:
+        model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load teacher {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    if classification and num_labels is not None and model.config.num_labels != num_labels:
+        raise UserError(f"teacher {name_or_path} has {model.config.num_labels} labels but the task has {num_labels}; "
+                        "pass a teacher fine-tuned on this task")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def student_config(spec: str, teacher_config):
+    """A BertConfig for the student: a preset name, a config.json path, or a model directory.
+
+    Vocabulary, positions and token types always come from the teacher, which reads the same token ids.
+    """
+    from transformers import BertConfig
+    if spec in STUDENT_PRESETS:
+        config = BertConfig(**STUDENT_PRESETS[spec])
+    elif os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as handle:
+            config = BertConfig(**json.load(handle))
+    elif os.path.isdir(spec):
+        config = BertConfig.from_pretrained(spec)
+    else:
+        raise UserError(f"--student {spec!r} is neither a preset ({', '.join(sorted(STUDENT_PRESETS))}), "
+                        "a config.json nor a model directory")
+    config.vocab_size = teacher_config.vocab_size
+    config.max_position_embeddings = teacher_config.max_position_embeddings
+    config.type_vocab_size = teacher_config.type_vocab_size
+    if config.num_attention_heads != teacher_config.num_attention_heads:
+        raise UserError(f"student has {config.num_attention_heads} attention heads and the teacher "
+                        f"{teacher_config.num_attention_heads}; attention-score distillation needs the same count")
+    return config
+
+
+class Student(nn.Module):
+    """The student BERT plus the `fit_dense` projection of its hidden states to the teacher's width."""
+
+    def __init__(self, bert: nn.Module, teacher_hidden: int):
+        super().__init__()
+        self.bert = bert
+        self.fit_dense = nn.Linear(bert.config.hidden_size, teacher_hidden)
+
+    def forward(self, *, project: bool = True, **inputs):
+        """BERT's outputs as a dict, plus `projected_hidden_states` (each hidden state through fit_dense) when `project`.
+
+        The projection happens inside forward so that DDP sees fit_dense's use (it must not be called outside).
+        """
+        outputs = dict(self.bert(**inputs))  # a plain dict: DDP rebuilds outputs and ModelOutput rejects new keys
+        if project and outputs.get("hidden_states") is not None:
+            outputs["projected_hidden_states"] = tuple(self.fit_dense(h) for h in outputs["hidden_states"])
+        return outputs
+
+
+def build_student(spec: str, teacher: nn.Module, *, classification: bool,
+                  num_labels: Optional[int] = None) -> Student:
+    """Builds (preset/config) or loads (directory) the student; loads `fit_dense` kept beside a saved student.
+
+    Raises:
+      UserError: a bad spec, or heads that differ from the teacher's.
+    """
+    from transformers import BertForSequenceClassification, BertModel
+    register_scores_attention()
+    config = student_config(spec, teacher.config)
+    model_class = BertForSequenceClassification if classification else BertModel
+    if classification:
+        config.num_labels = num_labels or teacher.config.num_labels
+        config.problem_type = teacher.config.problem_type
+        config.id2label, config.label2id = teacher.config.id2label, teacher.config.label2id
+    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, name))
+                                   for name in ("model.safetensors", "pytorch_model.bin")):
+        bert = model_class.from_pretrained(spec, config=config, attn_implementation=SCORES_ATTENTION)
+    else:
+        config._attn_implementation = SCORES_ATTENTION
+        bert = model_class(config)
+    student = Student(bert, teacher.config.hidden_size)
+    fit_path = os.path.join(spec, FIT_DENSE_NAME) if os.path.isdir(spec) else ""
+    if fit_path and os.path.exists(fit_path):
+        state = torch.load(fit_path, map_location="cpu", weights_only=True)
+        if state["weight"].shape == student.fit_dense.weight.shape:
+            student.fit_dense.load_state_dict(state)
+        else:
+            logger.warning("ignoring %s: its shape %s does not fit this teacher", fit_path, tuple(state["weight"].shape))
+    return student
+
+
+def save_student(student: Student, tokenizer, output_dir: str) -> None:
+    """Saves the student with `save_pretrained` (loadable by transformers directly), its tokenizer and fit_dense."""
+    os.makedirs(output_dir, exist_ok=True)
+    student.bert.save_pretrained(output_dir)  # the config does not record our attention function
+    tokenizer.save_pretrained(output_dir)
+    torch.save(student.fit_dense.state_dict(), os.path.join(output_dir, FIT_DENSE_NAME))
+
+
+def forward_with_internals(model: nn.Module, batch, **kwargs) -> Tuple[Optional[torch.Tensor], tuple, tuple]:
+    """Runs a BERT (base or classifier) or a Student and returns (logits or None, attention scores, hidden states);
+    a Student's hidden states come back projected by fit_dense."""
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], output_attentions=True, output_hidden_states=True,
+                    **kwargs)
+    hidden = outputs.get("projected_hidden_states") or outputs.get("hidden_states")
+    return outputs.get("logits"), outputs.get("attentions"), hidden

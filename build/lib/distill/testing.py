@@ -1,0 +1,178 @@
+"""Tiny, self-made fixtures for tests and benchmarks: tokenizer, BERT teachers, corpus and augmented directories.
+
+They follow the data contracts the pipelines write (manifest.json + Parquet + `_SUCCESS`), so the reader is tested
+against the contract, not against one pipeline's implementation.
+"""
+
+import json
+import os
+import pathlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARED_VOCAB = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "bert-base-uncased-vocab.txt"
+
+WORDS = ("the a film movie story actor plot scene good bad great boring funny sad long short music love hate "
+         "fine dull bright dark slow fast clever silly warm cold old new strong weak best worst").split()
+
+
+def make_tokenizer(directory: str):
+    """A BertTokenizerFast: the shared bert-base-uncased vocab where present, else a small WordPiece vocab."""
+    from transformers import BertTokenizerFast
+    os.makedirs(directory, exist_ok=True)
+    vocab_path = os.path.join(directory, "vocab.txt")
+    if SHARED_VOCAB.is_file():
+        vocab = SHARED_VOCAB.read_text(encoding="utf-8")
+    else:
+        specials = ["[PAD]"] + [f"[unused{i}]" for i in range(10)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        vocab = "\n".join(specials + sorted(set(WORDS)) + letters + ["##" + c for c in letters] +
+                          list(".,!?'")) + "\n"
+    with open(vocab_path, "w", encoding="utf-8") as handle:
+        handle.write(vocab)
+    tokenizer = BertTokenizerFast(vocab=vocab_path, do_lower_case=True)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_teacher(directory: str, tokenizer, *, layers: int = 4, hidden: int = 48, heads: int = 12,
+                 intermediate: int = 96, num_labels: Optional[int] = None, seed: int = 0) -> str:
+    """Saves a random tiny BERT (BertModel, or BertForSequenceClassification with num_labels) and its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128)
+    if num_labels is not None:
+        config.num_labels = num_labels
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_student_config(path: str, *, layers: int = 2, hidden: int = 24, heads: int = 12,
+                         intermediate: int = 48) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+                   "intermediate_size": intermediate}, handle)
+    return path
+
+
+def _fingerprint(tokenizer, name: str) -> Dict:
+    from pipelines.outputs import tokenizer_fingerprint
+    return tokenizer_fingerprint(tokenizer, name)
+
+
+def corpus_row(tokenizer, rng: np.random.Generator, serial: int, max_seq_len: int) -> Dict:
+    """One instance [CLS] A [SEP] B [SEP]; A starts with two tokens that encode `serial` so tests can find it."""
+    vocab_words = [tokenizer.convert_tokens_to_ids(w) for w in WORDS]
+    length_a = int(rng.integers(3, max_seq_len // 2 - 2))
+    length_b = int(rng.integers(1, max_seq_len - length_a - 4))
+    tag = [1000 + serial // 1000, 1000 + serial % 1000]
+    body_a = list(rng.choice(vocab_words, size=length_a))
+    body_b = list(rng.choice(vocab_words, size=length_b))
+    ids = [tokenizer.cls_token_id] + tag + body_a + [tokenizer.sep_token_id] + body_b + [tokenizer.sep_token_id]
+    return {"input_ids": ids, "segment_a_len": 4 + length_a, "is_random_next": bool(rng.integers(2)),
+            "masked_lm_positions": [], "masked_lm_labels": [], "instance_id": f"doc-{serial}"}
+
+
+def serial_of(input_ids: Sequence[int]) -> int:
+    """The `serial` that `corpus_row` wrote into an instance."""
+    return (int(input_ids[1]) - 1000) * 1000 + int(input_ids[2]) - 1000
+
+
+CORPUS_SCHEMA = pa.schema([
+    pa.field("input_ids", pa.list_(pa.uint16())), pa.field("segment_a_len", pa.int16()),
+    pa.field("is_random_next", pa.bool_()), pa.field("masked_lm_positions", pa.list_(pa.int32())),
+    pa.field("masked_lm_labels", pa.list_(pa.string())), pa.field("instance_id", pa.string())])
+
+
+def write_corpus(directory: str, tokenizer, *, tokenizer_name: str = "test-tokenizer", files: int = 4,
+                 rows_per_file: int = 50, epochs: int = 2, max_seq_len: int = 32, seed: int = 0,
+                 row_group_size: int = 16, success: bool = True) -> str:
+    """A general-distillation directory following the pipelines' contract; serials are unique across it."""
+    rng = np.random.default_rng(seed)
+    outputs = {}
+    serial = 0
+    for epoch in range(epochs):
+        entries = []
+        for index in range(files):
+            rows = []
+            for _ in range(rows_per_file):
+                rows.append(corpus_row(tokenizer, rng, serial, max_seq_len))
+                serial += 1
+            relative = f"epoch-{epoch}/part-{index:05d}-of-{files:05d}.parquet"
+            os.makedirs(os.path.join(directory, f"epoch-{epoch}"), exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA), os.path.join(directory, relative),
+                           row_group_size=row_group_size)
+            entries.append({"path": relative, "rows": len(rows), "tokens": sum(len(r["input_ids"]) for r in rows)})
+        outputs[f"epoch-{epoch}"] = {"subdir": f"epoch-{epoch}", "num_shards": files, "files": entries,
+                                     "totals": {"rows": files * rows_per_file}}
+    manifest = {"format_version": 1, "kind": "general-distillation", "max_seq_len": max_seq_len,
+                "tokenizer": _fingerprint(tokenizer, tokenizer_name), "outputs": outputs, "counts": {}}
+    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+    if success:
+        open(os.path.join(directory, "_SUCCESS"), "w").close()
+    return directory
+
+
+def _sentence(rng: np.random.Generator, low: int = 3, high: int = 12) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high))))
+
+
+def write_augmented(directory: str, tokenizer, *, task: str = "SST-2", text_fields: Sequence[str] = ("sentence",),
+                    label_list: Optional[List[str]] = ("0", "1"), examples: int = 40, augmentations: int = 3,
+                    files: int = 2, seed: int = 0, missing_labels: int = 0) -> str:
+    """An augmented-task directory following `pipelines.augment`'s contract (originals have aug_index 0).
+
+    Regression data (`label_list=None`) gets scores "0.00".."5.00" as strings, as the pipeline writes them; the first
+    `missing_labels` examples get a null label (which the pipeline itself never writes for STS-B)."""
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([pa.field("example_id", pa.string()), pa.field("row_index", pa.int64()),
+                        pa.field("aug_index", pa.int32()), pa.field("augmented_field", pa.string())]
+                       + [pa.field(name, pa.string()) for name in text_fields]
+                       + [pa.field("label", pa.string()), pa.field("replaced_word_indices", pa.list_(pa.int32()))])
+    shards: List[List[Dict]] = [[] for _ in range(files)]
+    for index in range(examples):
+        label = (str(rng.choice(label_list)) if label_list else f"{rng.uniform(0, 5):.2f}")
+        if index < missing_labels:
+            label = None
+        for aug in range(augmentations + 1):
+            row = {"example_id": f"train-{index}", "row_index": index, "aug_index": aug,
+                   "augmented_field": None if aug == 0 else text_fields[0], "label": label,
+                   "replaced_word_indices": [] if aug == 0 else [0]}
+            for name in text_fields:
+                row[name] = _sentence(rng)
+            shards[index % files].append(row)
+    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    entries = []
+    for index, rows in enumerate(shards):
+        relative = f"data/part-{index:05d}-of-{files:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), os.path.join(directory, relative))
+        entries.append({"path": relative, "rows": len(rows)})
+    manifest = {"format_version": 1, "kind": "augmented-task", "task": task, "text_fields": list(text_fields),
+                "label_field": "label", "label_list": list(label_list) if label_list else None,
+                "tokenizer": _fingerprint(tokenizer, "test-tokenizer"),
+                "outputs": {"data": {"subdir": "data", "num_shards": files, "files": entries,
+                                     "totals": {"rows": sum(len(r) for r in shards)}}}, "counts": {}}
+    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+    open(os.path.join(directory, "_SUCCESS"), "w").close()
+    return directory
+
+
+def write_sst2_dev(path: str, *, rows: int = 20, malformed: int = 1, seed: int = 1) -> str:
+    """An SST-2 dev.tsv (header, sentence, label) with `malformed` broken rows at the end."""
+    rng = np.random.default_rng(seed)
+    lines = ["sentence\tlabel"] + [f"{_sentence(rng)}\t{rng.integers(2)}" for _ in range(rows)]
+    lines += ["a row without its label"] * malformed
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,454 @@
+"""One trainer for TinyBERT's general and task-specific distillation; stages differ by configuration only.
+
+The loop is flat, in nanoGPT's order: learning rate, periodic eval/checkpoint, micro-steps with accumulation,
+clip, step, zero_grad, log, stop. `_loss_step(batch)` returns the named loss terms; `save_checkpoint()` is the only
+place a resumable state is written.
+"""
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distill import data as data_lib
+from distill import glue, losses, models
+from distill.config import CONSTANT, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+LOSS_PNG = "loss.png"
+EVAL_JSONL = "eval_results.jsonl"
+BEST_DIR = "best"  # the best-on-dev student of the prediction stage
+BEST_EVAL_JSON = "eval_results.json"
+CONFIG_NAME = "distill_config.json"
+
+
+def load_tokenizer(name_or_path: str):
+    """The fast tokenizer of a hub name or directory.
+
+    Raises:
+      UserError: none can be loaded.
+    """
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise UserError(f"cannot load a tokenizer from {name_or_path!r}; save one beside the model or pass "
+                        "--tokenizer") from error
+
+
+def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32: bf16/fp16 only where the device supports them."""
+    if requested == "fp32":
+        return None
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if requested == "bf16" and not bf16_ok:
+            raise UserError("--precision bf16 is not supported by this GPU; use fp16 or auto")
+        return torch.bfloat16 if requested == "bf16" else torch.float16
+    if requested == "auto":
+        return None
+    if requested == "fp16":
+        raise UserError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
+    return torch.bfloat16
+
+
+def _check_labels(labels: torch.Tensor, data_path: str) -> None:
+    """Refuses a batch with a row that has no numeric label when the loss needs the labels.
+
+    Raises:
+      UserError: a NaN label (null or not a number in the data).
+    """
+    missing = int(torch.isnan(labels).sum())
+    if missing:
+        raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
+                        "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
+                        "so regenerate the data with it, or pass --regression_target teacher")
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate at optimizer step `step` as a fraction of the peak.
+
+    "linear": warm-up to the peak over `warmup_steps`, then linear decay to 0 at `total_steps`;
+    "constant": the peak throughout.
+    """
+    if schedule == CONSTANT:
+        return 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Distils a teacher into a student from a streamed dataset.
+
+    Args:
+      config: the resolved configuration.
+      device: where to train.
+      rank, world_size: this process's place in the DDP group (1 = no DDP).
+    """
+
+    def __init__(self, config: TrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.config = config
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        cfg_d, cfg_data, cfg_run = config.distill, config.data, config.run
+        self.task = glue.get_task(cfg_d.task) if cfg_d.task else None
+        self.prediction = cfg_d.stage == PREDICTION
+        # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch.
+        self.label_targets = (self.prediction and self.task is not None and self.task.labels is None
+                              and cfg_d.regression_target == "labels")
+        classification = cfg_d.mode != GENERAL
+
+        torch.manual_seed(cfg_run.seed)  # student init (identical on every rank), then per-rank dropout below
+        random.seed(cfg_run.seed)
+        np.random.seed(cfg_run.seed)
+        self.tokenizer_name = cfg_data.tokenizer or cfg_d.teacher
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+
+        label_list = None
+        if cfg_d.mode == GENERAL:
+            self.stream, self.output_dir = data_lib.open_corpus(
+                cfg_data.data, tokenizer=self.tokenizer, tokenizer_name=self.tokenizer_name,
+                batch_size=cfg_data.batch_size, shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed,
+                rank=rank, world_size=world_size, num_workers=cfg_data.num_workers,
+                pad_to_max_length=cfg_data.pad_to_max_length)
+            rows_per_epoch = data_lib.corpus_rows_per_epoch(self.output_dir)
+        else:
+            max_len = cfg_data.max_seq_len or self.task.max_seq_len
+            self.stream, self.output_dir = data_lib.open_augmented(
+                cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
+                shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed, rank=rank, world_size=world_size,
+                num_workers=cfg_data.num_workers, regression_labels=self.label_targets,
+                pad_to_max_length=cfg_data.pad_to_max_length)
+            rows_per_epoch = self.output_dir.rows("data")
+            label_list = self.output_dir.manifest.get("label_list")
+            expected = list(self.task.labels) if self.task.labels else None
+            if label_list is not None and expected is not None and sorted(label_list) != sorted(expected):
+                raise UserError(f"{cfg_data.data} has labels {label_list} but {self.task.name} has {expected}; "
+                                "check --task")
+        num_labels = (len(self.task.labels) if self.task.labels else 1) if self.task else None
+
+        self.teacher = models.load_teacher(cfg_d.teacher, classification=classification, num_labels=num_labels)
+        self.teacher.to(device)
+        self.student = models.build_student(cfg_d.student, self.teacher, classification=classification,
+                                            num_labels=num_labels).to(device)
+        if self.prediction:
+            self.student.fit_dense.requires_grad_(False)  # unused by the logits loss; kept as it was
+        self.model: nn.Module = self.student
+        if world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True)  # e.g. the pooler, unused by the intermediate losses
+        self.autocast_dtype = resolve_precision(cfg_run.precision, device)
+
+        optim = config.optim
+        per_step = cfg_data.batch_size * world_size * optim.gradient_accumulation_steps
+        self.total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * rows_per_epoch / per_step))
+        self.lr_schedule = config.lr_schedule
+        # A constant rate has no warm-up (the reference's schedule 'none' ignores its warm-up proportion).
+        self.warmup_steps = int(optim.warmup_proportion * self.total_steps) if self.lr_schedule == LINEAR else 0
+        decay, no_decay = [], []
+        for name, param in self.student.named_parameters():
+            if param.requires_grad:
+                (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=optim.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+
+        self.dev_sets = {}
+        if cfg_data.dev and self.task and self.is_main:
+            self.dev_sets = glue.dev_sets(self.task, cfg_data.dev)
+        self.step = 0
+        self.best_dev: Optional[Dict[str, Any]] = None  # {"step", "split", "metric", "value", "results"}
+        self.position = data_lib.ReaderPosition()
+        os.makedirs(cfg_run.output, exist_ok=True)
+        self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
+        if os.path.exists(self.checkpoint_path) and not cfg_run.no_resume:
+            self._load_checkpoint()
+        else:
+            # Dropout differs per rank; the reader's randomness is seeded separately (seed, epoch, rank, worker).
+            torch.manual_seed(cfg_run.seed + 1000 * rank)
+            if self.is_main:  # a fresh run does not mix its records with an earlier run's
+                for name in (METRICS_JSONL, EVAL_JSONL):
+                    if os.path.exists(os.path.join(cfg_run.output, name)):
+                        os.remove(os.path.join(cfg_run.output, name))
+                shutil.rmtree(os.path.join(cfg_run.output, BEST_DIR), ignore_errors=True)
+        self.start_step = self.step
+        if self.is_main:
+            logger.info("resolved config:\n%s", config.to_json())
+            logger.info("%d optimizer steps, %s learning rate (%d warm-up steps), %d examples per step over %d "
+                        "processes", self.total_steps, self.lr_schedule, self.warmup_steps, per_step, world_size)
+            with open(os.path.join(cfg_run.output, CONFIG_NAME), "w", encoding="utf-8") as handle:
+                handle.write(config.to_json())
+
+    # -------------------------------------------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        return lr_factor(step, schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
+                         total_steps=self.total_steps)
+
+    def _batches(self) -> Iterator[Dict[str, Any]]:
+        """Batches forever, epoch after epoch, folding each consumed batch into `self.position`."""
+        while True:
+            self.stream.set_position(self.position)
+            seen = False
+            for batch in data_lib.make_loader(self.stream):
+                seen = True
+                if self.label_targets:
+                    _check_labels(batch["labels"], self.config.data.data)
+                self.position.advance(batch)
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            if not seen and not self.position.emitted:
+                raise UserError(f"rank {self.rank} read no rows in epoch {self.position.epoch} of "
+                                f"{self.config.data.data}; the data is empty or too few files for the processes")
+            self.position.next_epoch()
+
+    def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The named loss terms of one micro-batch; "loss" is the one to minimise."""
+        teacher_logits = None
+        if not self.label_targets:  # the gold-label regression loss does not use the teacher
+            with torch.no_grad():
+                teacher_logits, teacher_scores, teacher_hidden = models.forward_with_internals(self.teacher, batch)
+        student_logits, student_scores, student_projected = models.forward_with_internals(
+            self.model, batch, project=not self.prediction)
+        if not self.prediction:
+            return losses.intermediate_losses(student_scores=student_scores, teacher_scores=teacher_scores,
+                                              student_hidden=student_projected, teacher_hidden=teacher_hidden)
+        if self.task.labels is None:
+            targets = batch["labels"] if self.label_targets else teacher_logits  # (batch,) or (batch, 1)
+            cls = losses.regression_loss(student_logits, targets)
+        else:
+            cls = losses.soft_cross_entropy(student_logits, teacher_logits, temperature=self.config.distill.temperature,
+                                            reduction=self.config.distill.soft_ce_reduction)
+        return {"loss": cls, "cls_loss": cls}
+
+    def train(self) -> Dict[str, Any]:
+        """Runs to `total_steps` (or `halt_at_step`); returns the last logged metrics."""
+        from tqdm import tqdm
+        cfg_run, optim = self.config.run, self.config.optim
+        accumulation = optim.gradient_accumulation_steps
+        batches = self._batches()
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else contextlib.nullcontext())
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="distill")
+        self.student.train()
+        self.teacher.eval()
+        last_logged: Dict[str, Any] = {}
+        started, samples = time.time(), 0
+        while True:
+            lr = self.scheduler.get_last_lr()[0]
+            finished = self.step >= self.total_steps
+            halting = cfg_run.halt_at_step is not None and self.step >= cfg_run.halt_at_step
+            if self.step > self.start_step and (self.step % cfg_run.eval_interval == 0 or finished):
+                self.evaluate()
+            if self.step > self.start_step and (self.step % cfg_run.checkpoint_interval == 0 or finished or halting):
+                self.save_checkpoint()
+            if finished or halting:
+                break
+
+            totals: Dict[str, float] = {}
+            for micro_step in range(accumulation):
+                batch = next(batches)
+                samples += batch["input_ids"].shape[0]
+                # Gradients are all-reduced only on the last micro-step.
+                sync = (self.model.no_sync() if self.world_size > 1 and micro_step < accumulation - 1
+                        else contextlib.nullcontext())
+                with sync:
+                    with autocast:
+                        terms = self._loss_step(batch)
+                    self.scaler.scale(terms["loss"] / accumulation).backward()
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
+            if optim.max_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.student.parameters(), optim.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            progress.update(1)
+
+            if self.step % cfg_run.log_interval == 0 or self.step == 1 or self.step == self.total_steps:
+                totals = self._mean_over_ranks(totals)
+                elapsed = time.time() - started
+                last_logged = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()}, "lr": lr,
+                               "epoch": self.position.epoch, "elapsed_s": round(elapsed, 3),
+                               "samples_per_s": round(samples * self.world_size / max(elapsed, 1e-9), 2)}
+                progress.set_postfix(loss=f"{totals['loss']:.4f}")
+                self._log(last_logged)
+        progress.close()
+        if self.step >= self.total_steps and self.is_main:
+            self._finish()
+        return last_logged
+
+    def _mean_over_ranks(self, totals: Dict[str, float]) -> Dict[str, float]:
+        if self.world_size == 1:
+            return totals
+        names = sorted(totals)
+        tensor = torch.tensor([totals[n] for n in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return {n: float(v) / self.world_size for n, v in zip(names, tensor.tolist())}
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        logger.info("step %d: %s", record["step"], ", ".join(f"{k}={v}" for k, v in record.items() if k != "step"))
+        with open(os.path.join(self.config.run.output, METRICS_JSONL), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Dev-set metrics (rank 0, prediction stage with --dev); appended to eval_results.jsonl."""
+        if not self.dev_sets or not self.prediction:
+            return {}
+        results = glue.evaluate(self.student.bert, self.tokenizer, self.task, self.dev_sets, device=self.device,
+                                batch_size=self.config.data.eval_batch_size,
+                                max_seq_len=self.config.data.max_seq_len or self.task.max_seq_len)
+        self.student.train()
+        record = {"step": self.step, **results}
+        logger.info("eval at step %d: %s", self.step, json.dumps(results))
+        with open(os.path.join(self.config.run.output, EVAL_JSONL), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self._keep_if_best(results)
+        return results
+
+    def _keep_if_best(self, results: Dict[str, Dict[str, float]]) -> None:
+        """Saves the student into OUTPUT/best when the task's main dev metric beats every earlier evaluation
+        (strictly, as the reference; a NaN never counts), with the evaluation in best/eval_results.json."""
+        split = self.task.main_split(results)
+        metric = self.task.main_metric
+        value = results[split].get(metric, float("nan"))
+        if not math.isfinite(value) or (self.best_dev is not None and value <= self.best_dev["value"]):
+            return
+        self.best_dev = {"step": self.step, "split": split, "metric": metric, "value": value, "results": results}
+        best = os.path.join(self.config.run.output, BEST_DIR)
+        staging = best + ".tmp"  # written whole, then swapped in: a kill leaves the previous best intact
+        shutil.rmtree(staging, ignore_errors=True)
+        models.save_student(self.student, self.tokenizer, staging)
+        with open(os.path.join(staging, BEST_EVAL_JSON), "w", encoding="utf-8") as handle:
+            json.dump(self.best_dev, handle, indent=2)
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(staging, best)
+        logger.info("best %s %s so far (%.4f) at step %d: student saved in %s", split, metric, value, self.step, best)
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly: model (with fit_dense), optimizer, scheduler, scaler, step, the
+        RNG states and reader position of every rank, and the resolved config. Written atomically by rank 0."""
+        per_rank = {"rng": _rng_state(), "position": self.position.to_dict()}
+        if self.world_size > 1:
+            gathered: List[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, per_rank)
+        else:
+            gathered = [per_rank]
+        if self.is_main:
+            state = {"step": self.step, "total_steps": self.total_steps, "model": self.student.state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "ranks": gathered, "config": self.config.to_dict(),
+                     "best_dev": self.best_dev}
+            tmp_path = self.checkpoint_path + ".tmp"
+            torch.save(state, tmp_path)
+            os.replace(tmp_path, self.checkpoint_path)
+            logger.info("checkpoint at step %d: %s", self.step, self.checkpoint_path)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if len(state["ranks"]) != self.world_size:
+            raise UserError(f"{self.checkpoint_path} was written by {len(state['ranks'])} processes, not "
+                            f"{self.world_size}; resume with the same count or pass --no_resume")
+        saved = dict(state["config"])
+        ours = self.config.to_dict()
+        for group in ("distill", "data", "optim"):
+            changed = {k: (saved[group].get(k), v) for k, v in ours[group].items() if saved[group].get(k) != v}
+            if changed:
+                logger.warning("resuming with changed %s options (saved, now): %s", group, changed)
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best_dev = state.get("best_dev")
+        mine = state["ranks"][self.rank]
+        _set_rng_state(mine["rng"])
+        self.position = data_lib.ReaderPosition.from_dict(mine["position"])
+        if self.is_main:
+            logger.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+
+    def _finish(self) -> None:
+        """The student for `from_pretrained` (fit_dense beside it), metrics CSV and a loss curve."""
+        output = self.config.run.output
+        models.save_student(self.student, self.tokenizer, output)
+        records = read_metrics(output)
+        write_metrics_csv(records, os.path.join(output, METRICS_CSV))
+        plot_losses(records, os.path.join(output, LOSS_PNG))
+        logger.info("student saved with save_pretrained in %s", output)
+
+
+def read_metrics(output: str) -> List[Dict[str, Any]]:
+    path = os.path.join(output, METRICS_JSONL)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_metrics_csv(records: List[Dict[str, Any]], path: str) -> None:
+    names: List[str] = []
+    for record in records:
+        names.extend(k for k in record if k not in names)
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def plot_losses(records: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    figure, axes = pyplot.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records]
+    for name in ("loss", "att_loss", "rep_loss", "cls_loss"):
+        if records and name in records[0]:
+            axes.plot(steps, [r.get(name) for r in records], label=name)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)

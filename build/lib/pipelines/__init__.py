@@ -1,0 +1,1 @@
+"""Beam pipelines: `python -m pipelines.augment` and `python -m pipelines.corpus`."""
