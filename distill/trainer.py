@@ -47,8 +47,8 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except (OSError, ValueError, TypeError) as error:
-        raise UserError(f"cannot load a tokenizer from {name_or_path!r}; save one beside the model or pass "
-                        "--tokenizer") from error
+        raise UserError(f"cannot load a tokenizer from {name_or_path!r} ({describe(error)}); save one beside the "
+                        "model or pass --tokenizer") from error
 
 
 def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dtype]:
@@ -133,6 +133,16 @@ def check_output_dir(path: str) -> None:
         raise UserError(f"--output {path} cannot be created ({describe(error)}); pass a writable directory") from error
 
 
+def _load_reason(error: BaseException) -> str:
+    """The reason in torch's weights_only error (whose first lines advise weights_only=False), or its first line."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].strip()
+        return f"{type(error).__name__}: {reason.rstrip('.')}"
+    return describe(error)
+
+
 _CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "ranks", "config")
 
 
@@ -146,8 +156,8 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pylint: disable=broad-except  # garbage, truncation or a refused pickle: one line
-        raise UserError(f"{path} is not a checkpoint this trainer can load safely ({describe(error)}); "
-                        f"{remedy}") from error
+        raise UserError(f"{path} is damaged or holds more than tensors and plain values ({_load_reason(error)}); "
+                        f"it was not loaded, since loading it could run code: {remedy}") from error
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise UserError(f"{path} is not a distill checkpoint (no {', '.join(missing)}); {remedy}")
