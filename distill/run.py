@@ -97,7 +97,6 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 
 def run_training(config: config_lib.TrainConfig) -> dict:
-    import torch
     import torch.distributed as dist
     from distill.trainer import Trainer
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -246,6 +246,14 @@ def test_output_that_is_a_file_is_refused(setup, tmp_path):
     assert output.read_text() == "keep me"
 
 
+def test_binary_dev_file_is_one_line(tmp_path):
+    from distill import glue
+    dev = tmp_path / "dev.tsv"
+    dev.write_bytes(b"sentence\tlabel\n\xff\xfe\x00garbage\t1\n")
+    with pytest.raises(UserError, match="is not a UTF-8 TSV"):
+        glue.dev_sets(glue.get_task("SST-2"), str(dev))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The reader's checks at open
 
