@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional
 
 from distill import config as config_lib
-from distill.config import GENERAL, TASK, UserError
+from distill.config import GENERAL, TASK, UserError, describe
 
 logger = logging.getLogger("distill")
 
@@ -40,21 +40,52 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch_size", type=int, default=64, help="examples per batch")
     evaluate.add_argument("--max_seq_len", type=int, default=None, help="truncate to this many tokens")
     evaluate.add_argument("--output", default=None, help="also write the results as JSON here")
+    evaluate.add_argument("--device", default="auto", choices=config_lib.DEVICES,
+                          help="auto (CUDA when available), cpu, or cuda (refused when CUDA is not available)")
     return parser
 
 
-def run_eval(args: argparse.Namespace) -> dict:
+def resolve_device(requested: str, local_rank: int = 0):
+    """The torch device of `--device` for this process.
+
+    Raises:
+      UserError: cuda asked for where CUDA is not available.
+    """
     import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but CUDA is not available here (no GPU, or a CPU-only torch); use "
+                        "--device cpu or auto")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def one_line(error: BaseException) -> str:
+    """A UserError's message as one line. An error raised in a DataLoader worker comes back wrapped in the
+    worker's traceback, whose last line is "distill.config.UserError: <message>": that message is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("UserError") else last
+    return " ".join(text.split())
+
+
+def run_eval(args: argparse.Namespace) -> dict:
     from transformers import BertForSequenceClassification
     from distill import glue
     from distill.trainer import load_tokenizer
+    device = resolve_device(args.device)
+    if args.output and os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a directory; name the JSON file to write")
     task = glue.get_task(args.task)
     sets = glue.dev_sets(task, args.data)
     try:
         model = BertForSequenceClassification.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load a classifier from {args.model!r}: {str(error).splitlines()[0]}") from error
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except Exception as error:  # pylint: disable=broad-except  # any unreadable model folder: one line
+        raise UserError(f"cannot load a classifier from {args.model!r} ({describe(error)}); point --model at a "
+                        "directory saved by distill.run or save_pretrained") from error
     results = glue.evaluate(model.to(device), load_tokenizer(args.model), task, sets, device=device,
                             batch_size=args.batch_size, max_seq_len=args.max_seq_len or task.max_seq_len)
     text = json.dumps({"task": task.name, "model": args.model, "results": results}, indent=2)
@@ -66,17 +97,12 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 
 def run_training(config: config_lib.TrainConfig) -> dict:
-    import torch
     import torch.distributed as dist
     from distill.trainer import Trainer
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = resolve_device(config.run.device, local_rank)
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -104,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         config = config_lib.from_namespace(args, **fixed)
         return run_training(config)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {one_line(error)}") from None
 
 
 if __name__ == "__main__":

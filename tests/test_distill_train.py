@@ -56,7 +56,7 @@ def test_general_distillation_lowers_the_loss_and_saves_a_loadable_student(setup
         assert (output / name).exists(), name
     student = AutoModel.from_pretrained(str(output))
     assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 24
-    state = torch.load(output / "checkpoint.pt", weights_only=False)
+    state = torch.load(output / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "step", "ranks", "config"} <= set(state)
     assert state["step"] == 30 and state["config"]["optim"]["max_steps"] == 30
 
@@ -179,7 +179,7 @@ def test_ddp_two_cpu_processes_read_different_files(setup, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in _metrics(output)] == [1, 2, 3, 4]
     assert (output / "model.safetensors").exists()
-    state = torch.load(output / "checkpoint.pt", weights_only=False)
+    state = torch.load(output / "checkpoint.pt", weights_only=True)
     assert len(state["ranks"]) == 2
     from distill import data
     streams = [data.open_corpus(setup["corpus"], tokenizer=setup["tokenizer"], tokenizer_name="t", batch_size=8,
@@ -266,4 +266,4 @@ def test_best_dev_student_is_the_first_with_the_highest_main_metric(setup, monke
     saved = BertForSequenceClassification.from_pretrained(str(output / "best"))
     assert saved.classifier.bias.tolist() == [2.0, 2.0]
     trainer.save_checkpoint()  # the best so far survives a resume
-    assert torch.load(output / "checkpoint.pt", weights_only=False)["best_dev"]["step"] == 2
+    assert torch.load(output / "checkpoint.pt", weights_only=True)["best_dev"]["step"] == 2
