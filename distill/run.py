@@ -24,8 +24,15 @@ from distill.config import GENERAL, TASK, UserError, describe
 logger = logging.getLogger("distill")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad or unknown flag as a UserError (one line) instead of usage text and exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
+    parser = _OneLineParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     general = commands.add_parser("general", help="general distillation on corpus shards")
     task = commands.add_parser("task", help="task-specific distillation on augmented data")
@@ -119,8 +126,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         if args.command == "eval":
             return run_eval(args)
         mode = GENERAL if args.command == "general" else TASK
@@ -131,7 +138,22 @@ def main(argv: Optional[List[str]] = None) -> dict:
         return run_training(config)
     except UserError as error:
         raise SystemExit(f"error: {one_line(error)}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted; rerun the same command to resume from the last checkpoint") from None
+    except SystemExit:
+        raise
+    except Exception as error:  # pylint: disable=broad-except
+        if os.environ.get("TINYBERT_TRACEBACK"):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise SystemExit(f"error: unexpected failure ({type(error).__name__}: {first}); set TINYBERT_TRACEBACK=1 "
+                         "to see the traceback") from None
+
+
+def cli() -> None:
+    """The `tinybert-distill` console script: main() without its return value (which would become the exit code)."""
+    main(sys.argv[1:])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli()
