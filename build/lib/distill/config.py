@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 GENERAL, TASK = "general", "task"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
 # Soft cross-entropy reductions: "mean" over batch and classes (the reference's), "batchmean" sums over classes.
 SOFT_CE_REDUCTIONS = ("mean", "batchmean")
 # STS-B prediction-stage targets: the row's gold label (the reference's) or the teacher's output.
@@ -23,6 +24,12 @@ LR_SCHEDULES = (AUTO, LINEAR, CONSTANT)
 
 class UserError(ValueError):
     """A problem the user can fix (a path, an option, a mismatched tokenizer); run.py prints it as one line."""
+
+
+def describe(error: BaseException) -> str:
+    """An exception from a library (transformers, pyarrow, torch) as one line: its type and first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _field(default=dataclasses.MISSING, *, help: str, cli: bool = True, **kwargs):  # pylint: disable=redefined-builtin
@@ -125,6 +132,8 @@ class RunConfig:
     log_interval: int = _field(10, help="log metrics every N steps")
     eval_interval: int = _field(500, help="evaluate on --dev every N steps (task prediction stage)")
     checkpoint_interval: int = _field(1000, help="save a resumable checkpoint every N steps")
+    device: str = _field("auto", help="auto (the GPU of this process's LOCAL_RANK when CUDA is available, else the "
+                                      "CPU), cpu, or cuda (refused when CUDA is not available)", choices=DEVICES)
     precision: str = _field("auto", help="auto (bf16/fp16 autocast on GPUs that support it, fp32 on CPU), fp32, "
                                          "bf16 or fp16", choices=PRECISIONS)
     no_resume: bool = _field(False, help="start afresh even if OUTPUT holds a checkpoint")
@@ -136,6 +145,7 @@ class RunConfig:
         _require(self.log_interval > 0 and self.eval_interval > 0 and self.checkpoint_interval > 0,
                  "--log_interval, --eval_interval and --checkpoint_interval must be > 0")
         _require_choice("precision", self.precision, PRECISIONS)
+        _require_choice("device", self.device, DEVICES)
         _require(self.halt_at_step is None or self.halt_at_step > 0, "--halt_at_step must be > 0")
 
 

@@ -12,6 +12,7 @@ The dataset is an `IterableDataset` that yields ready, dynamically padded batche
 It never loads a whole dataset: at most one chunk per worker is in memory.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distill.config import UserError
+from distill.config import UserError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ MANIFEST_NAME = "manifest.json"  # = pipelines.outputs.MANIFEST_NAME
 SUCCESS_MARKER = "_SUCCESS"  # = pipelines.outputs.SUCCESS_MARKER
 CORPUS_KIND = "general-distillation"
 AUGMENTED_KIND = "augmented-task"
+FORMAT_MAJOR = 1  # the manifest format_version major this reader understands (= pipelines.outputs.FORMAT_VERSION)
 _READ_BATCH_ROWS = 2048
+_CHECK_THREADS = 8  # shard footers are read in parallel: on object stores each one is a request
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,7 +64,8 @@ def open_output_dir(path: str, *, kind: str) -> OutputDir:
     """Opens a pipeline output directory on any fsspec filesystem and checks it is finished and of `kind`.
 
     Raises:
-      UserError: the directory is missing, has no completion marker, no manifest, or is of another kind.
+      UserError: the directory is missing, has no completion marker, no manifest, a malformed one, one of a newer
+        format, is of another kind, or names a file outside itself.
     """
     import fsspec
     fs, root = fsspec.core.url_to_fs(path)
@@ -70,16 +74,94 @@ def open_output_dir(path: str, *, kind: str) -> OutputDir:
     if not fs.exists(posixpath.join(root, SUCCESS_MARKER)):
         raise UserError(f"{path} has no {SUCCESS_MARKER} marker: the pipeline run that writes it did not finish; "
                         "rerun it to completion, or point --data at a finished output")
+    manifest_path = posixpath.join(path, MANIFEST_NAME)
     try:
         with fs.open(posixpath.join(root, MANIFEST_NAME), "rb") as handle:
             manifest = json.loads(handle.read().decode("utf-8"))
-    except (FileNotFoundError, ValueError) as error:
-        raise UserError(f"{path} has no readable {MANIFEST_NAME} ({error}); rerun the pipeline that wrote it") from error
+    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8 or not JSON
+        raise UserError(f"{manifest_path} is missing or not readable JSON ({describe(error)}); rerun the "
+                        "pipeline that wrote it") from error
+    if not isinstance(manifest, dict):
+        raise UserError(f"{manifest_path} is not a manifest (a JSON object); rerun the pipeline that wrote it")
+    _check_format_version(manifest, manifest_path)
     if manifest.get("kind") != kind:
         raise UserError(f"{path} holds {manifest.get('kind')!r} data but {kind!r} is needed here "
                         f"({'python -m pipelines.corpus' if kind == CORPUS_KIND else 'python -m pipelines.augment'} "
                         "writes it)")
+    _check_manifest_files(manifest, manifest_path)
     return OutputDir(fs, root, manifest)
+
+
+def _check_format_version(manifest: Dict[str, Any], manifest_path: str) -> None:
+    """Refuses a manifest of a newer major format than this reader (a missing version is the first format)."""
+    if "format_version" not in manifest:
+        return
+    version = manifest["format_version"]
+    try:
+        major = int(str(version).split(".", 1)[0])
+    except ValueError:
+        raise UserError(f"{manifest_path} has format_version {version!r}, not a version number; rerun the "
+                        "pipeline that wrote it") from None
+    if major > FORMAT_MAJOR:
+        raise UserError(f"{manifest_path} has format_version {version}, newer than the {FORMAT_MAJOR} this reader "
+                        "understands; install the tinybert-data version that wrote it")
+
+
+def _check_manifest_files(manifest: Dict[str, Any], manifest_path: str) -> None:
+    """Every output lists its files as relative paths that stay inside the data folder.
+
+    Raises:
+      UserError: a malformed `outputs` entry, or an absolute, URL or `..` path.
+    """
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, dict):
+        raise UserError(f"{manifest_path} has no \"outputs\" object; rerun the pipeline that wrote it")
+    for name, output in outputs.items():
+        files = output.get("files") if isinstance(output, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str)
+                                                  for f in files):
+            raise UserError(f"{manifest_path}: output {name!r} has no list of files with paths; rerun the "
+                            "pipeline that wrote it")
+        for entry in files:
+            relative = entry["path"]
+            normal = posixpath.normpath(relative.replace("\\", "/"))
+            if (not relative or "://" in relative or normal.startswith("/") or normal == ".."
+                    or normal.startswith("../") or (len(normal) > 1 and normal[1] == ":")):
+                raise UserError(f"{manifest_path} names the file {relative!r}, which is not inside the data folder; "
+                                "a manifest lists only paths relative to its own folder: rerun the pipeline")
+            if "rows" in entry and (isinstance(entry["rows"], bool) or not isinstance(entry["rows"], int)):
+                raise UserError(f"{manifest_path}: {relative!r} has a row count {entry['rows']!r} that is not an "
+                                "integer; rerun the pipeline that wrote it")
+
+
+def check_shards(output: OutputDir, output_names: Sequence[str]) -> None:
+    """Checks, from each Parquet footer only (no rows are read), that every file the manifest lists for
+    `output_names` exists, is Parquet and holds the row count the manifest records.
+
+    Raises:
+      UserError: naming the first missing, damaged (e.g. truncated) or short file.
+    """
+    entries = [entry for name in output_names for entry in output.manifest["outputs"][name]["files"]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_CHECK_THREADS) as pool:
+        problems = list(pool.map(lambda entry: _shard_problem(output, entry), entries))
+    for problem in problems:
+        if problem:
+            raise UserError(problem)
+
+
+def _shard_problem(output: OutputDir, entry: Dict[str, Any]) -> Optional[str]:
+    path = output.path(entry["path"])
+    rerun = "rerun the pipeline that wrote it (into a new folder, or with --overwrite)"
+    try:
+        with output.fs.open(path, "rb") as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+    except FileNotFoundError:
+        return f"{path} is listed in the manifest but missing; {rerun}"
+    except (OSError, pa.ArrowException) as error:
+        return f"{path} is not a readable Parquet file, e.g. truncated ({describe(error)}); {rerun}"
+    if "rows" in entry and rows != int(entry["rows"]):
+        return f"{path} holds {rows} rows but the manifest records {entry['rows']}; {rerun}"
+    return None
 
 
 def check_tokenizer(manifest: Dict[str, Any], tokenizer, tokenizer_name: str, data_path: str) -> None:
@@ -365,25 +447,29 @@ class ShardStream(IterableDataset):
     def _record_batches(self, files: Sequence[str], start_row: int) -> Iterator[pa.RecordBatch]:
         skip = start_row
         for path in files:
-            with self.fs.open(path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                if skip >= parquet.metadata.num_rows:
-                    skip -= parquet.metadata.num_rows
-                    continue
-                groups = []
-                for group in range(parquet.metadata.num_row_groups):
-                    group_rows = parquet.metadata.row_group(group).num_rows
-                    if skip >= group_rows:  # whole row groups are skipped without being read
-                        skip -= group_rows
-                    else:
-                        groups.append(group)
-                for record_batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=groups,
-                                                         columns=self.columns):
-                    if skip:
-                        dropped = min(skip, record_batch.num_rows)
-                        record_batch, skip = record_batch.slice(dropped), skip - dropped
-                    if record_batch.num_rows:
-                        yield record_batch
+            try:
+                with self.fs.open(path, "rb") as handle:
+                    parquet = pq.ParquetFile(handle)
+                    if skip >= parquet.metadata.num_rows:
+                        skip -= parquet.metadata.num_rows
+                        continue
+                    groups = []
+                    for group in range(parquet.metadata.num_row_groups):
+                        group_rows = parquet.metadata.row_group(group).num_rows
+                        if skip >= group_rows:  # whole row groups are skipped without being read
+                            skip -= group_rows
+                        else:
+                            groups.append(group)
+                    for record_batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=groups,
+                                                             columns=self.columns):
+                        if skip:
+                            dropped = min(skip, record_batch.num_rows)
+                            record_batch, skip = record_batch.slice(dropped), skip - dropped
+                        if record_batch.num_rows:
+                            yield record_batch
+            except (OSError, pa.ArrowException) as error:  # damaged past the footer that open checked
+                raise UserError(f"{path} cannot be read ({describe(error)}); rerun the pipeline that wrote "
+                                "it") from error
 
 
 def _merge(parts: List[Tuple[np.ndarray, EncodedRows]]) -> Tuple[np.ndarray, EncodedRows]:
@@ -426,11 +512,13 @@ def open_corpus(path: str, *, tokenizer, tokenizer_name: str, batch_size: int, s
       pad_to_max_length: pad every batch to the corpus's `max_seq_len` (from its manifest), as the reference does.
 
     Raises:
-      UserError: see `open_output_dir` and `check_tokenizer`.
+      UserError: see `open_output_dir`, `check_tokenizer` and `check_shards`.
     """
     output = open_output_dir(path, kind=CORPUS_KIND)
     check_tokenizer(output.manifest, tokenizer, tokenizer_name, path)
-    files_by_epoch = [output.files(name) for name in _epoch_outputs(output.manifest)]
+    epochs = _epoch_outputs(output.manifest)
+    check_shards(output, epochs)
+    files_by_epoch = [output.files(name) for name in epochs]
     stream = ShardStream(fs=output.fs, files_by_epoch=files_by_epoch, columns=["input_ids", "segment_a_len"],
                          encoder=encode_corpus_rows, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
                          rank=rank, world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
@@ -454,13 +542,14 @@ def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, s
         prediction stage against the gold labels); rows without a numeric label get NaN.
 
     Raises:
-      UserError: see `open_output_dir`; also a manifest without text fields, or regression labels asked of a
+      UserError: see `open_output_dir` and `check_shards`; also a manifest without text fields, or regression labels asked of a
         classification task's data.
     """
     output = open_output_dir(path, kind=AUGMENTED_KIND)
     text_fields = output.manifest.get("text_fields") or []
     if not text_fields or "data" not in output.manifest.get("outputs", {}):
         raise UserError(f"{path}: the manifest names no text_fields or data output; rerun python -m pipelines.augment")
+    check_shards(output, ["data"])
     label_field = None
     if regression_labels:
         if output.manifest.get("label_list") is not None:

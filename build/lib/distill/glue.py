@@ -85,6 +85,14 @@ def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
     if not os.path.isfile(path):
         raise UserError(f"dev file {path} does not exist; pass the task's dev.tsv (MNLI: a directory with "
                         "dev_matched.tsv and dev_mismatched.tsv)")
+    try:
+        return _read_dev_rows(task, path)
+    except (UnicodeDecodeError, csv.Error) as error:  # a binary or damaged file
+        raise UserError(f"dev file {path} is not a UTF-8 TSV ({type(error).__name__}: {error}); pass the task's "
+                        "dev.tsv") from error
+
+
+def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
     texts, labels, malformed = [], [], 0
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quotechar=None)

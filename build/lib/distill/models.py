@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from distill.config import UserError
+from distill.config import UserError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,56 @@ STUDENT_PRESETS = {
     "6L-768H": {"num_hidden_layers": 6, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
 }
 STUDENT_PRESETS["4L-312H-1200I"] = STUDENT_PRESETS["4L-312H"]
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub name is "name" or "owner/name"; anything else (absolute, ./, ~, deeper) is meant as a local path."""
+    return (os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1
+            or (os.sep != "/" and os.sep in spec) or spec.endswith((".json", ".pt", ".bin", ".safetensors")))
+
+
+def has_weights(directory: str) -> bool:
+    return any(os.path.isfile(os.path.join(directory, name)) for name in WEIGHT_FILES)
+
+
+def check_model_source(spec: str, option: str, *, config_file_ok: bool = False) -> None:
+    """Refuses, before anything is loaded, a model folder that cannot hold a model: missing, a file, or without
+    config.json or weights. Hub names are left to `from_pretrained`.
+
+    Args:
+      spec: what the user passed.
+      option: the option it came from ("--teacher"), named in the message.
+      config_file_ok: a config.json file is accepted (a student built from random weights).
+
+    Raises:
+      UserError: naming the folder or file and what to pass instead.
+    """
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise UserError(f"{option} {spec} has no config.json; point it at a directory saved with save_pretrained")
+        if not has_weights(spec):
+            extra = (f", or pass {os.path.join(spec, 'config.json')} to start from random weights"
+                     if config_file_ok else "")
+            raise UserError(f"{option} {spec} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); "
+                            f"point it at a directory saved with save_pretrained{extra}")
+    elif os.path.isfile(spec):
+        if not config_file_ok:
+            raise UserError(f"{option} {spec} is a file; pass the model's directory (save_pretrained) or a hub name")
+    elif _looks_like_path(spec) and spec not in STUDENT_PRESETS:
+        raise UserError(f"{option} {spec}: no such file or directory")
+
+
+def check_vocab(config, needed: int, what: str) -> None:
+    """Refuses a model whose embedding table is smaller than the token ids the data holds.
+
+    Raises:
+      UserError: vocab_size < needed.
+    """
+    if int(config.vocab_size) < needed:
+        raise UserError(f"{what} has vocab_size {config.vocab_size} but the data's tokenizer has {needed} tokens "
+                        f"(ids up to {needed - 1}); use a model trained with that tokenizer, or regenerate the data "
+                        "with the model's")
 
 
 def _scores_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **unused_kwargs):
@@ -68,8 +118,9 @@ def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optiona
     model_class = BertForSequenceClassification if classification else BertModel
     try:
         model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load teacher {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    except Exception as error:  # pylint: disable=broad-except  # OSError, ValueError, SafetensorError...: one line
+        raise UserError(f"cannot load teacher {name_or_path!r} ({describe(error)}); pass a directory saved with "
+                        "save_pretrained or a hub name") from error
     if classification and num_labels is not None and model.config.num_labels != num_labels:
         raise UserError(f"teacher {name_or_path} has {model.config.num_labels} labels but the task has {num_labels}; "
                         "pass a teacher fine-tuned on this task")
@@ -86,11 +137,20 @@ def student_config(spec: str, teacher_config):
     from transformers import BertConfig
     if spec in STUDENT_PRESETS:
         config = BertConfig(**STUDENT_PRESETS[spec])
-    elif os.path.isfile(spec):
-        with open(spec, encoding="utf-8") as handle:
-            config = BertConfig(**json.load(handle))
-    elif os.path.isdir(spec):
-        config = BertConfig.from_pretrained(spec)
+    elif os.path.isfile(spec) or os.path.isdir(spec):
+        try:
+            if os.path.isfile(spec):
+                with open(spec, encoding="utf-8") as handle:
+                    config = BertConfig(**json.load(handle))
+            else:
+                config = BertConfig.from_pretrained(spec)
+        except (OSError, ValueError, TypeError) as error:  # not JSON, not an object, unknown fields' types
+            raise UserError(f"--student {spec}: not a readable BERT config ({describe(error)}); pass a preset, a "
+                            "config.json or a saved student directory") from error
+        if int(config.vocab_size) != int(teacher_config.vocab_size) and os.path.isdir(spec):
+            raise UserError(f"--student {spec} has vocab_size {config.vocab_size} but the teacher "
+                            f"{teacher_config.vocab_size}; a saved student keeps its embeddings, so it needs the "
+                            "teacher's vocabulary: pass a student distilled from this teacher, or a preset")
     else:
         raise UserError(f"--student {spec!r} is neither a preset ({', '.join(sorted(STUDENT_PRESETS))}), "
                         "a config.json nor a model directory")
@@ -137,16 +197,26 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
         config.num_labels = num_labels or teacher.config.num_labels
         config.problem_type = teacher.config.problem_type
         config.id2label, config.label2id = teacher.config.id2label, teacher.config.label2id
-    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, name))
-                                   for name in ("model.safetensors", "pytorch_model.bin")):
-        bert = model_class.from_pretrained(spec, config=config, attn_implementation=SCORES_ATTENTION)
+    if os.path.isdir(spec):
+        check_model_source(spec, "--student", config_file_ok=True)
+        try:
+            bert = model_class.from_pretrained(spec, config=config, attn_implementation=SCORES_ATTENTION)
+        except Exception as error:  # pylint: disable=broad-except  # damaged weights: one line
+            raise UserError(f"cannot load student {spec!r} ({describe(error)}); pass a directory saved by "
+                            "distill.run or save_pretrained") from error
     else:
         config._attn_implementation = SCORES_ATTENTION
         bert = model_class(config)
     student = Student(bert, teacher.config.hidden_size)
     fit_path = os.path.join(spec, FIT_DENSE_NAME) if os.path.isdir(spec) else ""
     if fit_path and os.path.exists(fit_path):
-        state = torch.load(fit_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(fit_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pylint: disable=broad-except  # weights_only refuses code; garbage: one line
+            raise UserError(f"{fit_path} is not a fit_dense state this trainer can load ({describe(error)}); delete "
+                            "it to start fit_dense afresh") from error
+        if not isinstance(state, dict) or not torch.is_tensor(state.get("weight")):
+            raise UserError(f"{fit_path} holds no fit_dense weight; delete it to start fit_dense afresh")
         if state["weight"].shape == student.fit_dense.weight.shape:
             student.fit_dense.load_state_dict(state)
         else:

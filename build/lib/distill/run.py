@@ -19,13 +19,20 @@ import sys
 from typing import List, Optional
 
 from distill import config as config_lib
-from distill.config import GENERAL, TASK, UserError
+from distill.config import GENERAL, TASK, UserError, describe
 
 logger = logging.getLogger("distill")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad or unknown flag as a UserError (one line) instead of usage text and exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
+    parser = _OneLineParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     general = commands.add_parser("general", help="general distillation on corpus shards")
     task = commands.add_parser("task", help="task-specific distillation on augmented data")
@@ -40,21 +47,52 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch_size", type=int, default=64, help="examples per batch")
     evaluate.add_argument("--max_seq_len", type=int, default=None, help="truncate to this many tokens")
     evaluate.add_argument("--output", default=None, help="also write the results as JSON here")
+    evaluate.add_argument("--device", default="auto", choices=config_lib.DEVICES,
+                          help="auto (CUDA when available), cpu, or cuda (refused when CUDA is not available)")
     return parser
 
 
-def run_eval(args: argparse.Namespace) -> dict:
+def resolve_device(requested: str, local_rank: int = 0):
+    """The torch device of `--device` for this process.
+
+    Raises:
+      UserError: cuda asked for where CUDA is not available.
+    """
     import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but CUDA is not available here (no GPU, or a CPU-only torch); use "
+                        "--device cpu or auto")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def one_line(error: BaseException) -> str:
+    """A UserError's message as one line. An error raised in a DataLoader worker comes back wrapped in the
+    worker's traceback, whose last line is "distill.config.UserError: <message>": that message is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("UserError") else last
+    return " ".join(text.split())
+
+
+def run_eval(args: argparse.Namespace) -> dict:
     from transformers import BertForSequenceClassification
     from distill import glue
     from distill.trainer import load_tokenizer
+    device = resolve_device(args.device)
+    if args.output and os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a directory; name the JSON file to write")
     task = glue.get_task(args.task)
     sets = glue.dev_sets(task, args.data)
     try:
         model = BertForSequenceClassification.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load a classifier from {args.model!r}: {str(error).splitlines()[0]}") from error
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except Exception as error:  # pylint: disable=broad-except  # any unreadable model folder: one line
+        raise UserError(f"cannot load a classifier from {args.model!r} ({describe(error)}); point --model at a "
+                        "directory saved by distill.run or save_pretrained") from error
     results = glue.evaluate(model.to(device), load_tokenizer(args.model), task, sets, device=device,
                             batch_size=args.batch_size, max_seq_len=args.max_seq_len or task.max_seq_len)
     text = json.dumps({"task": task.name, "model": args.model, "results": results}, indent=2)
@@ -66,17 +104,12 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 
 def run_training(config: config_lib.TrainConfig) -> dict:
-    import torch
     import torch.distributed as dist
     from distill.trainer import Trainer
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = resolve_device(config.run.device, local_rank)
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -93,8 +126,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         if args.command == "eval":
             return run_eval(args)
         mode = GENERAL if args.command == "general" else TASK
@@ -104,8 +137,23 @@ def main(argv: Optional[List[str]] = None) -> dict:
         config = config_lib.from_namespace(args, **fixed)
         return run_training(config)
     except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {one_line(error)}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted; rerun the same command to resume from the last checkpoint") from None
+    except SystemExit:
+        raise
+    except Exception as error:  # pylint: disable=broad-except
+        if os.environ.get("TINYBERT_TRACEBACK"):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise SystemExit(f"error: unexpected failure ({type(error).__name__}: {first}); set TINYBERT_TRACEBACK=1 "
+                         "to see the traceback") from None
+
+
+def cli() -> None:
+    """The `tinybert-distill` console script: main() without its return value (which would become the exit code)."""
+    main(sys.argv[1:])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli()

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 
 SHARED_VOCAB = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "bert-base-uncased-vocab.txt"
 
+SMALL_VOCAB_SIZE = 2048  # the fallback vocab's size: room for corpus_row's tag ids (1000 + up to 999)
+
 WORDS = ("the a film movie story actor plot scene good bad great boring funny sad long short music love hate "
          "fine dull bright dark slow fast clever silly warm cold old new strong weak best worst").split()
 
@@ -29,8 +31,10 @@ def make_tokenizer(directory: str):
     else:
         specials = ["[PAD]"] + [f"[unused{i}]" for i in range(10)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-        vocab = "\n".join(specials + sorted(set(WORDS)) + letters + ["##" + c for c in letters] +
-                          list(".,!?'")) + "\n"
+        tokens = specials + sorted(set(WORDS)) + letters + ["##" + c for c in letters] + list(".,!?'")
+        # `corpus_row` writes ids 1000.. as its serial tag: the vocab holds them, as bert-base-uncased's does.
+        tokens += [f"[unused{i}]" for i in range(10, 10 + SMALL_VOCAB_SIZE - len(tokens))]
+        vocab = "\n".join(tokens) + "\n"
     with open(vocab_path, "w", encoding="utf-8") as handle:
         handle.write(vocab)
     tokenizer = BertTokenizerFast(vocab=vocab_path, do_lower_case=True)

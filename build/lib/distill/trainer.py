@@ -23,7 +23,7 @@ from torch import nn
 
 from distill import data as data_lib
 from distill import glue, losses, models
-from distill.config import CONSTANT, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError
+from distill.config import CONSTANT, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except (OSError, ValueError, TypeError) as error:
-        raise UserError(f"cannot load a tokenizer from {name_or_path!r}; save one beside the model or pass "
-                        "--tokenizer") from error
+        raise UserError(f"cannot load a tokenizer from {name_or_path!r} ({describe(error)}); save one beside the "
+                        "model or pass --tokenizer") from error
 
 
 def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dtype]:
@@ -96,18 +96,72 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) 
 
 
 def _rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values, so that `torch.load(weights_only=True)` reads it back."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_output_dir(path: str) -> None:
+    """Refuses an --output that cannot be a directory, before anything is loaded.
+
+    Raises:
+      UserError: it is an existing file, or cannot be created.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--output {path} is an existing file; pass a directory (it will be created)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:  # a file on the way, no permission, read-only filesystem
+        raise UserError(f"--output {path} cannot be created ({describe(error)}); pass a writable directory") from error
+
+
+def _load_reason(error: BaseException) -> str:
+    """The reason in torch's weights_only error (whose first lines advise weights_only=False), or its first line."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].strip()
+        return f"{type(error).__name__}: {reason.rstrip('.')}"
+    return describe(error)
+
+
+_CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "ranks", "config")
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """A checkpoint read with `weights_only=True`: tensors and plain values only, never code from the file.
+
+    Raises:
+      UserError: the file is damaged, holds anything else (e.g. a pickled object), or lacks a checkpoint's keys.
+    """
+    remedy = "delete it, or pass --no_resume to start afresh (which overwrites it)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pylint: disable=broad-except  # garbage, truncation or a refused pickle: one line
+        raise UserError(f"{path} is damaged or holds more than tensors and plain values ({_load_reason(error)}); "
+                        f"it was not loaded, since loading it could run code: {remedy}") from error
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserError(f"{path} is not a distill checkpoint (no {', '.join(missing)}); {remedy}")
+    return state
 
 
 class Trainer:
@@ -131,6 +185,16 @@ class Trainer:
         self.label_targets = (self.prediction and self.task is not None and self.task.labels is None
                               and cfg_d.regression_target == "labels")
         classification = cfg_d.mode != GENERAL
+
+        # Everything a user can get wrong is refused here, before the first step (most of it before any loading).
+        check_output_dir(cfg_run.output)
+        self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
+        resume_state = None
+        if os.path.exists(self.checkpoint_path) and not cfg_run.no_resume:
+            resume_state = read_checkpoint(self.checkpoint_path)
+        models.check_model_source(cfg_d.teacher, "--teacher")
+        if cfg_d.student not in models.STUDENT_PRESETS:
+            models.check_model_source(cfg_d.student, "--student", config_file_ok=True)
 
         torch.manual_seed(cfg_run.seed)  # student init (identical on every rank), then per-rank dropout below
         random.seed(cfg_run.seed)
@@ -162,6 +226,12 @@ class Trainer:
         num_labels = (len(self.task.labels) if self.task.labels else 1) if self.task else None
 
         self.teacher = models.load_teacher(cfg_d.teacher, classification=classification, num_labels=num_labels)
+        # The largest token id the data can hold: the manifest's tokenizer size (corpus ids were written with it)
+        # and the tokenizer's (task data is tokenized here); the student gets the teacher's vocab_size.
+        recorded = (self.output_dir.manifest.get("tokenizer") or {}).get("vocab_size")
+        needed = max(len(self.tokenizer), int(recorded) if isinstance(recorded, int) else 0)
+        models.check_vocab(self.teacher.config, needed, f"--teacher {cfg_d.teacher}")
+        self.vocab_size = int(self.teacher.config.vocab_size)  # the student's too (see models.student_config)
         self.teacher.to(device)
         self.student = models.build_student(cfg_d.student, self.teacher, classification=classification,
                                             num_labels=num_labels).to(device)
@@ -195,10 +265,11 @@ class Trainer:
         self.step = 0
         self.best_dev: Optional[Dict[str, Any]] = None  # {"step", "split", "metric", "value", "results"}
         self.position = data_lib.ReaderPosition()
-        os.makedirs(cfg_run.output, exist_ok=True)
-        self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
-        if os.path.exists(self.checkpoint_path) and not cfg_run.no_resume:
-            self._load_checkpoint()
+        if resume_state is not None:
+            self._load_checkpoint(resume_state)
+            if self.is_main:  # records a killed run wrote after its last checkpoint come again: keep one of each
+                _truncate_records(os.path.join(cfg_run.output, METRICS_JSONL), self.step)
+                _truncate_records(os.path.join(cfg_run.output, EVAL_JSONL), self.step)
         else:
             # Dropout differs per rank; the reader's randomness is seeded separately (seed, epoch, rank, worker).
             torch.manual_seed(cfg_run.seed + 1000 * rank)
@@ -229,12 +300,22 @@ class Trainer:
                 seen = True
                 if self.label_targets:
                     _check_labels(batch["labels"], self.config.data.data)
+                self._check_token_ids(batch["input_ids"])
                 self.position.advance(batch)
                 yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             if not seen and not self.position.emitted:
                 raise UserError(f"rank {self.rank} read no rows in epoch {self.position.epoch} of "
                                 f"{self.config.data.data}; the data is empty or too few files for the processes")
             self.position.next_epoch()
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """One max per batch (on the CPU, before the copy): an id past the embeddings would otherwise stop the run
+        with an IndexError on CPU, or a device-side assert that poisons the CUDA context."""
+        largest = int(input_ids.max()) if input_ids.numel() else 0
+        if largest >= self.vocab_size:
+            raise UserError(f"{self.config.data.data} holds token id {largest} but the models' vocab_size is "
+                            f"{self.vocab_size}: the shards do not match the tokenizer their manifest records; "
+                            "regenerate them")
 
     def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The named loss terms of one micro-batch; "loss" is the one to minimise."""
@@ -385,26 +466,36 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
-    def _load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if len(state["ranks"]) != self.world_size:
-            raise UserError(f"{self.checkpoint_path} was written by {len(state['ranks'])} processes, not "
+    def _load_checkpoint(self, state: Dict[str, Any]) -> None:
+        """Continues from a checkpoint that `read_checkpoint` read.
+
+        Raises:
+          UserError: it was written by another process count, or does not fit this run's models.
+        """
+        if not isinstance(state["ranks"], list) or len(state["ranks"]) != self.world_size:
+            count = len(state["ranks"]) if isinstance(state["ranks"], list) else "?"
+            raise UserError(f"{self.checkpoint_path} was written by {count} processes, not "
                             f"{self.world_size}; resume with the same count or pass --no_resume")
         saved = dict(state["config"])
         ours = self.config.to_dict()
         for group in ("distill", "data", "optim"):
-            changed = {k: (saved[group].get(k), v) for k, v in ours[group].items() if saved[group].get(k) != v}
+            changed = {k: (saved.get(group, {}).get(k), v) for k, v in ours[group].items()
+                       if saved.get(group, {}).get(k) != v}
             if changed:
                 logger.warning("resuming with changed %s options (saved, now): %s", group, changed)
-        self.student.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.best_dev = state.get("best_dev")
-        mine = state["ranks"][self.rank]
-        _set_rng_state(mine["rng"])
-        self.position = data_lib.ReaderPosition.from_dict(mine["position"])
+        try:
+            self.student.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.step = int(state["step"])
+            self.best_dev = state.get("best_dev")
+            mine = state["ranks"][self.rank]
+            _set_rng_state(mine["rng"])
+            self.position = data_lib.ReaderPosition.from_dict(mine["position"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise UserError(f"{self.checkpoint_path} does not fit this run ({describe(error)}); resume with the "
+                            "options that wrote it, or pass --no_resume to start afresh") from error
         if self.is_main:
             logger.info("resumed from %s at step %d", self.checkpoint_path, self.step)
 
@@ -418,12 +509,36 @@ class Trainer:
         logger.info("student saved with save_pretrained in %s", output)
 
 
-def read_metrics(output: str) -> List[Dict[str, Any]]:
-    path = os.path.join(output, METRICS_JSONL)
+def _read_records(path: str) -> List[Dict[str, Any]]:
+    """The JSON lines of a metrics file; a line cut short by a kill is skipped."""
     if not os.path.exists(path):
         return []
+    records = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                logger.warning("skipping a damaged line of %s: %r", path, line[:80])
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records
+
+
+def _truncate_records(path: str, step: int) -> None:
+    """Keeps only the records of steps <= `step` (those the checkpoint covers), rewritten atomically."""
+    if not os.path.exists(path):
+        return
+    kept = [record for record in _read_records(path) if record["step"] <= step]
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in kept)
+    os.replace(tmp_path, path)
+
+
+def read_metrics(output: str) -> List[Dict[str, Any]]:
+    return _read_records(os.path.join(output, METRICS_JSONL))
 
 
 def write_metrics_csv(records: List[Dict[str, Any]], path: str) -> None:
