@@ -886,7 +886,8 @@ def run(argv=None, save_main_session=False):
     aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
                   num_shards=4)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    for name in ("input", "output", "model", "glove", "stop_words"):
+    shown_output = aug.output
+    for name in ("output", "model", "glove", "stop_words"):
         setattr(aug, name, sources.absolute(getattr(aug, name), may_be_hub_name=name in ('model',)))
     _check_options(aug)
     resolved = _resolve_input(aug)
@@ -909,7 +910,7 @@ def run(argv=None, save_main_session=False):
     manifest = outputs.read_manifest(aug.output, require_success=False)
     outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
                                                                   aug))
-    print(outputs.summary("augment", manifest, aug.output, time.time() - started, rows_output="data"), flush=True)
+    print(outputs.summary("augment", manifest, shown_output, time.time() - started, rows_output="data"), flush=True)
     return manifest
 
 

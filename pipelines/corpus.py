@@ -743,7 +743,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
     _check_options(options)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    for name in ("input", "output", "tokenizer"):
+    shown_output = options.output
+    for name in ("output", "tokenizer"):
         setattr(options, name, sources.absolute(getattr(options, name), may_be_hub_name=name in ('tokenizer',)))
     try:
         config = instances_lib.InstanceConfig(
@@ -851,7 +852,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
              f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "
              f"{options.epochs} epoch(s)"]
-    print(outputs.summary("corpus", manifest, options.output, time.time() - started, rows_output="",
+    print(outputs.summary("corpus", manifest, shown_output, time.time() - started, rows_output="",
                           extra=extra), flush=True)
     return manifest
 
