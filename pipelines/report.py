@@ -280,7 +280,8 @@ def draw_histogram(histogram: Histogram, bins: Mapping[int, int], *, note: str =
     axes = figure.subplots()
     used = sorted(int(b) for b, n in bins.items() if n)
     if used:
-        positions = list(range(used[0], used[-1] + 1))
+        # One empty bin each side (where there is one), so a single bar does not fill the plot.
+        positions = list(range(max(0, used[0] - 1), min(histogram.num_bins - 1, used[-1] + 1) + 1))
         heights = [bins.get(p, 0) for p in positions]
         axes.bar(positions, heights, width=0.85, color=_BAR)
         step = max(1, math.ceil(len(positions) / 14))
@@ -403,7 +404,7 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
     lines += _table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", _percent(replaced, slots))
                      for name, words, slots, replaced in source_rows],
                     ("source", "candidate words", "word slots", "replaced", "rate"))
-    lines += ["", f"A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
+    lines += ["", "A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
               f"found nothing (it keeps itself). Words that are never candidates (stop words, punctuation): "
               f"{extra.get('other_words', 0):,}. The dashed line is --replace_prob.", "",
               "## Candidate list lengths", "", "![Candidate list lengths](candidate_list_lengths.png)", "",
