@@ -89,8 +89,8 @@ def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert
     # train_aug.tsv: the header, then every row in the input's own layout.
     tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
     assert tsv[0] == "sentence\tlabel" and len(tsv) == len(rows) + 1
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_SUCCESS", "candidates", "data", "manifest.json", "rejects",
-                                                     "train_aug.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "_SUCCESS", "candidates", "data", "manifest.json",
+                                                     "rejects", "report", "train_aug.tsv"]
     assert sorted(tsv[1:]) == sorted(f"{r['sentence']}\t{r['label']}" for r in rows)
     # candidates/: every word, with its source
     cands = [r for f in manifest["outputs"]["candidates"]["files"] for r in pq.read_table(out / f["path"]).to_pylist()]
