@@ -57,3 +57,49 @@ def tiny_glove(tmp_path_factory, tiny_bert):
         texts = [row[0] for row in list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
     words, vectors = demo_assets.cooccurrence_vectors([splitter.split(t) for t in texts + SAMPLE_TEXTS], dim=8)
     return demo_assets.write_glove(str(tmp_path_factory.mktemp("glove") / "glove.txt"), words, vectors)
+
+
+# The `slow` tier: whole pipeline runs (in-process or as subprocesses), clusters, multi-process training, the real
+# dump. `pytest -m "not slow"` runs the library tests alone. Modules that are slow through and through mark
+# themselves (`pytestmark`); here, the pipeline runs that live among the unit tests of other modules.
+SLOW_TESTS = (
+    "test_augment_i18n.py::test_accented_latin_words_are_candidates",
+    "test_augment_i18n.py::test_chinese_characters_are_replaced",
+    "test_augment_i18n.py::test_glove_none_with_reference_rule",
+    "test_augment_i18n.py::test_bad_stop_words_file",
+    "test_augment_pipeline.py::",
+    "test_cli.py::test_a_header_that_is_not",
+    "test_cli.py::test_an_input_directory",
+    "test_cli.py::test_corpus_parquet_without_text",
+    "test_cli.py::test_csv_with_a_byte_order_mark",
+    "test_cli.py::test_empty_or_header_only",
+    "test_cli.py::test_hub_parquet_of_a_glue_task",
+    "test_cli.py::test_load_dataset",
+    "test_cli.py::test_more_than_the_reject_fraction",
+    "test_cli.py::test_wrong_text_columns",
+    "test_corpus.py::test_end_to_end",
+    "test_corpus.py::test_real_wikipedia_dump",
+    "test_corpus.py::test_same_shards_whatever_the_runner_mode",
+    "test_corpus.py::test_documents_tokenized_as_one_text",
+    "test_distill_train.py::",
+    "test_distill_reliability.py::",
+    "test_reliability.py::",
+    "test_report.py::test_augment_report",
+    "test_report.py::test_corpus_report",
+    "test_report.py::test_no_report",
+    "test_wikimarkup.py::test_real_dump_has_no_markup_left",
+    "test_wikimarkup.py::test_wiki_markup_option_reaches",
+    "test_wikimarkup.py::test_linear_on_pathological_pages",
+    "test_wikimarkup.py::test_cjk_sentence_ends",
+    "test_output_claim.py::test_two_runs",
+    "test_output_claim.py::test_overwrite_on_a_foreign_folder",
+    "test_outputs.py::test_keyed_shards_manifest_and_marker",
+    "test_long_sentence.py::test_long_sentence_rows_equal",
+    "test_long_sentence.py::test_pipeline_scorer",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(part in item.nodeid for part in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,8 @@ import pytest
 from pipelines import augment as augment_pipeline
 from tests.test_corpus import TEXT_CORPUS
 
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,10 @@ import sys
 
 from distill import run, testing
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "pipelines" / "samples" / "sst2"
 

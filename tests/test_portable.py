@@ -11,6 +11,10 @@ import pathlib
 from pipelines import augment as augment_pipeline
 from pipelines import corpus as corpus_pipeline
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
 
 
