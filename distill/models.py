@@ -122,8 +122,9 @@ def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optiona
     except Exception as error:  # pylint: disable=broad-except  # OSError, ValueError, SafetensorError...: one line
         raise UserError(f"cannot load teacher {name_or_path!r} ({describe(error)}); pass a directory saved with "
                         "save_pretrained or a hub name") from error
-    if classification:
-        warn_if_untrained_head(model, info, name_or_path)
+    if classification and warn_if_untrained_head(model, info, name_or_path) and num_labels is not None \
+            and model.config.num_labels != num_labels:  # its head is random anyway: give it the task's size
+        model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION, num_labels=num_labels)
     if classification and num_labels is not None and model.config.num_labels != num_labels:
         raise UserError(f"teacher {name_or_path} has {model.config.num_labels} labels but the task has {num_labels}; "
                         "pass a teacher fine-tuned on this task")
