@@ -109,13 +109,17 @@ def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dt
     return torch.bfloat16
 
 
-def _check_labels(labels: torch.Tensor, data_path: str) -> None:
+def _check_labels(labels: torch.Tensor, data_path: str, *, finetune: bool = False) -> None:
     """Refuses a batch with a row that has no numeric label when the loss needs the labels.
 
     Raises:
       UserError: a NaN label (null or not a number in the data).
     """
     missing = int(torch.isnan(labels).sum())
+    if missing and finetune:
+        raise UserError(f"{data_path} has rows whose label is missing or not one of the task's labels ({missing} in "
+                        "one batch); fine-tuning trains on the labels: regenerate the data with pipelines.augment "
+                        "(with --label_list)")
     if missing:
         raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
                         "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
@@ -380,7 +384,7 @@ class Trainer:
             for batch in data_lib.make_loader(self.stream):
                 seen = True
                 if self.label_targets:
-                    _check_labels(batch["labels"], self.config.data.data)
+                    _check_labels(batch["labels"], self.config.data.data, finetune=self.finetune)
                 self._check_token_ids(batch["input_ids"])
                 self.position.advance(batch)
                 yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
