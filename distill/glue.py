@@ -29,6 +29,19 @@ class GlueTask:
     metrics: Tuple[str, ...]
     header: bool = True
     max_seq_len: int = 128
+    # Generic tasks (named columns, any of TSV/CSV/JSONL/Parquet): the text columns in order and the label column.
+    text_fields: Tuple[str, ...] = ()
+    label_field: Optional[str] = None
+
+    @property
+    def generic(self) -> bool:
+        return self.name == GENERIC
+
+    def to_dict(self) -> Dict:
+        """What a saved classifier keeps of its task (tinybert_task.json), so eval needs no task options."""
+        return {"task": self.name, "text_fields": list(self.text_fields) or None, "label_field": self.label_field,
+                "label_list": list(self.labels) if self.labels is not None else None,
+                "regression": self.labels is None, "metrics": list(self.metrics), "max_seq_len": self.max_seq_len}
 
     @property
     def main_metric(self) -> str:
@@ -57,6 +70,37 @@ GLUE_TASKS = {
 MNLI_DEV_FILES = {"mnli-m": "dev_matched.tsv", "mnli-mm": "dev_mismatched.tsv"}
 
 
+GENERIC = "generic"
+GENERIC_CLASSIFICATION_METRICS = ("acc", "macro_f1")
+GENERIC_REGRESSION_METRICS = ("pearson", "spearmanr")
+
+
+def generic_task(text_fields: Sequence[str], label_field: Optional[str], labels: Optional[Sequence[str]], *,
+                 regression: bool = False, max_seq_len: int = 128) -> GlueTask:
+    """The user's own task: named text columns and label column; accuracy and macro-F1 (classification) or
+    Pearson and Spearman (regression).
+
+    Raises:
+      UserError: no text field, more than two, or a classification task without labels.
+    """
+    text_fields = tuple(str(f) for f in text_fields or ())
+    if not 1 <= len(text_fields) <= 2:
+        raise UserError(f"a generic task needs one or two text columns (--text_columns), not {list(text_fields)}")
+    if not regression and not labels:
+        raise UserError("a generic classification task needs its labels: --label_list (or --regression)")
+    return GlueTask(GENERIC, (), -1, None if regression else tuple(str(label) for label in labels),
+                    GENERIC_REGRESSION_METRICS if regression else GENERIC_CLASSIFICATION_METRICS,
+                    max_seq_len=max_seq_len, text_fields=text_fields, label_field=label_field or "label")
+
+
+def task_from_dict(values: Dict) -> GlueTask:
+    """The task a saved classifier recorded (`GlueTask.to_dict`)."""
+    if str(values.get("task")) != GENERIC:
+        return get_task(str(values.get("task")))
+    return generic_task(values.get("text_fields") or (), values.get("label_field"), values.get("label_list"),
+                        regression=bool(values.get("regression")), max_seq_len=int(values.get("max_seq_len") or 128))
+
+
 def get_task(name: str) -> GlueTask:
     """Looks a task up case-insensitively ("sst-2", "SST2", "mnli-mm" -> MNLI).
 
@@ -81,7 +125,10 @@ class DevSet:
 
 
 def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
-    """Reads one GLUE dev TSV; rows that do not parse are counted in `malformed` and logged once."""
+    """Reads one GLUE dev TSV (a generic task: any named table, see `read_named_dev`); rows that do not parse are
+    counted in `malformed` and logged once."""
+    if task.generic:
+        return read_named_dev(task, path)
     if not os.path.isfile(path):
         raise UserError(f"dev file {path} does not exist; pass the task's dev.tsv (MNLI: a directory with "
                         "dev_matched.tsv and dev_mismatched.tsv)")
@@ -115,6 +162,76 @@ def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
     return DevSet(texts, labels, malformed, path)
 
 
+def _named_records(path: str):
+    """The rows of a table with named columns: Parquet, JSON lines, CSV, or TSV (tab-separated, no quoting, as
+    pipelines.augment reads it). Values come back as strings (None where missing)."""
+    import json
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+        for record in pq.read_table(path).to_pylist():
+            yield record
+        return
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        if lower.endswith((".jsonl", ".json", ".ndjson")):
+            for line in handle:
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        record = None
+                    yield record if isinstance(record, dict) else None
+            return
+        if lower.endswith(".csv"):
+            reader = csv.reader(handle)
+        else:
+            reader = csv.reader(handle, delimiter="\t", quotechar=None)
+        header = None
+        for row in reader:
+            if header is None:
+                header = row
+                continue
+            yield dict(zip(header, row)) if len(row) == len(header) else None
+
+
+def read_named_dev(task: GlueTask, path: str) -> DevSet:
+    """A generic task's dev file (TSV/CSV with a header, JSONL or Parquet) by column names; rows without the
+    texts or with a label outside the task's are counted as malformed.
+
+    Raises:
+      UserError: no such file, unreadable, or none of its rows has the task's columns.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"dev file {path} does not exist; pass a TSV/CSV (with a header), JSONL or Parquet file")
+    texts, labels, malformed = [], [], 0
+    try:
+        for record in _named_records(path):
+            try:
+                fields = tuple(str(record[name]) for name in task.text_fields)
+                raw_label = str(record[task.label_field]).strip()
+                label = float(raw_label) if task.labels is None else task.labels.index(raw_label)
+                if task.labels is None and not np.isfinite(label):
+                    raise ValueError(raw_label)
+            except (KeyError, TypeError, ValueError):
+                malformed += 1
+                continue
+            texts.append(fields)
+            labels.append(label)
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        raise UserError(f"dev file {path} cannot be read ({type(error).__name__}: {error}); pass a UTF-8 "
+                        "TSV/CSV, JSONL or Parquet file") from error
+    except Exception as error:  # pylint: disable=broad-except  # pyarrow's errors on a damaged Parquet file
+        raise UserError(f"dev file {path} cannot be read ({type(error).__name__}); pass a TSV/CSV, JSONL or "
+                        "Parquet file") from error
+    if not texts:
+        raise UserError(f"dev file {path} has no row with the columns {list(task.text_fields)} and "
+                        f"{task.label_field!r} (and a label in {list(task.labels) if task.labels else 'numbers'}); "
+                        "check --text_columns/--label_column")
+    if malformed:
+        logger.warning("%s: %d malformed rows skipped (missing column or bad label)", path, malformed)
+    return DevSet(texts, labels, malformed, path)
+
+
 def dev_sets(task: GlueTask, path: str) -> Dict[str, DevSet]:
     """The dev sets to evaluate, by split name: one file, or for MNLI matched and mismatched kept apart.
 
@@ -129,6 +246,8 @@ def dev_sets(task: GlueTask, path: str) -> Dict[str, DevSet]:
             return {split: read_dev_tsv(task, file) for split, file in found.items()}
         split = "mnli-mm" if "mismatched" in os.path.basename(path) else "mnli-m"
         return {split: read_dev_tsv(task, path)}
+    if task.generic:
+        return {"dev": read_named_dev(task, path)}
     if os.path.isdir(path):
         path = os.path.join(path, "dev.tsv")
     return {task.name.lower(): read_dev_tsv(task, path)}
@@ -145,6 +264,9 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: Sequence) -
         result["acc"] = float((predictions == labels).mean())
     if "f1" in task.metrics:
         result["f1"] = f1_score(predictions, labels)
+    if "macro_f1" in task.metrics:
+        result["macro_f1"] = float(np.mean([f1_score(predictions, labels, positive=index)
+                                            for index in range(len(task.labels))]))
     if "mcc" in task.metrics:
         result["mcc"] = matthews_corrcoef(predictions, labels)
     if "pearson" in task.metrics:
@@ -157,7 +279,7 @@ def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: Sequence) -
 def f1_score(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
     true_pos = float(((predictions == positive) & (labels == positive)).sum())
     predicted, actual = float((predictions == positive).sum()), float((labels == positive).sum())
-    if true_pos == 0:
+    if true_pos == 0:  # also a class absent from both (scikit-learn's zero_division=0)
         return 0.0
     precision, recall = true_pos / predicted, true_pos / actual
     return 2 * precision * recall / (precision + recall)
@@ -175,9 +297,17 @@ def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def evaluate(model, tokenizer, task: GlueTask, sets: Dict[str, DevSet], *, device, batch_size: int,
              max_seq_len: int) -> Dict[str, Dict[str, float]]:
-    """Scores a sequence classifier on each dev set: {split: {metric: value, "examples", "malformed_rows"}}."""
+    """Scores a sequence classifier on each dev set: {split: {metric: value, "examples", "malformed_rows"}}.
+
+    A classifier whose config.json names the task's labels in another order is scored as its id2label says.
+
+    Raises:
+      UserError: it names other labels than the task's (see `models.label_permutation`).
+    """
     import torch
     from distill.data import collate, encode_texts
+    from distill.models import label_permutation
+    order = label_permutation(getattr(model.config, "id2label", None), task.labels, "the model")
     was_training = model.training
     model.eval()
     results = {}
@@ -190,6 +320,8 @@ def evaluate(model, tokenizer, task: GlueTask, sets: Dict[str, DevSet], *, devic
                 logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
                 outputs.append(logits)
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 1))
+        if order is not None and len(logits):
+            logits = logits[:, order]
         predictions = logits[:, 0] if task.labels is None else logits.argmax(axis=-1)
         results[split] = {**compute_metrics(task, predictions, dev.labels), "examples": len(dev.labels),
                           "malformed_rows": dev.malformed}

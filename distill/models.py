@@ -8,7 +8,7 @@ does, and returns those scores as the layer's "attention weights", so `output_at
 import json
 import logging
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -117,16 +117,66 @@ def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optiona
     register_scores_attention()
     model_class = BertForSequenceClassification if classification else BertModel
     try:
-        model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION)
+        model, info = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION,
+                                                  output_loading_info=True)
     except Exception as error:  # pylint: disable=broad-except  # OSError, ValueError, SafetensorError...: one line
         raise UserError(f"cannot load teacher {name_or_path!r} ({describe(error)}); pass a directory saved with "
                         "save_pretrained or a hub name") from error
+    if classification and warn_if_untrained_head(model, info, name_or_path) and num_labels is not None \
+            and model.config.num_labels != num_labels:  # its head is random anyway: give it the task's size
+        model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION, num_labels=num_labels)
     if classification and num_labels is not None and model.config.num_labels != num_labels:
         raise UserError(f"teacher {name_or_path} has {model.config.num_labels} labels but the task has {num_labels}; "
                         "pass a teacher fine-tuned on this task")
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def warn_if_untrained_head(model, loading_info, name_or_path: str) -> Optional[str]:
+    """Warns (and returns the cause) when a task teacher's classifier was not in its weights: e.g. a BertModel or
+    BertForMaskedLM passed as a task teacher, whose head transformers initialises at random."""
+    missing = [key for key in (loading_info or {}).get("missing_keys", []) if key.startswith("classifier.")]
+    architectures = list(getattr(model.config, "architectures", None) or [])
+    cause = None
+    if missing:
+        cause = (f"its weights hold no task head ({', '.join(sorted(missing))} newly initialised; saved as "
+                 f"{', '.join(architectures) or 'an unknown architecture'})")
+    elif architectures and not any(name.endswith("ForSequenceClassification") for name in architectures):
+        cause = f"its config.json names {', '.join(architectures)}, not a sequence classifier"
+    if cause:
+        logger.warning("teacher %s looks untrained for the task: %s; fine-tune it first (python -m distill.run "
+                       "finetune) or pass a fine-tuned classifier", name_or_path, cause)
+    return cause
+
+
+def is_default_label_names(id2label, count: int) -> bool:
+    """transformers' placeholder names LABEL_0.. (what a config gets when nobody named the labels)."""
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(count)] if id2label else []
+    return not names or names == [f"LABEL_{i}" for i in range(count)]
+
+
+def label_permutation(id2label, labels: Optional[Tuple[str, ...]], what: str) -> Optional[List[int]]:
+    """Where a classifier's outputs name the task's labels in another order: for each task label (in the task's
+    order), the output index that holds it; None when the order is the task's or the names are placeholders.
+
+    Raises:
+      UserError: the classifier names other labels than the task's.
+    """
+    if labels is None or not id2label:
+        return None
+    count = len(id2label)
+    if is_default_label_names(id2label, count):
+        return None
+    names = [str(id2label.get(i, id2label.get(str(i)))) for i in range(count)]
+    if names == list(labels):
+        return None
+    if sorted(names) != sorted(labels):
+        raise UserError(f"{what} names its labels {names} (config.json id2label) but the task's are {list(labels)}; "
+                        "pass a classifier fine-tuned on this task, or the task's --label_list")
+    order = [names.index(label) for label in labels]
+    logger.info("%s names its labels %s: its logits are reordered to the task's order %s", what, names, list(labels))
+    return order
 
 
 def student_config(spec: str, teacher_config):
@@ -170,6 +220,10 @@ class Student(nn.Module):
         super().__init__()
         self.bert = bert
         self.fit_dense = nn.Linear(bert.config.hidden_size, teacher_hidden)
+        # As the reference initialises every BERT weight: N(0, initializer_range = 0.02), bias 0 (not nn.Linear's
+        # uniform default).
+        nn.init.normal_(self.fit_dense.weight, mean=0.0, std=getattr(bert.config, "initializer_range", 0.02))
+        nn.init.zeros_(self.fit_dense.bias)
 
     def forward(self, *, project: bool = True, **inputs):
         """BERT's outputs as a dict, plus `projected_hidden_states` (each hidden state through fit_dense) when `project`.
@@ -183,7 +237,7 @@ class Student(nn.Module):
 
 
 def build_student(spec: str, teacher: nn.Module, *, classification: bool,
-                  num_labels: Optional[int] = None) -> Student:
+                  num_labels: Optional[int] = None, labels: Optional[Tuple[str, ...]] = None) -> Student:
     """Builds (preset/config) or loads (directory) the student; loads `fit_dense` kept beside a saved student.
 
     Raises:
@@ -196,7 +250,11 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
     if classification:
         config.num_labels = num_labels or teacher.config.num_labels
         config.problem_type = teacher.config.problem_type
-        config.id2label, config.label2id = teacher.config.id2label, teacher.config.label2id
+        if labels:  # the task's names in the task's order (the teacher's logits are put in that order)
+            config.id2label = {i: label for i, label in enumerate(labels)}
+            config.label2id = {label: i for i, label in enumerate(labels)}
+        else:
+            config.id2label, config.label2id = teacher.config.id2label, teacher.config.label2id
     if os.path.isdir(spec):
         check_model_source(spec, "--student", config_file_ok=True)
         try:
@@ -224,9 +282,38 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
     return student
 
 
-def save_student(student: Student, tokenizer, output_dir: str) -> None:
-    """Saves the student with `save_pretrained` (loadable by transformers directly), its tokenizer and fit_dense."""
+TASK_FILE = "tinybert_task.json"
+
+
+def build_classifier(name_or_path: str, *, labels: Optional[Tuple[str, ...]]) -> Student:
+    """A `BertForSequenceClassification` to fine-tune (a teacher to start from), from a hub name or directory,
+    wrapped as a Student (its fit_dense is unused) so the one trainer runs it; the head is the task's.
+
+    Raises:
+      UserError: it cannot be loaded.
+    """
+    from transformers import BertForSequenceClassification
+    register_scores_attention()
+    num_labels = len(labels) if labels else 1
+    extra = ({"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+             if labels else {"problem_type": "regression"})
+    try:
+        bert = BertForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation=SCORES_ATTENTION,
+            **extra)
+    except Exception as error:  # pylint: disable=broad-except  # one line
+        raise UserError(f"cannot load a model to fine-tune from {name_or_path!r} ({describe(error)}); pass a hub "
+                        "name or a directory saved with save_pretrained") from error
+    return Student(bert, bert.config.hidden_size)
+
+
+def save_student(student: Student, tokenizer, output_dir: str, task: Optional[dict] = None) -> None:
+    """Saves the student with `save_pretrained` (loadable by transformers directly), its tokenizer and fit_dense;
+    with `task` (a classifier's task: text fields, labels, metrics), also `tinybert_task.json` beside config.json."""
     os.makedirs(output_dir, exist_ok=True)
+    if task is not None:
+        with open(os.path.join(output_dir, TASK_FILE), "w", encoding="utf-8") as handle:
+            json.dump(task, handle, indent=2)
     student.bert.save_pretrained(output_dir)  # the config does not record our attention function
     tokenizer.save_pretrained(output_dir)
     torch.save(student.fit_dense.state_dict(), os.path.join(output_dir, FIT_DENSE_NAME))

@@ -23,7 +23,7 @@ from torch import nn
 
 from distill import data as data_lib
 from distill import glue, losses, models
-from distill.config import CONSTANT, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError, describe
+from distill.config import CONSTANT, FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError, describe
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,46 @@ EVAL_JSONL = "eval_results.jsonl"
 BEST_DIR = "best"  # the best-on-dev student of the prediction stage
 BEST_EVAL_JSON = "eval_results.json"
 CONFIG_NAME = "distill_config.json"
+TENSORBOARD_DIR = "runs"  # --report_to tensorboard: event files here
+
+
+def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
+                 teacher: Optional[str] = None) -> glue.GlueTask:
+    """The task of a task run: a GLUE task by name, or for `--task generic` the one the augmented data's manifest
+    records (text_fields, label_list, regression). A generic manifest without a label_list takes the teacher's
+    label names where config.json names them.
+
+    Raises:
+      UserError: an unknown task, a manifest without text fields, labels that differ from the task's, or a
+        generic classification task whose labels nobody names.
+    """
+    recorded = str(manifest.get("task") or "")
+    if task_name.lower() != glue.GENERIC:
+        task = glue.get_task(task_name)
+        label_list = manifest.get("label_list")
+        expected = list(task.labels) if task.labels else None
+        if label_list is not None and expected is not None and sorted(label_list) != sorted(expected):
+            raise UserError(f"{data_path} has labels {label_list} but {task.name} has {expected}; check --task")
+        return task
+    if recorded and recorded.lower() != glue.GENERIC:
+        logger.info("%s holds %s data: --task generic reads it as %s", data_path, recorded, recorded)
+        return glue.get_task(recorded)
+    text_fields = manifest.get("text_fields") or []
+    regression = bool(manifest.get("regression", False))
+    labels = manifest.get("label_list")
+    if not regression and not labels and teacher:
+        from transformers import AutoConfig
+        try:
+            id2label = AutoConfig.from_pretrained(teacher).id2label or {}
+        except Exception:  # pylint: disable=broad-except  # the teacher's own load reports it in one line
+            id2label = {}
+        if not models.is_default_label_names(id2label, len(id2label)):
+            labels = [str(id2label[i]) for i in range(len(id2label))]
+            logger.info("%s records no label_list: the labels are the teacher's %s", data_path, labels)
+    if not regression and not labels:
+        raise UserError(f"{data_path}: its manifest records no label_list and the teacher does not name its labels; "
+                        "rerun python -m pipelines.augment with --label_list")
+    return glue.generic_task(text_fields, manifest.get("label_field") or "label", labels, regression=regression)
 
 
 def load_tokenizer(name_or_path: str):
@@ -69,13 +109,17 @@ def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dt
     return torch.bfloat16
 
 
-def _check_labels(labels: torch.Tensor, data_path: str) -> None:
+def _check_labels(labels: torch.Tensor, data_path: str, *, finetune: bool = False) -> None:
     """Refuses a batch with a row that has no numeric label when the loss needs the labels.
 
     Raises:
       UserError: a NaN label (null or not a number in the data).
     """
     missing = int(torch.isnan(labels).sum())
+    if missing and finetune:
+        raise UserError(f"{data_path} has rows whose label is missing or not one of the task's labels ({missing} in "
+                        "one batch); fine-tuning trains on the labels: regenerate the data with pipelines.augment "
+                        "(with --label_list)")
     if missing:
         raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
                         "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
@@ -179,11 +223,8 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         cfg_d, cfg_data, cfg_run = config.distill, config.data, config.run
-        self.task = glue.get_task(cfg_d.task) if cfg_d.task else None
-        self.prediction = cfg_d.stage == PREDICTION
-        # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch.
-        self.label_targets = (self.prediction and self.task is not None and self.task.labels is None
-                              and cfg_d.regression_target == "labels")
+        self.finetune = cfg_d.mode == FINETUNE
+        self.prediction = cfg_d.stage == PREDICTION or self.finetune
         classification = cfg_d.mode != GENERAL
 
         # Everything a user can get wrong is refused here, before the first step (most of it before any loading).
@@ -192,8 +233,8 @@ class Trainer:
         resume_state = None
         if os.path.exists(self.checkpoint_path) and not cfg_run.no_resume:
             resume_state = read_checkpoint(self.checkpoint_path)
-        models.check_model_source(cfg_d.teacher, "--teacher")
-        if cfg_d.student not in models.STUDENT_PRESETS:
+        models.check_model_source(cfg_d.teacher, "--model" if self.finetune else "--teacher")
+        if cfg_d.student not in models.STUDENT_PRESETS and not self.finetune:
             models.check_model_source(cfg_d.student, "--student", config_file_ok=True)
 
         torch.manual_seed(cfg_run.seed)  # student init (identical on every rank), then per-rank dropout below
@@ -202,7 +243,14 @@ class Trainer:
         self.tokenizer_name = cfg_data.tokenizer or cfg_d.teacher
         self.tokenizer = load_tokenizer(self.tokenizer_name)
 
-        label_list = None
+        self.task = None
+        if classification:
+            manifest = data_lib.open_output_dir(cfg_data.data, kind=data_lib.AUGMENTED_KIND).manifest
+            self.task = resolve_task(cfg_d.task, manifest, cfg_data.data, teacher=cfg_d.teacher)
+        # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch; so does
+        # fine-tuning (class indices or scores).
+        self.label_targets = self.finetune or (self.prediction and self.task is not None and self.task.labels is None
+                                               and cfg_d.regression_target == "labels")
         if cfg_d.mode == GENERAL:
             self.stream, self.output_dir = data_lib.open_corpus(
                 cfg_data.data, tokenizer=self.tokenizer, tokenizer_name=self.tokenizer_name,
@@ -215,26 +263,33 @@ class Trainer:
             self.stream, self.output_dir = data_lib.open_augmented(
                 cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
                 shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed, rank=rank, world_size=world_size,
-                num_workers=cfg_data.num_workers, regression_labels=self.label_targets,
-                pad_to_max_length=cfg_data.pad_to_max_length)
+                num_workers=cfg_data.num_workers, regression_labels=self.label_targets and self.task.labels is None,
+                class_labels=self.task.labels if self.finetune else None, pad_to_max_length=cfg_data.pad_to_max_length,
+                text_fields=self.task.text_fields or None)
             rows_per_epoch = self.output_dir.rows("data")
-            label_list = self.output_dir.manifest.get("label_list")
-            expected = list(self.task.labels) if self.task.labels else None
-            if label_list is not None and expected is not None and sorted(label_list) != sorted(expected):
-                raise UserError(f"{cfg_data.data} has labels {label_list} but {self.task.name} has {expected}; "
-                                "check --task")
         num_labels = (len(self.task.labels) if self.task.labels else 1) if self.task else None
 
-        self.teacher = models.load_teacher(cfg_d.teacher, classification=classification, num_labels=num_labels)
         # The largest token id the data can hold: the manifest's tokenizer size (corpus ids were written with it)
         # and the tokenizer's (task data is tokenized here); the student gets the teacher's vocab_size.
         recorded = (self.output_dir.manifest.get("tokenizer") or {}).get("vocab_size")
         needed = max(len(self.tokenizer), int(recorded) if isinstance(recorded, int) else 0)
-        models.check_vocab(self.teacher.config, needed, f"--teacher {cfg_d.teacher}")
-        self.vocab_size = int(self.teacher.config.vocab_size)  # the student's too (see models.student_config)
-        self.teacher.to(device)
-        self.student = models.build_student(cfg_d.student, self.teacher, classification=classification,
-                                            num_labels=num_labels).to(device)
+        self.teacher, self.teacher_order = None, None
+        if self.finetune:  # no teacher: the model itself learns the labels
+            self.student = models.build_classifier(cfg_d.student, labels=self.task.labels)
+            models.check_vocab(self.student.bert.config, needed, f"--model {cfg_d.student}")
+            self.vocab_size = int(self.student.bert.config.vocab_size)
+            self.student.to(device)
+        else:
+            self.teacher = models.load_teacher(cfg_d.teacher, classification=classification, num_labels=num_labels)
+            if classification:  # a teacher that names the task's labels in another order is read in the task's
+                self.teacher_order = models.label_permutation(self.teacher.config.id2label, self.task.labels,
+                                                              f"teacher {cfg_d.teacher}")
+            models.check_vocab(self.teacher.config, needed, f"--teacher {cfg_d.teacher}")
+            self.vocab_size = int(self.teacher.config.vocab_size)  # the student's too (see models.student_config)
+            self.teacher.to(device)
+            self.student = models.build_student(cfg_d.student, self.teacher, classification=classification,
+                                                num_labels=num_labels, labels=self.task.labels if self.task else None
+                                                ).to(device)
         if self.prediction:
             self.student.fit_dense.requires_grad_(False)  # unused by the logits loss; kept as it was
         self.model: nn.Module = self.student
@@ -255,7 +310,8 @@ class Trainer:
             if param.requires_grad:
                 (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=optim.learning_rate)
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=optim.learning_rate,
+                                           eps=optim.adam_epsilon)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
 
@@ -279,12 +335,41 @@ class Trainer:
                         os.remove(os.path.join(cfg_run.output, name))
                 shutil.rmtree(os.path.join(cfg_run.output, BEST_DIR), ignore_errors=True)
         self.start_step = self.step
+        self.writer = None
+        if self.is_main and cfg_run.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (a dependency)
+            self.writer = SummaryWriter(log_dir=os.path.join(cfg_run.output, TENSORBOARD_DIR))
+        if self.dev_sets and self.teacher is not None and resume_state is None:
+            self._check_teacher_on_dev()
         if self.is_main:
             logger.info("resolved config:\n%s", config.to_json())
             logger.info("%d optimizer steps, %s learning rate (%d warm-up steps), %d examples per step over %d "
                         "processes", self.total_steps, self.lr_schedule, self.warmup_steps, per_step, world_size)
             with open(os.path.join(cfg_run.output, CONFIG_NAME), "w", encoding="utf-8") as handle:
                 handle.write(config.to_json())
+
+    def _check_teacher_on_dev(self) -> None:
+        """Scores the teacher once on dev and warns when it is at chance (no better than always answering the
+        commonest label): a classifier head that was never trained gives the student nothing to learn."""
+        results = glue.evaluate(self.teacher, self.tokenizer, self.task, self.dev_sets, device=self.device,
+                                batch_size=self.config.data.eval_batch_size,
+                                max_seq_len=self.config.data.max_seq_len or self.task.max_seq_len)
+        logger.info("teacher on dev: %s", json.dumps(results))
+        if self.task.labels is None:
+            return
+        split = self.task.main_split(results)
+        labels = np.asarray(self.dev_sets[split].labels)
+        if not len(labels):
+            return
+        chance = max(float((labels == index).mean()) for index in range(len(self.task.labels)))
+        accuracy = results[split].get("acc", float("nan"))
+        if accuracy <= chance + 0.01:
+            logger.warning("teacher %s looks untrained for the task: dev accuracy %.4f is at chance (the commonest "
+                           "label alone scores %.4f); fine-tune it first (python -m distill.run finetune)",
+                           self.config.distill.teacher, accuracy, chance)
+
+    def _task_record(self) -> Optional[Dict[str, Any]]:
+        return self.task.to_dict() if self.task is not None else None
 
     # -------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -299,7 +384,7 @@ class Trainer:
             for batch in data_lib.make_loader(self.stream):
                 seen = True
                 if self.label_targets:
-                    _check_labels(batch["labels"], self.config.data.data)
+                    _check_labels(batch["labels"], self.config.data.data, finetune=self.finetune)
                 self._check_token_ids(batch["input_ids"])
                 self.position.advance(batch)
                 yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
@@ -320,9 +405,19 @@ class Trainer:
     def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The named loss terms of one micro-batch; "loss" is the one to minimise."""
         teacher_logits = None
+        if self.finetune:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                token_type_ids=batch["token_type_ids"], project=False)["logits"]
+            if self.task.labels is None:
+                cls = losses.regression_loss(logits, batch["labels"])
+            else:
+                cls = nn.functional.cross_entropy(logits.float(), batch["labels"].long())
+            return {"loss": cls, "cls_loss": cls}
         if not self.label_targets:  # the gold-label regression loss does not use the teacher
             with torch.no_grad():
                 teacher_logits, teacher_scores, teacher_hidden = models.forward_with_internals(self.teacher, batch)
+            if self.teacher_order is not None and teacher_logits is not None:
+                teacher_logits = teacher_logits[:, self.teacher_order]  # (batch, labels) in the task's order
         student_logits, student_scores, student_projected = models.forward_with_internals(
             self.model, batch, project=not self.prediction)
         if not self.prediction:
@@ -346,7 +441,8 @@ class Trainer:
                     else contextlib.nullcontext())
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="distill")
         self.student.train()
-        self.teacher.eval()
+        if self.teacher is not None:  # train: dropout on, as the reference (which never calls eval() on it)
+            self.teacher.train(self.config.distill.teacher_mode == "train")
         last_logged: Dict[str, Any] = {}
         started, samples = time.time(), 0
         while True:
@@ -394,6 +490,8 @@ class Trainer:
         progress.close()
         if self.step >= self.total_steps and self.is_main:
             self._finish()
+        if self.writer is not None:
+            self.writer.close()
         return last_logged
 
     def _mean_over_ranks(self, totals: Dict[str, float]) -> Dict[str, float]:
@@ -410,6 +508,11 @@ class Trainer:
         logger.info("step %d: %s", record["step"], ", ".join(f"{k}={v}" for k, v in record.items() if k != "step"))
         with open(os.path.join(self.config.run.output, METRICS_JSONL), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in record.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{name}", value, record["step"])
+            self.writer.flush()
 
     def evaluate(self) -> Dict[str, Any]:
         """Dev-set metrics (rank 0, prediction stage with --dev); appended to eval_results.jsonl."""
@@ -423,6 +526,12 @@ class Trainer:
         logger.info("eval at step %d: %s", self.step, json.dumps(results))
         with open(os.path.join(self.config.run.output, EVAL_JSONL), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for split, metrics in results.items():
+                for name, value in metrics.items():
+                    if isinstance(value, float):
+                        self.writer.add_scalar(f"eval/{split}/{name}", value, self.step)
+            self.writer.flush()
         self._keep_if_best(results)
         return results
 
@@ -438,7 +547,7 @@ class Trainer:
         best = os.path.join(self.config.run.output, BEST_DIR)
         staging = best + ".tmp"  # written whole, then swapped in: a kill leaves the previous best intact
         shutil.rmtree(staging, ignore_errors=True)
-        models.save_student(self.student, self.tokenizer, staging)
+        models.save_student(self.student, self.tokenizer, staging, task=self._task_record())
         with open(os.path.join(staging, BEST_EVAL_JSON), "w", encoding="utf-8") as handle:
             json.dump(self.best_dev, handle, indent=2)
         shutil.rmtree(best, ignore_errors=True)
@@ -502,7 +611,7 @@ class Trainer:
     def _finish(self) -> None:
         """The student for `from_pretrained` (fit_dense beside it), metrics CSV and a loss curve."""
         output = self.config.run.output
-        models.save_student(self.student, self.tokenizer, output)
+        models.save_student(self.student, self.tokenizer, output, task=self._task_record())
         records = read_metrics(output)
         write_metrics_csv(records, os.path.join(output, METRICS_CSV))
         plot_losses(records, os.path.join(output, LOSS_PNG))

@@ -31,6 +31,7 @@ def test_lr_schedule_is_validated():
     with pytest.raises(SystemExit) as raised:
         run.main(["task", "--lr_schedule", "cosine", "--teacher", "t", "--student", "s", "--data", "d",
                   "--output", "o", "--task", "SST-2"])
+    # argparse's invalid choice, as one line (distill.run's parser turns its usage text into an `error:` line)
     assert str(raised.value.code).startswith("error: argument --lr_schedule: invalid choice: 'cosine'")
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional, Tuple
 
-GENERAL, TASK = "general", "task"
+GENERAL, TASK, FINETUNE = "general", "task", "finetune"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,6 +20,14 @@ REGRESSION_TARGETS = ("labels", "teacher")
 # Learning-rate schedules: "auto" is the reference's for the stage (constant for task stage 1, linear otherwise).
 AUTO, LINEAR, CONSTANT = "auto", "linear", "constant"
 LR_SCHEDULES = (AUTO, LINEAR, CONSTANT)
+# The teacher's mode while it computes targets: "train" (dropout on, as the reference never calls eval() on it).
+TEACHER_MODES = ("train", "eval")
+REPORT_TO = ("none", "tensorboard")
+
+
+# Fixed choices that match the reference, recorded in every resolved config.
+FIT_DENSE_INIT = {"weight": "normal", "mean": 0.0, "std": "student initializer_range (0.02)", "bias": 0.0}
+PAIR_TRUNCATION = "reference: pop a token from the longer text, from the second on a tie"
 
 
 class UserError(ValueError):
@@ -50,10 +58,11 @@ class DistillConfig:
     """What is distilled into what."""
     teacher: str = _field(help="teacher: hub name or directory (fine-tuned BertForSequenceClassification for task)")
     student: str = _field(help="student: preset 4L-312H or 6L-768H, a config.json, or a model directory")
-    mode: str = _field(GENERAL, help="general or task", cli=False)
+    mode: str = _field(GENERAL, help="general, task or finetune", cli=False)
     stage: str = _field(INTERMEDIATE, help="task stage: intermediate (attention + hidden states) or prediction "
                                            "(logits)", choices=(INTERMEDIATE, PREDICTION))
-    task: Optional[str] = _field(None, help="GLUE task name (SST-2, MNLI, ...) for task distillation")
+    task: Optional[str] = _field(None, help="GLUE task name (SST-2, MNLI, ...), or generic: the fields and labels "
+                                            "the augmented data's manifest records")
     temperature: float = _field(1.0, help="softmax temperature of the prediction-layer loss")
     soft_ce_reduction: str = _field(
         "mean", help="prediction-layer soft cross-entropy: mean over batch and classes (the reference) or "
@@ -62,15 +71,19 @@ class DistillConfig:
     regression_target: str = _field(
         "labels", help="STS-B prediction stage: MSE to the row's label (the reference) or to the teacher's output",
         choices=REGRESSION_TARGETS)
+    teacher_mode: str = _field(
+        "train", help="the teacher's mode while it computes targets: train (dropout on, as the reference, which never "
+                      "calls eval() on it) or eval (dropout off: deterministic targets)", choices=TEACHER_MODES)
 
     def __post_init__(self):
-        _require(self.mode in (GENERAL, TASK), f"mode must be {GENERAL} or {TASK}, not {self.mode!r}")
+        _require(self.mode in (GENERAL, TASK, FINETUNE), f"mode must be {GENERAL}, {TASK} or {FINETUNE}, not {self.mode!r}")
         _require(self.stage in (INTERMEDIATE, PREDICTION), f"--stage must be {INTERMEDIATE} or {PREDICTION}")
         _require(self.mode == GENERAL or bool(self.task), "--task is required for task distillation")
-        _require(self.mode == TASK or self.stage == INTERMEDIATE, "general distillation has only the intermediate stage")
+        _require(self.mode != GENERAL or self.stage == INTERMEDIATE, "general distillation has only the intermediate stage")
         _require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
         _require_choice("soft_ce_reduction", self.soft_ce_reduction, SOFT_CE_REDUCTIONS)
         _require_choice("regression_target", self.regression_target, REGRESSION_TARGETS)
+        _require_choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +100,8 @@ class DataConfig:
         False, help="pad every batch to the fixed length (the corpus's max_seq_len; task: --max_seq_len) as the "
                     "reference does, which sets the scale of the intermediate losses; off: pad to the longest row "
                     "of each batch (faster)")
-    dev: Optional[str] = _field(None, help="GLUE dev TSV (or MNLI directory) evaluated during task training")
+    dev: Optional[str] = _field(None, help="dev file evaluated during task training: GLUE dev TSV (or MNLI directory); "
+                                           "generic tasks: TSV/CSV with a header, JSONL or Parquet with the task's columns")
     eval_batch_size: int = _field(64, help="examples per evaluation batch")
 
     def __post_init__(self):
@@ -105,9 +119,10 @@ class OptimConfig:
     weight_decay: float = _field(0.01, help="AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_proportion: float = _field(0.1, help="fraction of steps with linear warm-up")
     max_steps: Optional[int] = _field(None, help="optimizer steps (default: from --epochs and the row counts)")
-    epochs: float = _field(1.0, help="passes over the data when --max_steps is not given")
+    epochs: float = _field(3.0, help="passes over the data when --max_steps is not given")
     gradient_accumulation_steps: int = _field(1, help="micro-batches per optimizer step")
     max_grad_norm: float = _field(1.0, help="gradient clipping norm (0 = off)")
+    adam_epsilon: float = _field(1e-6, help="Adam epsilon (the reference's BertAdam: 1e-6)")
     lr_schedule: str = _field(
         AUTO, help="auto (the reference's: constant for task --stage intermediate, linear otherwise), linear "
                    "(warm-up over --warmup_proportion, then linear decay to 0) or constant (no warm-up, no decay)",
@@ -121,6 +136,7 @@ class OptimConfig:
         _require(self.epochs > 0, f"--epochs must be > 0, not {self.epochs}")
         _require(self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1")
         _require(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0")
+        _require(self.adam_epsilon > 0, "--adam_epsilon must be > 0")
         _require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
 
 
@@ -139,6 +155,8 @@ class RunConfig:
     no_resume: bool = _field(False, help="start afresh even if OUTPUT holds a checkpoint")
     halt_at_step: Optional[int] = _field(None, help="save a checkpoint at this step and exit as if killed "
                                                     "(for preemptible jobs and tests)")
+    report_to: str = _field("none", help="also log to: none or tensorboard (event files in OUTPUT/runs)",
+                            choices=REPORT_TO)
 
     def __post_init__(self):
         _require(bool(self.output), "--output is required")
@@ -147,6 +165,7 @@ class RunConfig:
         _require_choice("precision", self.precision, PRECISIONS)
         _require_choice("device", self.device, DEVICES)
         _require(self.halt_at_step is None or self.halt_at_step > 0, "--halt_at_step must be > 0")
+        _require_choice("report_to", self.report_to, REPORT_TO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +177,10 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """The options by group, and under "resolved" what "auto" options became for this run."""
-        return {**dataclasses.asdict(self), "resolved": {"lr_schedule": self.lr_schedule}}
+        return {**dataclasses.asdict(self), "resolved": {
+            "lr_schedule": self.lr_schedule, "fit_dense_init": FIT_DENSE_INIT, "pair_truncation": PAIR_TRUNCATION,
+            "teacher_dropout": self.distill.teacher_mode == "train", "optimizer": "AdamW",
+            "adam_epsilon": self.optim.adam_epsilon, "epochs": self.optim.epochs}}
 
     @property
     def lr_schedule(self) -> str:

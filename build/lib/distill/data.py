@@ -250,20 +250,48 @@ def encode_corpus_rows(table: pa.Table) -> EncodedRows:
     return EncodedRows(values, offsets, segment_a)
 
 
+def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> Tuple[int, int]:
+    """How many tokens of each text the reference's `_truncate_seq_pair` keeps: while the pair is longer than
+    `budget`, it removes the last token of the longer text, or of the second when they are equal.
+
+    Computed without the loop: the longer text first loses the difference, then (at equal lengths) the second and
+    the first lose tokens in turn, the second first.
+    """
+    excess = length_a + length_b - budget
+    if excess <= 0:
+        return length_a, length_b
+    difference = abs(length_a - length_b)
+    if excess <= difference:
+        return (length_a - excess, length_b) if length_a > length_b else (length_a, length_b - excess)
+    level = min(length_a, length_b)
+    rest = excess - difference
+    return level - rest // 2, level - (rest + 1) // 2
+
+
 def encode_texts(tokenizer, texts: Sequence[Tuple[str, ...]], max_seq_len: int) -> EncodedRows:
-    """Tokenizes single sentences or pairs with the fast tokenizer, in one batch call."""
+    """Tokenizes single sentences or pairs with the fast tokenizer, in one batch call per text field, as
+    `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`; a pair is truncated as the reference does (see
+    `truncated_pair_lengths`; the fast tokenizer's longest_first keeps the extra token in the other text)."""
     if not texts:
         return EncodedRows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
-    first = [t[0] or "" for t in texts]
-    second = [t[1] or "" for t in texts] if len(texts[0]) > 1 else None
-    encoded = tokenizer(first, second, truncation=True, max_length=max_seq_len, return_token_type_ids=True,
-                        return_attention_mask=False)
-    ids = encoded["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    first = tokenizer([t[0] or "" for t in texts], add_special_tokens=False, return_token_type_ids=False,
+                      return_attention_mask=False)["input_ids"]
+    if len(texts[0]) > 1:
+        second = tokenizer([t[1] or "" for t in texts], add_special_tokens=False, return_token_type_ids=False,
+                           return_attention_mask=False)["input_ids"]
+        ids, segment_a = [], []
+        for tokens_a, tokens_b in zip(first, second):
+            keep_a, keep_b = truncated_pair_lengths(len(tokens_a), len(tokens_b), max_seq_len - 3)
+            ids.append([cls, *tokens_a[:keep_a], sep, *tokens_b[:keep_b], sep])
+            segment_a.append(keep_a + 2)
+    else:
+        ids = [[cls, *tokens[:max_seq_len - 2], sep] for tokens in first]
+        segment_a = [len(row) for row in ids]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     values = np.fromiter((token for x in ids for token in x), dtype=np.int64, count=int(offsets[-1]))
-    segment_b = np.fromiter((sum(x) for x in encoded["token_type_ids"]), dtype=np.int64, count=len(ids))
-    return EncodedRows(values, offsets, lengths - segment_b)
+    return EncodedRows(values, offsets, np.asarray(segment_a, dtype=np.int64))
 
 
 def float_labels(column) -> np.ndarray:
@@ -285,17 +313,26 @@ def _parse_float(value) -> Optional[float]:
         return None
 
 
+def class_indices(column, names: Sequence[str]) -> np.ndarray:
+    """A label column as each label's index in `names` (float32, NaN where a row's label is not one of them)."""
+    lookup = {str(name): float(index) for index, name in enumerate(names)}
+    return np.asarray([lookup.get(str(value).strip() if value is not None else None, np.nan)
+                       for value in column.to_pylist()], dtype=np.float32)
+
+
 def augmented_encoder(tokenizer, text_fields: Sequence[str], max_seq_len: int, *,
-                      label_field: Optional[str] = None) -> Callable[[pa.Table], EncodedRows]:
+                      label_field: Optional[str] = None,
+                      class_labels: Optional[Sequence[str]] = None) -> Callable[[pa.Table], EncodedRows]:
     """An encoder for augmented-task rows: the text fields tokenized on the fly; with `label_field`, that column
-    read as float regression labels (see `float_labels`)."""
+    read as float regression labels (see `float_labels`), or with `class_labels` as class indices."""
     fields = list(text_fields)
 
     def encode(table: pa.Table) -> EncodedRows:
         columns = [table.column(name).to_pylist() for name in fields]
         rows = encode_texts(tokenizer, list(zip(*columns)), max_seq_len)
         if label_field is not None:
-            rows.labels = float_labels(table.column(label_field))
+            column = table.column(label_field)
+            rows.labels = class_indices(column, class_labels) if class_labels else float_labels(column)
         return rows
 
     return encode
@@ -533,20 +570,24 @@ def corpus_rows_per_epoch(output: OutputDir) -> int:
 
 def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, shuffle_buffer: int, seed: int,
                    rank: int = 0, world_size: int = 1, num_workers: int = 0, regression_labels: bool = False,
-                   pad_to_max_length: bool = False) -> Tuple[ShardStream, OutputDir]:
+                   class_labels: Optional[Sequence[str]] = None, pad_to_max_length: bool = False,
+                   text_fields: Optional[Sequence[str]] = None) -> Tuple[ShardStream, OutputDir]:
     """A stream over an augmented task directory, tokenized on the fly with the (teacher's) fast tokenizer.
 
     Args:
       pad_to_max_length: pad every batch to `max_seq_len`, as the reference does.
       regression_labels: also read the label column as float and add `labels` (batch,) to each batch (STS-B's
         prediction stage against the gold labels); rows without a numeric label get NaN.
+      class_labels: also read the label column as the index of each row's label in this list (fine-tuning);
+        rows with another label get NaN.
+      text_fields: the text columns to read (default: the manifest's).
 
     Raises:
       UserError: see `open_output_dir` and `check_shards`; also a manifest without text fields, or regression labels asked of a
         classification task's data.
     """
     output = open_output_dir(path, kind=AUGMENTED_KIND)
-    text_fields = output.manifest.get("text_fields") or []
+    text_fields = list(text_fields or output.manifest.get("text_fields") or [])
     if not text_fields or "data" not in output.manifest.get("outputs", {}):
         raise UserError(f"{path}: the manifest names no text_fields or data output; rerun python -m pipelines.augment")
     check_shards(output, ["data"])
@@ -556,9 +597,12 @@ def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, s
             raise UserError(f"{path} holds a classification task ({output.manifest.get('task')}, labels "
                             f"{output.manifest['label_list']}); regression labels need a regression task such as STS-B")
         label_field = output.manifest.get("label_field") or "label"
+    if class_labels:
+        label_field = output.manifest.get("label_field") or "label"
     columns = list(text_fields) + ([label_field] if label_field and label_field not in text_fields else [])
     stream = ShardStream(fs=output.fs, files_by_epoch=[output.files("data")], columns=columns,
-                         encoder=augmented_encoder(tokenizer, text_fields, max_seq_len, label_field=label_field),
+                         encoder=augmented_encoder(tokenizer, text_fields, max_seq_len, label_field=label_field,
+                                                   class_labels=class_labels),
                          batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
                          world_size=world_size, num_workers=num_workers, pad_id=tokenizer.pad_token_id or 0,
                          pad_to=max_seq_len if pad_to_max_length else None)

@@ -47,7 +47,7 @@ from augment.mlm import MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer
 from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
                            generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
 from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
-from pipelines import cli, outputs, progress, sources
+from pipelines import cli, outputs, progress, report, sources
 from pipelines import tokenizer as tokenizer_lib
 from pipelines.cli import InputError, UserError
 from pipelines.options import IOOptions, resolve
@@ -377,10 +377,14 @@ class AugmentExamplesFn(beam.DoFn):
     TSV = "tsv"
     CANDIDATES = "candidates"
     STATS = "stats"
+    REPORT = "report"  # one small stats dict per example (pipelines/report.py)
+    REPLACED_WORDS = "replaced_words"  # (original word, times replaced) per example
 
     def __init__(self, task: TaskFormat, *, num_aug: int, replace_prob: float, seed: int, emit_candidates: bool,
-                 glove: bool = True, word_rule: str = "reference", show_progress: bool = False):
+                 glove: bool = True, word_rule: str = "reference", show_progress: bool = False,
+                 report_histograms: Optional[Tuple[report.Histogram, report.Histogram]] = None):
         self._task = task
+        self._report_histograms = report_histograms
         self._show_progress = show_progress
         self._glove = glove
         self._word_filter = is_letter_word if word_rule == "unicode" else None
@@ -414,6 +418,13 @@ class AugmentExamplesFn(beam.DoFn):
             progress.advance("examples augmented", 1, total=total_examples)
         yield beam.pvalue.TaggedOutput(self.STATS, ("examples", 1))
         yield beam.pvalue.TaggedOutput(self.STATS, ("rows", len(rows)))
+        if self._report_histograms is not None:
+            rows_hist, length_hist = self._report_histograms
+            stats, replaced = report.example_stats(plans, mlm, glove, rows, word_filter=self._word_filter,
+                                                   rows_hist=rows_hist, length_hist=length_hist)
+            yield beam.pvalue.TaggedOutput(self.REPORT, stats)
+            for word, times in sorted(replaced.items()):
+                yield beam.pvalue.TaggedOutput(self.REPLACED_WORDS, (word, times))
         if not self._glove:
             kept = sum(len(plan.glove_words) for plan in plans)
             if kept:
@@ -784,15 +795,19 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
         glove_neighbours, glove_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), ()
     total_examples = read.examples | "CountExamples" >> beam.combiners.Count.Globally()
+    report_histograms = None if options.no_report else report.augment_histograms(
+        num_aug=num_aug, num_fields=len(task.text_fields), top_k=options.top_k)
     augmented = ({"example": planned.plans, "mlm": mlm.answers}
                  | "JoinAnswers" >> beam.CoGroupByKey()
                  | "AugmentExamples" >> beam.ParDo(
                      AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
                                        emit_candidates=options.emit_candidates, glove=glove_file is not None,
-                                       word_rule=options.word_rule, show_progress=show_progress),
+                                       word_rule=options.word_rule, show_progress=show_progress,
+                                       report_histograms=report_histograms),
                      glove=beam.pvalue.AsDict(glove_neighbours),
                      total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
-                         AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS, main="rows"))
+                         AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS,
+                         AugmentExamplesFn.REPORT, AugmentExamplesFn.REPLACED_WORDS, main="rows"))
 
     data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task))
     tsv_set = outputs.ShardSet("tsv-parts", options.num_shards, None, file_format="tsv")
@@ -827,11 +842,23 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     }
     quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
                                   max_reject_fraction=options.max_reject_fraction)
+    report_done = None
+    if report_histograms is not None:  # report/, written before the manifest and _SUCCESS (which wait for it)
+        named_counts = ((reasons | "ReportRejectCounts" >> beam.Map(lambda kv: (("rejects", kv[0]), kv[1])),
+                         stats | "ReportStatsCounts" >> beam.Map(lambda kv: (("stats", kv[0]), kv[1])))
+                        | "ReportCounts" >> beam.Flatten())
+        report_done = pipeline | "WriteReport" >> report.WriteReport(
+            output, "augmented-task",
+            stats=augmented[AugmentExamplesFn.REPORT] | "SumReportStats" >> report.SumReportStats(),
+            top_words=augmented[AugmentExamplesFn.REPLACED_WORDS] | "FindTopWords" >> report.FindTopWords(),
+            named_counts=named_counts, histograms=report_histograms, run_id=run_id,
+            settings={"task": task.name, "num_aug": num_aug, "replace_prob": options.replace_prob,
+                      "top_k": options.top_k, "seed": options.seed})
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
         output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats},
         quality=quality, dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
                                        "label_names": list(task.label_list) if task.label_list else None},
-        run_id=run_id)
+        run_id=run_id, manifest_fields=report_done)
 
 
 def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
@@ -886,7 +913,8 @@ def run(argv=None, save_main_session=False):
     aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
                   num_shards=4)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    for name in ("input", "output", "model", "glove", "stop_words"):
+    shown_output = aug.output
+    for name in ("output", "model", "glove", "stop_words"):
         setattr(aug, name, sources.absolute(getattr(aug, name), may_be_hub_name=name in ('model',)))
     _check_options(aug)
     resolved = _resolve_input(aug)
@@ -909,7 +937,7 @@ def run(argv=None, save_main_session=False):
     manifest = outputs.read_manifest(aug.output, require_success=False)
     outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
                                                                   aug))
-    print(outputs.summary("augment", manifest, aug.output, time.time() - started, rows_output="data"), flush=True)
+    print(outputs.summary("augment", manifest, shown_output, time.time() - started, rows_output="data"), flush=True)
     return manifest
 
 

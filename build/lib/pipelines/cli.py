@@ -70,6 +70,8 @@ def parse_pipeline_options(argv: Sequence[str], own: Sequence[type]) -> Pipeline
         cannot convert.
     """
     argv = list(argv)
+    if not _runner_name(argv):
+        argv.append("--runner=DirectRunner")  # Beam's default, said here so that Beam does not log that it chose it
     if "dask" in _runner_name(argv).lower():
         import apache_beam.runners.dask.dask_runner  # noqa: F401  (declares --dask_client_address and friends)
     parser = _StrictParser(allow_abbrev=False, add_help=False)

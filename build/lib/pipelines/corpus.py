@@ -43,7 +43,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import documents as documents_lib
 from pipelines import instances as instances_lib
-from pipelines import cli, outputs, progress, sources
+from pipelines import cli, outputs, progress, report, sources
 from pipelines import tokenizer as tokenizer_lib
 from pipelines import wiki
 from pipelines.cli import InputError, UserError
@@ -743,7 +743,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
     _check_options(options)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    for name in ("input", "output", "tokenizer"):
+    shown_output = options.output
+    for name in ("output", "tokenizer"):
         setattr(options, name, sources.absolute(getattr(options, name), may_be_hub_name=name in ('tokenizer',)))
     try:
         config = instances_lib.InstanceConfig(
@@ -835,10 +836,24 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
                   | "SumCounts" >> outputs.CountByKey())
         quality = outputs.QualityRule(accepted=(COUNTS_TABLE, "documents"), rejects=REJECTS_TABLE,
                                       max_reject_fraction=options.max_reject_fraction, ignore=SKIP_REASONS)
+        report_done = None
+        if not options.no_report:  # report/, written before the manifest and _SUCCESS (which wait for it)
+            histograms = report.corpus_histograms(max_seq_len=options.max_seq_len)
+            report_stats = (
+                (made.instances | "InstanceReportStats" >> beam.Map(report.instance_batch_stats,
+                                                                    length_hist=histograms[0]),
+                 tokenized.documents | "DocumentReportStats" >> beam.Map(
+                     report.document_stats, itemsize=np.dtype(typecode).itemsize, tokens_hist=histograms[1]))
+                | "FlattenReportStats" >> beam.Flatten()
+                | "SumReportStats" >> report.SumReportStats())
+            report_done = pipeline | "WriteReport" >> report.WriteReport(
+                options.output, KIND, stats=report_stats, named_counts=counts, histograms=histograms, run_id=run_id,
+                settings={"instance_mode": options.instance_mode, "max_seq_len": options.max_seq_len,
+                          "epochs": options.epochs, "seed": options.seed})
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
             output_dir=options.output, header=header, shard_stats=shard_stats,
             named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts), quality=quality,
-            dataset_card={"data_glob": "epoch-*/*.parquet"}, run_id=run_id)
+            dataset_card={"data_glob": "epoch-*/*.parquet"}, run_id=run_id, manifest_fields=report_done)
 
     manifest = outputs.read_manifest(options.output, require_success=False)
     hint = ""
@@ -851,7 +866,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
              f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "
              f"{options.epochs} epoch(s)"]
-    print(outputs.summary("corpus", manifest, options.output, time.time() - started, rows_output="",
+    print(outputs.summary("corpus", manifest, shown_output, time.time() - started, rows_output="",
                           extra=extra), flush=True)
     return manifest
 

@@ -28,6 +28,8 @@ class IOOptions(PipelineOptions):
         parser.add_argument("--max_reject_fraction", type=float, default=0.1,
                             help="fail the run (no _SUCCESS, exit 1) when more than this fraction of the input "
                             "records is rejected (default 0.1); a run with no usable record always fails")
+        parser.add_argument("--no_report", action="store_true",
+                            help="write no report/ (PNG figures and report.md drawn from the run's counts)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines (the summary is still printed)")
 
 

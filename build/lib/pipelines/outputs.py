@@ -591,7 +591,7 @@ class FinalizeOutputFn(beam.DoFn):
         self._count_names = list(count_names)
         self._named_count_names = list(named_count_names)
 
-    def process(self, unused_element, *side_inputs):
+    def process(self, unused_element, *side_inputs, manifest_fields=()):
         set_names = sorted(self._shard_sets)
         if self._named_count_names:
             *side_inputs, named_pairs = side_inputs
@@ -612,6 +612,8 @@ class FinalizeOutputFn(beam.DoFn):
                   for name, pairs in zip(count_names, count_lists)}
         manifest = {"format_version": FORMAT_VERSION, "code_version": CODE_VERSION, **self._header,
                     "outputs": outputs, "counts": counts}
+        for fields in manifest_fields:  # e.g. {"report": "report/report.md"}, written before this step ran
+            manifest.update(fields)
         check_claim(self._output_dir, self._run_id)  # another run took the folder: write nothing further
         failure = self._quality.failure(counts) if self._quality is not None else None
         if failure is not None:  # the rows are kept for a look, but nothing marks them usable
@@ -673,6 +675,8 @@ class FinalizeOutput(beam.PTransform):
         `datasets` loader's configs and features).
       run_id: the id `claim_output_dir` returned: the manifest and `_SUCCESS` are written only while the in-progress
         marker still carries it, and the marker is removed after `_SUCCESS`. None: no check, the marker is left.
+      manifest_fields: a PCollection of dicts merged into the manifest, from steps that must finish before it (the
+        report/ writer): the manifest and `_SUCCESS` wait for them.
 
     Returns:
       A PCollection holding the manifest dict, once written.
@@ -682,8 +686,10 @@ class FinalizeOutput(beam.PTransform):
                  shard_stats: Mapping[str, Tuple[ShardSet, beam.PCollection]],
                  counts: Optional[Mapping[str, beam.PCollection]] = None,
                  named_counts: Optional[Tuple[Sequence[str], beam.PCollection]] = None,
-                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None, run_id: Optional[str] = None):
+                 quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None,
+                 run_id: Optional[str] = None, manifest_fields: Optional[beam.PCollection] = None):
         super().__init__()
+        self._manifest_fields = manifest_fields
         self._run_id = run_id
         self._quality = quality
         self._dataset_card = dataset_card
@@ -707,12 +713,14 @@ class FinalizeOutput(beam.PTransform):
             named_names, named_pcoll = self._named_counts
             side_inputs.append(beam.pvalue.AsList(named_pcoll))
         shard_sets = {n: self._shard_stats[n][0] for n in set_names}
+        extra = {} if self._manifest_fields is None else {
+            "manifest_fields": beam.pvalue.AsList(self._manifest_fields)}
         return (pipeline
                 | "Trigger" >> beam.Impulse()
                 | "WriteManifest" >> beam.ParDo(
                     FinalizeOutputFn(self._output_dir, self._header, shard_sets, count_names, named_names,
                                      quality=self._quality, dataset_card=self._dataset_card, run_id=self._run_id),
-                    *side_inputs))
+                    *side_inputs, **extra))
 
 
 def read_manifest(output_dir: str, *, require_success: bool = True) -> Dict[str, Any]:

@@ -197,7 +197,8 @@ def input_files(pattern: str) -> List[Dict[str, Any]]:
         metadata = [m for m in metadata if not os.path.isdir(m.path)]
         if not metadata:
             raise UserError(f"no input file matches {pattern}; check --input")
-    return [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]
+    # Local paths absolute: workers elsewhere (a Dask worker's cwd) must find the same files.
+    return [{"path": absolute(m.path), "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]
 
 
 def absolute(path: Optional[str], *, may_be_hub_name: bool = False) -> Optional[str]:

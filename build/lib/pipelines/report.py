@@ -1,0 +1,556 @@
+"""`report/`: PNG figures and a short report.md that a person can look at, for every output of both pipelines.
+
+augment: rows per example, replacement rate by source (masked LM / GloVe / none), candidate list lengths, the most
+replaced words, rejects by reason. corpus: instance lengths, random-next share per epoch, tokens per document,
+rejects by reason. `--no_report` skips it.
+
+Memory stays flat at any scale, by design: nothing here ever holds rows.
+  * The pipelines' DoFns emit one small stats dict per element (an example, a batch of instances, a document):
+    fixed-size histograms as sparse {bin: count} maps over a `Histogram` of at most `MAX_BINS` bins, and integer
+    counts. `SumReportStats` adds them in one CombineGlobally (the runner combines partial sums on each worker), so
+    its accumulator is bounded by the number of bins, whatever the number of rows.
+  * The most replaced words: (word, n) pairs summed per word by a CombinePerKey (one integer per distinct word,
+    spread over the workers by the runner; distinct words are bounded by the candidate vocabularies), then
+    `TopWordsFn`, a bounded top-k combiner: every accumulator holds at most k pairs, merged and truncated.
+  * `WriteReportFn` runs once, after those combines, on their outputs and the manifest's count tables (side inputs
+    of a few hundred values), draws the figures with matplotlib's Agg canvas (imported inside it; no pyplot, no global
+    backend), writes them through `FileSystems` (any runner, any filesystem) and yields the manifest field that
+    `FinalizeOutput` waits for, so the report is complete before `_SUCCESS`.
+Only integers are summed and ties are broken by the word, so the report is the same on every runner; PNGs carry no
+"Software" or date metadata, so equal figures are equal bytes.
+"""
+
+import dataclasses
+import heapq
+import io
+import itertools
+import math
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import outputs
+
+REPORT_SUBDIR = "report"
+REPORT_NAME = "report.md"
+REPORT_PATH = f"{REPORT_SUBDIR}/{REPORT_NAME}"
+MAX_BINS = 64
+TOP_WORDS = 20
+SOURCES = ("mlm", "glove", "none")
+SOURCE_NAMES = {"mlm": "masked LM", "glove": "GloVe", "none": "none"}
+
+Stats = Dict[str, Dict[str, Any]]  # {"hist": {name: {bin: n}}, "counts": {name: n}}
+
+
+# ------------------------------------------------------------------------------------------------ histograms
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """Fixed bins over non-negative integers: `linear` (width `width`, the last bin open) or `log2` (0, 1, 2-3,
+    4-7, ...)."""
+    name: str
+    title: str
+    xlabel: str
+    kind: str = "linear"
+    width: int = 1
+    num_bins: int = MAX_BINS
+
+    @classmethod
+    def linear(cls, name: str, title: str, xlabel: str, *, max_value: int) -> "Histogram":
+        """Bins of one width covering 0..max_value in at most MAX_BINS bins (values above land in the last)."""
+        width = max(1, math.ceil((max_value + 1) / MAX_BINS))
+        return cls(name, title, xlabel, "linear", width, max_value // width + 1)
+
+    def index(self, value: int) -> int:
+        if self.kind == "log2":
+            bin_index = int(value).bit_length()
+        else:
+            bin_index = int(value) // self.width
+        return min(max(bin_index, 0), self.num_bins - 1)
+
+    def indices(self, values: np.ndarray) -> np.ndarray:
+        values = np.maximum(np.asarray(values, dtype=np.int64), 0)
+        if self.kind == "log2":
+            bins = np.where(values > 0, np.floor(np.log2(np.maximum(values, 1))).astype(np.int64) + 1, 0)
+        else:
+            bins = values // self.width
+        return np.minimum(bins, self.num_bins - 1)
+
+    def label(self, bin_index: int) -> str:
+        if self.kind == "log2":
+            low, high = (0, 0) if bin_index == 0 else (1 << (bin_index - 1), (1 << bin_index) - 1)
+        else:
+            low, high = bin_index * self.width, bin_index * self.width + self.width - 1
+        if self.kind == "log2" and bin_index == self.num_bins - 1:
+            return f"{low:,}+"
+        return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def count_values(histogram: Histogram, values: Iterable[int]) -> Dict[int, int]:
+    """{bin: count} of the values (a sparse count vector)."""
+    counts: Dict[int, int] = {}
+    for value in values:
+        bin_index = histogram.index(value)
+        counts[bin_index] = counts.get(bin_index, 0) + 1
+    return counts
+
+
+def count_array(histogram: Histogram, values: np.ndarray) -> Dict[int, int]:
+    """count_values for a numpy array, vectorized."""
+    bins = np.bincount(histogram.indices(values))
+    return {int(i): int(bins[i]) for i in np.flatnonzero(bins)}
+
+
+def empty_stats() -> Stats:
+    return {"hist": {}, "counts": {}}
+
+
+def add_stats(total: Stats, part: Mapping[str, Mapping[str, Any]]) -> Stats:
+    """Adds `part` into `total` (in place) and returns it."""
+    for name, bins in part.get("hist", {}).items():
+        into = total["hist"].setdefault(name, {})
+        for bin_index, count in bins.items():
+            into[int(bin_index)] = into.get(int(bin_index), 0) + int(count)
+    for name, count in part.get("counts", {}).items():
+        total["counts"][name] = total["counts"].get(name, 0) + int(count)
+    return total
+
+
+class SumReportStatsFn(beam.CombineFn):
+    """Sums stats dicts: histograms bin by bin and counts by name. The accumulator is bounded by the bins."""
+
+    def create_accumulator(self) -> Stats:
+        return empty_stats()
+
+    def add_input(self, accumulator: Stats, element: Stats) -> Stats:
+        return add_stats(accumulator, element)
+
+    def merge_accumulators(self, accumulators: Iterable[Stats]) -> Stats:
+        total = empty_stats()
+        for accumulator in accumulators:
+            add_stats(total, accumulator)
+        return total
+
+    def extract_output(self, accumulator: Stats) -> Stats:
+        return {"hist": {name: dict(sorted(bins.items())) for name, bins in sorted(accumulator["hist"].items())},
+                "counts": dict(sorted(accumulator["counts"].items()))}
+
+
+# ------------------------------------------------------------------------------------------------- top words
+def _rank(item: Tuple[str, int]) -> Tuple[int, str]:
+    return -item[1], item[0]
+
+
+def merge_top(k: int, *parts: Iterable[Tuple[str, int]]) -> List[Tuple[str, int]]:
+    """The k (word, count) pairs of largest count among `parts`, ties by word: a bounded merge (k pairs kept).
+
+    Exact when each word appears in one part only with its full count (after a CombinePerKey(sum)).
+    """
+    return heapq.nsmallest(k, itertools.chain(*parts), key=_rank)
+
+
+class TopWordsFn(beam.CombineFn):
+    """The k most frequent (word, count) pairs; every accumulator holds at most k pairs."""
+
+    def __init__(self, k: int = TOP_WORDS):
+        self._k = k
+
+    def create_accumulator(self) -> List[Tuple[str, int]]:
+        return []
+
+    def add_input(self, accumulator, element):
+        return merge_top(self._k, accumulator, [(str(element[0]), int(element[1]))])
+
+    def merge_accumulators(self, accumulators):
+        return merge_top(self._k, *accumulators)
+
+    def extract_output(self, accumulator):
+        return [list(pair) for pair in merge_top(self._k, accumulator)]
+
+
+# --------------------------------------------------------------------------------------------- stats per item
+def augment_histograms(*, num_aug: int, num_fields: int, top_k: int) -> Tuple[Histogram, Histogram]:
+    """(rows per example, candidate list length) bins for an augmentation run's settings."""
+    return (Histogram.linear("rows_per_example", "Rows per example", "rows (the original + distinct augmentations)",
+                             max_value=1 + num_aug * max(1, num_fields)),
+            Histogram.linear("candidate_list_length", "Candidate list lengths",
+                             "candidates of a candidate word (0: none found, it keeps itself)", max_value=top_k))
+
+
+def corpus_histograms(*, max_seq_len: int) -> Tuple[Histogram, Histogram]:
+    """(instance length, tokens per document) bins."""
+    return (Histogram.linear("instance_length", "Instance length", "tokens of an instance ([CLS] and [SEP] included)",
+                             max_value=max_seq_len),
+            Histogram("tokens_per_document", "Tokens per document", "WordPiece tokens of a document", "log2",
+                      1, 40))
+
+
+def example_stats(plans: Sequence[Any], mlm: Sequence[Mapping[int, Sequence[str]]],
+                  glove: Mapping[str, Sequence[str]], rows: Sequence[Any], *, word_filter, rows_hist: Histogram,
+                  length_hist: Histogram) -> Tuple[Stats, Dict[str, int]]:
+    """The report's stats of one augmented example, and its replaced words {original word: times}.
+
+    A word's source: `mlm` or `glove` when that lookup found candidates (after `word_filter`), `none` when a
+    candidate word's lookup found none (it keeps itself). Words that are never candidates (stop words,
+    punctuation) count as `other_words`. Slots are (words of a source) x (augmented rows of their field).
+    """
+    def found(values) -> int:
+        values = values or ()
+        return sum(1 for w in values if word_filter(w)) if word_filter is not None else len(values)
+
+    rows_per_field = [0] * len(plans)
+    for row in rows:
+        if row.augmented_field is not None:
+            rows_per_field[row.augmented_field] += 1
+    counts: Dict[str, int] = {}
+    lengths: List[int] = []
+    replaced_words: Dict[str, int] = {}
+    source_of: List[Dict[int, str]] = []
+    for field_index, plan in enumerate(plans):
+        sources: Dict[int, str] = {}
+        for word_index, position in plan.mlm_words:
+            length = found(mlm[field_index].get(position))
+            sources[word_index] = "mlm" if length else "none"
+            lengths.append(length)
+        for word_index, word in plan.glove_words:
+            length = found(glove.get(word))
+            sources[word_index] = "glove" if length else "none"
+            lengths.append(length)
+        source_of.append(sources)
+        counts["other_words"] = counts.get("other_words", 0) + len(plan.words) - len(sources)
+        for source in sources.values():
+            counts[f"words_{source}"] = counts.get(f"words_{source}", 0) + 1
+            counts[f"slots_{source}"] = counts.get(f"slots_{source}", 0) + rows_per_field[field_index]
+    for row in rows:
+        if row.augmented_field is None:
+            continue
+        plan = plans[row.augmented_field]
+        for word_index in row.replaced_word_indices:
+            source = source_of[row.augmented_field].get(word_index, "none")
+            counts[f"replaced_{source}"] = counts.get(f"replaced_{source}", 0) + 1
+            word = plan.words[word_index]
+            replaced_words[word] = replaced_words.get(word, 0) + 1
+    counts = {name: value for name, value in counts.items() if value}
+    stats = {"hist": {rows_hist.name: {rows_hist.index(len(rows)): 1},
+                      length_hist.name: count_values(length_hist, lengths)}, "counts": counts}
+    return stats, replaced_words
+
+
+def instance_batch_stats(element: Tuple[Tuple[int, int], bytes], *, length_hist: Histogram) -> Stats:
+    """The report's stats of one encoded batch of instances ((epoch, shard), Arrow IPC bytes), vectorized."""
+    (epoch, _), payload = element
+    table = pa.ipc.open_stream(payload).read_all()
+    lengths = pc.list_value_length(table["input_ids"]).to_numpy(zero_copy_only=False)
+    random_next = int(pc.sum(table["is_random_next"]).as_py() or 0)
+    return {"hist": {length_hist.name: count_array(length_hist, lengths)},
+            "counts": {f"instances_epoch_{epoch}": table.num_rows, f"random_next_epoch_{epoch}": random_next}}
+
+
+def document_stats(element: Tuple[str, Tuple[bytes, bytes]], *, itemsize: int, tokens_hist: Histogram) -> Stats:
+    """The report's stats of one packed document (key, (ids bytes, sentence lengths bytes))."""
+    _, (ids, _) = element
+    return {"hist": {tokens_hist.name: {tokens_hist.index(len(ids) // itemsize): 1}}, "counts": {}}
+
+
+# ------------------------------------------------------------------------------------------------- drawing
+def _figure(height: float = 3.4):
+    """A figure on matplotlib's Agg canvas, without pyplot (no global backend, safe in a worker thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(7.0, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" entry (matplotlib's version) and no date: equal figures are equal bytes.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+_BAR = "#4C72B0"
+
+
+def draw_histogram(histogram: Histogram, bins: Mapping[int, int], *, note: str = "") -> bytes:
+    """A bar per bin from the first to the last non-empty one."""
+    figure = _figure()
+    axes = figure.subplots()
+    used = sorted(int(b) for b, n in bins.items() if n)
+    if used:
+        # One empty bin each side (where there is one), so a single bar does not fill the plot.
+        positions = list(range(max(0, used[0] - 1), min(histogram.num_bins - 1, used[-1] + 1) + 1))
+        heights = [bins.get(p, 0) for p in positions]
+        axes.bar(positions, heights, width=0.85, color=_BAR)
+        step = max(1, math.ceil(len(positions) / 14))
+        ticks = positions[::step]
+        axes.set_xticks(ticks, [histogram.label(p) for p in ticks],
+                        rotation=30 if histogram.kind == "log2" or histogram.width > 1 else 0)
+    else:
+        axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+    axes.set_title(histogram.title, loc="left")
+    if note:
+        axes.set_title(note, loc="right", fontsize=9)
+    axes.set_xlabel(histogram.xlabel)
+    axes.set_ylabel("count")
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+def draw_bars(title: str, labels: Sequence[str], values: Sequence[float], *, xlabel: str,
+              annotations: Optional[Sequence[str]] = None, horizontal: bool = True, limit: Optional[float] = None,
+              reference: Optional[float] = None) -> bytes:
+    """Horizontal bars, the first label on top (or vertical bars, left to right)."""
+    height = max(2.4, 0.32 * len(labels) + 1.2) if horizontal else 3.4
+    figure = _figure(height)
+    axes = figure.subplots()
+    positions = list(range(len(labels)))
+    if horizontal:
+        axes.barh(positions, values, color=_BAR)
+        axes.set_yticks(positions, labels)
+        axes.invert_yaxis()
+        axes.set_xlabel(xlabel)
+        if limit is not None:
+            axes.set_xlim(0, limit)
+    else:
+        axes.bar(positions, values, color=_BAR, width=0.6)
+        axes.set_xticks(positions, labels)
+        axes.set_ylabel(xlabel)
+        if limit is not None:
+            axes.set_ylim(0, limit)
+        if reference is not None:
+            axes.axhline(reference, color="#C44E52", linestyle="--", linewidth=1)
+    for position, value, text in zip(positions, values, annotations or [None] * len(labels)):
+        if text:
+            if horizontal:
+                axes.text(value, position, " " + text, va="center", fontsize=8)
+            else:
+                axes.text(position, value, text, ha="center", va="bottom", fontsize=8)
+    axes.set_title(title)
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+# ---------------------------------------------------------------------------------------------------- report.md
+def _table(rows: Sequence[Tuple[Any, ...]], header: Tuple[str, ...]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _mean(bins: Mapping[int, int], total: int) -> float:
+    count = sum(bins.values())
+    return total / count if count else 0.0
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> List[str]:
+    lines = ["## Rejects by reason", ""]
+    if not rejects:
+        return lines + ["No input record was rejected.", ""]
+    ordered = sorted(rejects.items(), key=lambda kv: (-kv[1], kv[0]))
+    figures["rejects_by_reason.png"] = draw_bars("Rejects by reason", [k for k, _ in ordered],
+                                                 [v for _, v in ordered], xlabel="records",
+                                                 annotations=[f"{v:,}" for _, v in ordered])
+    return lines + ["![Rejects by reason](rejects_by_reason.png)", ""] + _table(
+        [(reason, f"{count:,}") for reason, count in ordered], ("reason", "records")) + [
+        "", f"Every rejected record is in `{outputs.REJECTS_SUBDIR}/` with its reason.", ""]
+
+
+def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Mapping[str, Mapping[str, int]], *,
+                   settings: Mapping[str, Any], histograms: Sequence[Histogram]) -> Tuple[str, Dict[str, bytes]]:
+    """(report.md, {file name: PNG bytes}) of an augmentation output."""
+    rows_hist, length_hist = histograms
+    run_counts = counts.get("stats", {})
+    rejects = counts.get("rejects", {})
+    extra = stats["counts"]
+    examples, rows = int(run_counts.get("examples", 0)), int(run_counts.get("rows", 0))
+    figures: Dict[str, bytes] = {}
+    rows_bins = stats["hist"].get(rows_hist.name, {})
+    figures["rows_per_example.png"] = draw_histogram(
+        rows_hist, rows_bins, note=f"{examples:,} examples, mean {_mean(rows_bins, rows):.2f} rows")
+    source_rows = []
+    for source in SOURCES:
+        words, slots = extra.get(f"words_{source}", 0), extra.get(f"slots_{source}", 0)
+        replaced = extra.get(f"replaced_{source}", 0)
+        source_rows.append((SOURCE_NAMES[source], words, slots, replaced))
+    figures["replacement_rate_by_source.png"] = draw_bars(
+        "Replacement rate by candidate source", [r[0] for r in source_rows],
+        [100 * r[3] / r[2] if r[2] else 0.0 for r in source_rows], xlabel="% of word slots replaced",
+        annotations=[f"{_percent(r[3], r[2])} ({r[3]:,} / {r[2]:,})" for r in source_rows], horizontal=False,
+        limit=100,
+        reference=100 * float(settings.get("replace_prob", 0)))
+    length_bins = stats["hist"].get(length_hist.name, {})
+    candidate_words = sum(length_bins.values())
+    figures["candidate_list_lengths.png"] = draw_histogram(
+        length_hist, length_bins, note=f"{candidate_words:,} candidate words, top_k {settings.get('top_k')}")
+    head = ", ".join(f"{k} {settings[k]}" for k in ("task", "num_aug", "replace_prob", "top_k", "seed")
+                     if k in settings)
+    lines = ["# Augmentation report", "", f"{head}. Figures drawn from the pipeline's own counts (no row sampled).",
+             "", "| | |", "|---|---|",
+             f"| examples | {examples:,} |", f"| rows | {rows:,} |",
+             f"| rows per example (mean) | {rows / examples if examples else 0:.2f} |",
+             f"| rejected records | {sum(rejects.values()):,} |", "",
+             "## Rows per example", "", "![Rows per example](rows_per_example.png)", "",
+             "The original row plus the distinct augmentations of each text field; fewer than "
+             f"1 + {settings.get('num_aug')} x fields when draws repeat a sentence or a field has no candidate word.",
+             "", "## Replacement rate by source", "", "![Replacement rate by source](replacement_rate_by_source.png)",
+             ""]
+    lines += _table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", _percent(replaced, slots))
+                     for name, words, slots, replaced in source_rows],
+                    ("source", "candidate words", "word slots", "replaced", "rate"))
+    lines += ["", "A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
+              f"found nothing (it keeps itself). Words that are never candidates (stop words, punctuation): "
+              f"{extra.get('other_words', 0):,}. The dashed line is --replace_prob.", "",
+              "## Candidate list lengths", "", "![Candidate list lengths](candidate_list_lengths.png)", "",
+              f"## Most replaced words (top {len(top_words)})", ""]
+    if top_words:
+        figures["most_replaced_words.png"] = draw_bars(
+            f"Most replaced words (top {len(top_words)})", [w for w, _ in top_words], [n for _, n in top_words],
+            xlabel="times replaced", annotations=[f"{n:,}" for _, n in top_words])
+        lines += ["![Most replaced words](most_replaced_words.png)", ""]
+        lines += _table([(f"`{w}`", f"{n:,}") for w, n in top_words], ("word", "times replaced"))
+        lines.append("")
+    else:
+        lines += ["No word was replaced.", ""]
+    lines += _rejects_section(rejects, figures)
+    return "\n".join(lines), figures
+
+
+def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, settings: Mapping[str, Any],
+                  histograms: Sequence[Histogram], corpus_table: str = "corpus", rejects_table: str = "rejects"
+                  ) -> Tuple[str, Dict[str, bytes]]:
+    """(report.md, {file name: PNG bytes}) of a general-distillation output."""
+    length_hist, tokens_hist = histograms
+    run_counts = counts.get(corpus_table, {})
+    rejects = counts.get(rejects_table, {})
+    extra = stats["counts"]
+    documents, instances = int(run_counts.get("documents", 0)), int(run_counts.get("instances", 0))
+    tokens, instance_tokens = int(run_counts.get("tokens", 0)), int(run_counts.get("instance_tokens", 0))
+    epochs = int(settings.get("epochs", 1))
+    random_next = sum(extra.get(f"random_next_epoch_{e}", 0) for e in range(epochs))
+    figures: Dict[str, bytes] = {}
+    length_bins = stats["hist"].get(length_hist.name, {})
+    figures["instance_length.png"] = draw_histogram(
+        length_hist, length_bins, note=f"{instances:,} instances, mean {_mean(length_bins, instance_tokens):.1f} "
+                                       f"tokens, max_seq_len {settings.get('max_seq_len')}")
+    per_epoch = [(extra.get(f"random_next_epoch_{e}", 0), extra.get(f"instances_epoch_{e}", 0)) for e in range(epochs)]
+    figures["random_next_share.png"] = draw_bars(
+        "Random-next share per epoch", [f"epoch {e}" for e in range(epochs)],
+        [100 * r / n if n else 0.0 for r, n in per_epoch], xlabel="% of instances with a random-next B",
+        annotations=[f"{_percent(r, n)} ({r:,} / {n:,})" for r, n in per_epoch], horizontal=False, limit=100,
+        reference=50 if settings.get("instance_mode") == "pairs" else None)
+    token_bins = stats["hist"].get(tokens_hist.name, {})
+    figures["tokens_per_document.png"] = draw_histogram(
+        tokens_hist, token_bins, note=f"{documents:,} documents, mean {_mean(token_bins, tokens):.1f} tokens")
+    lines = ["# General-distillation corpus report", "",
+             f"instance_mode {settings.get('instance_mode')}, max_seq_len {settings.get('max_seq_len')}, epochs "
+             f"{epochs}, seed {settings.get('seed')}. Figures drawn from the pipeline's own counts (no row sampled).",
+             "", "| | |", "|---|---|",
+             f"| documents | {documents:,} |", f"| sentences | {int(run_counts.get('sentences', 0)):,} |",
+             f"| tokens | {tokens:,} |", f"| instances | {instances:,} |",
+             f"| random-next instances | {random_next:,} ({_percent(random_next, instances)}) |",
+             f"| rejected records | {sum(rejects.values()):,} |", "",
+             "## Instance length", "", "![Instance length](instance_length.png)", "",
+             "## Random-next share", "", "![Random-next share](random_next_share.png)", "",
+             "Pairs mode draws a random-next B for about half the instances (the dashed line); always when a chunk "
+             "holds one sentence.", "",
+             "## Tokens per document", "", "![Tokens per document](tokens_per_document.png)", "",
+             "Bins double in width (log scale).", ""]
+    lines += _rejects_section(rejects, figures)
+    return "\n".join(lines), figures
+
+
+# -------------------------------------------------------------------------------------------------- DoFns
+class WriteReportFn(beam.DoFn):
+    """Draws the figures and writes report/ once its side inputs are complete; yields the manifest's "report" field.
+
+    Runs once (an Impulse). The figures are written first, report.md last, each through a temporary name.
+    """
+
+    def __init__(self, output_dir: str, kind: str, *, settings: Mapping[str, Any], histograms: Sequence[Histogram],
+                 run_id: Optional[str] = None):
+        self._output_dir = output_dir
+        self._kind = kind
+        self._settings = dict(settings)
+        self._histograms = tuple(histograms)
+        self._run_id = run_id
+
+    def process(self, unused_element, stats, named_counts, top_words=()):
+        counts: Dict[str, Dict[str, int]] = {}
+        for (table, key), value in named_counts:
+            counts.setdefault(str(table), {})[str(key)] = counts.get(str(table), {}).get(str(key), 0) + int(value)
+        if self._kind == "augmented-task":
+            text, figures = augment_report(stats, top_words, counts, settings=self._settings,
+                                           histograms=self._histograms)
+        else:
+            text, figures = corpus_report(stats, counts, settings=self._settings, histograms=self._histograms)
+        outputs.check_claim(self._output_dir, self._run_id)  # another run took the folder: write nothing
+        directory = outputs.join_path(self._output_dir, REPORT_SUBDIR)
+        for name, data in sorted(figures.items()):
+            outputs.write_bytes_atomically(data, directory, name)
+        outputs.write_bytes_atomically(text.encode("utf-8"), directory, REPORT_NAME)
+        yield {"report": REPORT_PATH}
+
+
+# ---------------------------------------------------------------------------------------------------- Composites
+class SumReportStats(beam.PTransform):
+    """Stats dicts -> one summed stats dict (exactly one, also for no input): the report's histograms and counts."""
+
+    def expand(self, stats):
+        return stats | "SumStats" >> beam.CombineGlobally(SumReportStatsFn())
+
+
+class FindTopWords(beam.PTransform):
+    """(word, n) pairs -> one list of the k most frequent [word, total], ties by word; exact and bounded."""
+
+    def __init__(self, k: int = TOP_WORDS):
+        super().__init__()
+        self._k = k
+
+    def expand(self, pairs):
+        return (pairs
+                | "SumPerWord" >> beam.CombinePerKey(sum)
+                | "TopWords" >> beam.CombineGlobally(TopWordsFn(self._k)))
+
+
+class WriteReport(beam.PTransform):
+    """Writes report/ from the summed stats and the manifest's count tables; apply it to the pipeline root.
+
+    Args:
+      output_dir: the output root.
+      kind: the manifest's kind ("augmented-task" or "general-distillation").
+      stats: the single summed stats dict (`SumReportStats`).
+      named_counts: ((table, key), n) pairs: the manifest's count tables (rejects by reason among them).
+      top_words: augment: the single list from `FindTopWords`.
+      settings: run settings shown in the report (task, num_aug, max_seq_len, ...).
+      histograms: the `Histogram`s the stats were counted with.
+      run_id: the output claim's id; nothing is written once another run holds the folder.
+
+    Returns:
+      A PCollection of one dict, {"report": "report/report.md"}, for `FinalizeOutput(manifest_fields=...)`: the
+      manifest and `_SUCCESS` then wait for the report.
+    """
+
+    def __init__(self, output_dir: str, kind: str, *, stats: beam.PCollection, named_counts: beam.PCollection,
+                 top_words: Optional[beam.PCollection] = None, settings: Mapping[str, Any],
+                 histograms: Sequence[Histogram], run_id: Optional[str] = None):
+        super().__init__()
+        self._fn = WriteReportFn(output_dir, kind, settings=settings, histograms=histograms, run_id=run_id)
+        self._stats = stats
+        self._named_counts = named_counts
+        self._top_words = top_words
+
+    def expand(self, pipeline):
+        side = {}
+        if self._top_words is not None:
+            side["top_words"] = beam.pvalue.AsSingleton(self._top_words)
+        return (pipeline
+                | "Trigger" >> beam.Impulse()
+                | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(self._stats),
+                                        beam.pvalue.AsList(self._named_counts), **side))
