@@ -83,6 +83,7 @@ SLOW_TESTS = (
     "test_corpus.py::test_documents_tokenized_as_one_text",
     "test_distill_train.py::",
     "test_distill_reliability.py::",
+    "test_distill_recipe.py::",
     "test_reliability.py::",
     "test_report.py::test_augment_report",
     "test_report.py::test_corpus_report",
