@@ -1,1 +1,0 @@
-"""TinyBERT distillation: streaming reader, models, losses, trainer."""

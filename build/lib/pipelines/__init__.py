@@ -1,1 +1,0 @@
-"""Beam pipelines: `python -m pipelines.augment` and `python -m pipelines.corpus`."""
