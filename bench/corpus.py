@@ -53,7 +53,7 @@ def _make_tokenizer(directory: pathlib.Path) -> str:
 
 
 def _make_text(path: pathlib.Path) -> None:
-    from pipelines import documents, wiki
+    from corpus import documents, wiki
     splitter = documents.make_sentence_splitter()
     size = DUMP.stat().st_size
     with open(DUMP, "rb") as raw, open(path, "w", encoding="utf-8") as out:

@@ -7,7 +7,7 @@ Usage:
 Input: the real shortened English Wikipedia dump (../shared/data/enwiki-sample-pages-articles.xml.bz2, 206 pages,
 6.09 MB of XML, 106 articles). Prints (no assertions; a benchmark):
   1. Per core, in this process, on the same article wikitexts (pages already parsed out of the XML): our stripper
-     (`pipelines.wikimarkup`), mwparserfromhell (`pipelines.wiki.wikitext_to_paragraphs`) and, when importable,
+     (`corpus.wikimarkup`), mwparserfromhell (`corpus.wiki.wikitext_to_paragraphs`) and, when importable,
      WikiExtractor's `Extractor.clean_text` (html_safe off, so that entities come out as text like ours; with and
      without its template expansion, the faster one compared). Best of --repeats; MB/s of XML (the dump's XML
      bytes / the stripping time; also MB/s of wikitext), and ratios to ours.
@@ -39,7 +39,7 @@ DEFAULT_SHARED = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA") or ROOT.par
 
 def _articles(dump: pathlib.Path):
     """(xml bytes of the whole dump, [(page id, title, wikitext)] of its articles)."""
-    from pipelines import wiki
+    from corpus import wiki
     size = dump.stat().st_size
     articles = []
     with open(dump, "rb") as raw:
@@ -91,7 +91,7 @@ def _run(command, env=None):
 
 def _glue(extracted: pathlib.Path, out: pathlib.Path) -> int:
     """WikiExtractor's --json files to the text format (Punkt sentences a line, blank line between documents)."""
-    from pipelines import documents
+    from corpus import documents
     splitter = documents.make_sentence_splitter()
     count = 0
     with open(out, "w", encoding="utf-8") as sink:
@@ -124,7 +124,7 @@ def main(argv=None):
     if not dump.exists():
         raise SystemExit(f"error: {dump} not found (pass --shared_data)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines import documents, wiki, wikimarkup
+    from corpus import documents, wiki, wikimarkup
 
     xml_bytes, articles = _articles(dump)
     wikitext_bytes = sum(len(text.encode("utf-8")) for _, _, text in articles)

@@ -48,7 +48,7 @@ from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Exam
                            generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
 from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
 from pipelines import cli, outputs, progress, report, sources
-from pipelines import tokenizer as tokenizer_lib
+from corpus import tokenizer as tokenizer_lib
 from pipelines.cli import InputError, UserError
 from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner

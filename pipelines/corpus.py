@@ -41,11 +41,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TypeOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import documents as documents_lib
-from pipelines import instances as instances_lib
+from corpus import documents as documents_lib
+from corpus import instances as instances_lib
 from pipelines import cli, outputs, progress, report, sources
-from pipelines import tokenizer as tokenizer_lib
-from pipelines import wiki
+from corpus import tokenizer as tokenizer_lib
+from corpus import wiki
 from pipelines.cli import InputError, UserError
 from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
@@ -81,7 +81,7 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--split_bytes", type=int, default=64 << 20,
                             help="work range size for splittable dumps (uncompressed or multistream .bz2 XML)")
         parser.add_argument("--wiki_markup", choices=WIKI_MARKUPS, default="fast",
-                            help="wikipedia-xml: fast (pipelines/wikimarkup.py, linear-time stripper) or "
+                            help="wikipedia-xml: fast (corpus/wikimarkup.py, linear-time stripper) or "
                                  "mwparserfromhell (a full parser, about 7x slower)")
 
 

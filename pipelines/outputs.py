@@ -874,7 +874,7 @@ def tokenizer_fingerprint(tokenizer: Any, name_or_path: str) -> Dict[str, Any]:
     """What a manifest records about a fast tokenizer, and what readers compare against their model's.
 
     Args:
-      tokenizer: a transformers fast tokenizer, a `pipelines.tokenizer.LoadedTokenizer` or a `tokenizers.Tokenizer`.
+      tokenizer: a transformers fast tokenizer, a `corpus.tokenizer.LoadedTokenizer` or a `tokenizers.Tokenizer`.
       name_or_path: what the user named it by (recorded, not compared).
 
     The vocab SHA-256 is over the tokens (added tokens included) in id order joined by newlines, so the same vocab

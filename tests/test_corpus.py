@@ -13,7 +13,8 @@ from pipelines.cli import UserError
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import corpus, outputs, wiki
+from corpus import wiki
+from pipelines import corpus, outputs
 
 HEADER = b"""<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" \
 xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="0.10" xml:lang="en">
@@ -343,7 +344,7 @@ def _tokenize_documents(fn, documents):
 def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, tokenizer_dir, shared_data):
     """Joining a document's sentences by the separator token gives each sentence's own ids (real Wikipedia text:
     the sample dump's first 10 articles), and a sentence holding a newline falls back to one call per sentence."""
-    from pipelines import documents, tokenizer
+    from corpus import documents, tokenizer
     splitter = documents.make_sentence_splitter()
     dump = shared_data / "enwiki-sample-pages-articles.xml.bz2"
     size = dump.stat().st_size

@@ -1,11 +1,11 @@
-"""Instance creation against hand-computed cases (pipelines/instances.py, no Beam)."""
+"""Instance creation against hand-computed cases (corpus/instances.py, no Beam)."""
 
 import array
 import random
 
 import pytest
 
-from pipelines import instances as il
+from corpus import instances as il
 
 CLS, SEP, MASK, DOT = 101, 102, 103, 1012
 SPECIAL = il.SpecialTokens(cls_id=CLS, sep_id=SEP, mask_id=MASK, filler_id=DOT, vocab_size=30522)

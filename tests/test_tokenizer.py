@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from pipelines import outputs
-from pipelines import tokenizer as tokenizer_lib
+from corpus import tokenizer as tokenizer_lib
 
 ADVERSARIAL = [
     "Héllo, WORLD! It's a naïve co-op about 東京 and Ñandú ÅÄÖ.",

@@ -1,4 +1,4 @@
-"""pipelines/wikimarkup.py (the default wikitext stripper) and CJK sentence ends on every corpus input format."""
+"""corpus/wikimarkup.py (the default wikitext stripper) and CJK sentence ends on every corpus input format."""
 
 import bz2
 import time
@@ -9,8 +9,9 @@ import pytest
 
 from pipelines.cli import UserError
 
-from pipelines import corpus, documents, wiki
-from pipelines.wikimarkup import wikitext_to_paragraphs as strip
+from corpus import documents, wiki
+from pipelines import corpus
+from corpus.wikimarkup import wikitext_to_paragraphs as strip
 from tests.test_corpus import FOOTER, HEADER, _page, _pages, _run, _write_xml, tokenizer_dir  # noqa: F401 (fixture)
 
 # (wikitext, expected paragraphs): one construct each.

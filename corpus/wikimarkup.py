@@ -1,6 +1,6 @@
 """A fast wikitext-to-paragraphs stripper, linear in the page size. No Beam, no parser library.
 
-`wikitext_to_paragraphs(wikitext) -> [paragraph, ...]` has the contract of `pipelines.wiki.wikitext_to_paragraphs`
+`wikitext_to_paragraphs(wikitext) -> [paragraph, ...]` has the contract of `corpus.wiki.wikitext_to_paragraphs`
 (the mwparserfromhell renderer): the plain-text paragraphs of one article, NFC, single spaces, in page order, each
 holding at least one letter; sentences are split per paragraph afterwards, so a sentence never spans two.
 

@@ -26,7 +26,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import mwparserfromhell
 from mwparserfromhell import nodes as wiki_nodes
 
-from pipelines import wikimarkup
+from corpus import wikimarkup
 
 _CHUNK = 1 << 20
 _PAGE_OPEN = b"<page>"
