@@ -1,7 +1,6 @@
 """Algorithm 1 of the TinyBERT paper: sample augmented sentences from per-word candidate lists."""
 
 import dataclasses
-import hashlib
 import random
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -91,7 +90,3 @@ def _augment_in_place(original: str, words: Sequence[str], candidates: Mapping[i
     return produced
 
 
-def example_rng(seed: int, example_id: str) -> random.Random:
-    """The random generator of one example: a function of (seed, example id) only, whatever the runner."""
-    digest = hashlib.blake2b(f"{seed}\x00{example_id}".encode("utf-8"), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))

@@ -7,7 +7,8 @@ examples, answer each distinct one once, and hand the answers back.
 import dataclasses
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from augment.algorithm import augment_sentence, example_rng
+from augment.algorithm import augment_sentence
+from contract.seeds import example_rng
 from augment.mlm import MaskedQuery, window_queries
 from augment.tasks import Example
 from augment.words import WordRule, WordSplitter, piece_spans

@@ -51,7 +51,8 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from augment import reference
-    from augment.algorithm import augment_sentence, example_rng
+    from augment.algorithm import augment_sentence
+    from contract.seeds import example_rng
     from augment.glove import GloveIndex
     from augment.words import WordSplitter
     start = time.perf_counter()

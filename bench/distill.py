@@ -21,13 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def _write_corpus(directory, tokenizer, *, files, rows_per_file, max_seq_len=128, seed=0):
     """A corpus following the pipelines' contract; one shard is written and copied (the reader's cost is the same)."""
-    import json
 
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.outputs import tokenizer_fingerprint
+    from contract.fingerprint import tokenizer_fingerprint
+    from contract.layout import CORPUS_KIND, FORMAT_VERSION, MANIFEST_NAME, SUCCESS_MARKER
+    from contract.manifest import encode_manifest
+    from contract.schemas import instance_schema
     rng = np.random.default_rng(seed)
     lengths = rng.integers(max_seq_len // 2, max_seq_len + 1, size=rows_per_file)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -40,6 +42,8 @@ def _write_corpus(directory, tokenizer, *, files, rows_per_file, max_seq_len=128
         "masked_lm_labels": pa.array([[]] * rows_per_file, type=pa.list_(pa.uint16())),
         "instance_id": pa.array([f"i{n}" for n in range(rows_per_file)]),
     })
+    schema = instance_schema(len(tokenizer))
+    table = table.select(schema.names).cast(schema)
     os.makedirs(os.path.join(directory, "epoch-0"))
     first = os.path.join(directory, "epoch-0", f"part-00000-of-{files:05d}.parquet")
     pq.write_table(table, first, compression="zstd", row_group_size=65536)
@@ -48,13 +52,13 @@ def _write_corpus(directory, tokenizer, *, files, rows_per_file, max_seq_len=128
         relative = f"epoch-0/part-{index:05d}-of-{files:05d}.parquet"
         shutil.copyfile(first, os.path.join(directory, relative))
         entries.append({"path": relative, "rows": rows_per_file})
-    manifest = {"format_version": 1, "kind": "general-distillation", "max_seq_len": max_seq_len,
+    manifest = {"format_version": FORMAT_VERSION, "kind": CORPUS_KIND, "max_seq_len": max_seq_len,
                 "tokenizer": tokenizer_fingerprint(tokenizer, "bench"),
                 "outputs": {"epoch-0": {"subdir": "epoch-0", "num_shards": files, "files": entries,
                                         "totals": {"rows": files * rows_per_file}}}}
-    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle)
-    open(os.path.join(directory, "_SUCCESS"), "w").close()
+    with open(os.path.join(directory, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+        handle.write(encode_manifest(manifest))
+    open(os.path.join(directory, SUCCESS_MARKER), "w").close()
     return directory
 
 
@@ -94,13 +98,14 @@ def main(argv=None):
 
     import torch
 
-    from distill import run, testing
+    from distill import run
+    from tests import builders
     logging.disable(logging.INFO)
     work = tempfile.mkdtemp(prefix="bench-distill-")
     try:
-        tokenizer = testing.make_tokenizer(os.path.join(work, "tok"))
-        teacher = testing.make_teacher(os.path.join(work, "teacher"), tokenizer, layers=4, hidden=48, heads=12)
-        student = testing.write_student_config(os.path.join(work, "student.json"), layers=2, hidden=24, heads=12)
+        tokenizer = builders.make_tokenizer(os.path.join(work, "tok"))
+        teacher = builders.make_teacher(os.path.join(work, "teacher"), tokenizer, layers=4, hidden=48, heads=12)
+        student = builders.write_student_config(os.path.join(work, "student.json"), layers=2, hidden=24, heads=12)
         small = _write_corpus(os.path.join(work, "x1"), tokenizer, files=args.files, rows_per_file=args.rows_per_file)
         large = _write_corpus(os.path.join(work, "x10"), tokenizer, files=10 * args.files,
                               rows_per_file=args.rows_per_file)

@@ -9,6 +9,8 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional, Tuple
 
+from contract.errors import UserError
+
 GENERAL, TASK, FINETUNE = "general", "task", "finetune"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -30,14 +32,6 @@ FIT_DENSE_INIT = {"weight": "normal", "mean": 0.0, "std": "student initializer_r
 PAIR_TRUNCATION = "reference: pop a token from the longer text, from the second on a tie"
 
 
-class UserError(ValueError):
-    """A problem the user can fix (a path, an option, a mismatched tokenizer); run.py prints it as one line."""
-
-
-def describe(error: BaseException) -> str:
-    """An exception from a library (transformers, pyarrow, torch) as one line: its type and first line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _field(default=dataclasses.MISSING, *, help: str, cli: bool = True, **kwargs):  # pylint: disable=redefined-builtin

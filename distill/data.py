@@ -14,7 +14,6 @@ It never loads a whole dataset: at most one chunk per worker is in memory.
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import posixpath
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,15 +25,13 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distill.config import UserError, describe
+from contract.errors import UserError, describe
+from contract.fingerprint import tokenizer_fingerprint
+from contract.layout import AUGMENTED_KIND, CORPUS_KIND, MANIFEST_NAME, SUCCESS_MARKER
+from contract.manifest import decode_manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"  # = pipelines.outputs.MANIFEST_NAME
-SUCCESS_MARKER = "_SUCCESS"  # = pipelines.outputs.SUCCESS_MARKER
-CORPUS_KIND = "general-distillation"
-AUGMENTED_KIND = "augmented-task"
-FORMAT_MAJOR = 1  # the manifest format_version major this reader understands (= pipelines.outputs.FORMAT_VERSION)
 _READ_BATCH_ROWS = 2048
 _CHECK_THREADS = 8  # shard footers are read in parallel: on object stores each one is a request
 
@@ -77,34 +74,17 @@ def open_output_dir(path: str, *, kind: str) -> OutputDir:
     manifest_path = posixpath.join(path, MANIFEST_NAME)
     try:
         with fs.open(posixpath.join(root, MANIFEST_NAME), "rb") as handle:
-            manifest = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8 or not JSON
+            data = handle.read()
+    except OSError as error:  # missing or unreadable
         raise UserError(f"{manifest_path} is missing or not readable JSON ({describe(error)}); rerun the "
                         "pipeline that wrote it") from error
-    if not isinstance(manifest, dict):
-        raise UserError(f"{manifest_path} is not a manifest (a JSON object); rerun the pipeline that wrote it")
-    _check_format_version(manifest, manifest_path)
+    manifest = decode_manifest(data, manifest_path)  # a JSON object of a format this reader understands
     if manifest.get("kind") != kind:
         raise UserError(f"{path} holds {manifest.get('kind')!r} data but {kind!r} is needed here "
                         f"({'python -m pipelines.corpus' if kind == CORPUS_KIND else 'python -m pipelines.augment'} "
                         "writes it)")
     _check_manifest_files(manifest, manifest_path)
     return OutputDir(fs, root, manifest)
-
-
-def _check_format_version(manifest: Dict[str, Any], manifest_path: str) -> None:
-    """Refuses a manifest of a newer major format than this reader (a missing version is the first format)."""
-    if "format_version" not in manifest:
-        return
-    version = manifest["format_version"]
-    try:
-        major = int(str(version).split(".", 1)[0])
-    except ValueError:
-        raise UserError(f"{manifest_path} has format_version {version!r}, not a version number; rerun the "
-                        "pipeline that wrote it") from None
-    if major > FORMAT_MAJOR:
-        raise UserError(f"{manifest_path} has format_version {version}, newer than the {FORMAT_MAJOR} this reader "
-                        "understands; install the tinybert-data version that wrote it")
 
 
 def _check_manifest_files(manifest: Dict[str, Any], manifest_path: str) -> None:
@@ -170,7 +150,6 @@ def check_tokenizer(manifest: Dict[str, Any], tokenizer, tokenizer_name: str, da
     Raises:
       UserError: the vocab SHA-256 (or lower-casing) differs.
     """
-    from pipelines.outputs import tokenizer_fingerprint  # the same hash the pipelines wrote
     recorded = manifest.get("tokenizer") or {}
     ours = tokenizer_fingerprint(tokenizer, tokenizer_name)
     if recorded.get("vocab_sha256") != ours["vocab_sha256"]:

@@ -12,11 +12,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from distill.config import UserError
+from contract.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-csv.field_size_limit(sys.maxsize)
+
+def _csv_reader(handle, **kwargs):
+    """csv.reader with no field size limit (a long GLUE text exceeds csv's 128 KiB default); set here, on first
+    read, not at import, so that importing distill changes no global state."""
+    csv.field_size_limit(sys.maxsize)
+    return csv.reader(handle, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,7 @@ def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
 def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
     texts, labels, malformed = [], [], 0
     with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quotechar=None)
+        reader = _csv_reader(handle, delimiter="\t", quotechar=None)
         for row_number, row in enumerate(reader):
             if task.header and row_number == 0:
                 continue
@@ -183,9 +188,9 @@ def _named_records(path: str):
                     yield record if isinstance(record, dict) else None
             return
         if lower.endswith(".csv"):
-            reader = csv.reader(handle)
+            reader = _csv_reader(handle)
         else:
-            reader = csv.reader(handle, delimiter="\t", quotechar=None)
+            reader = _csv_reader(handle, delimiter="\t", quotechar=None)
         header = None
         for row in reader:
             if header is None:

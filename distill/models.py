@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from distill.config import UserError, describe
+from contract.errors import UserError, describe
 
 logger = logging.getLogger(__name__)
 

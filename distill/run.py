@@ -22,7 +22,8 @@ import sys
 from typing import List, Optional
 
 from distill import config as config_lib
-from distill.config import FINETUNE, GENERAL, PREDICTION, TASK, UserError, describe
+from contract.errors import UserError, describe
+from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
 
 logger = logging.getLogger("distill")
 
@@ -92,7 +93,7 @@ def resolve_device(requested: str, local_rank: int = 0):
 
 def one_line(error: BaseException) -> str:
     """A UserError's message as one line. An error raised in a DataLoader worker comes back wrapped in the
-    worker's traceback, whose last line is "distill.config.UserError: <message>": that message is kept."""
+    worker's traceback, whose last line is "contract.errors.UserError: <message>": that message is kept."""
     text = str(error)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]

@@ -23,7 +23,8 @@ from torch import nn
 
 from distill import data as data_lib
 from distill import glue, losses, models
-from distill.config import CONSTANT, FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig, UserError, describe
+from contract.errors import UserError, describe
+from distill.config import CONSTANT, FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.utils import shared
 
+from contract import fingerprint, layout, schemas, seeds
 from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
@@ -47,9 +48,11 @@ from augment.mlm import MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer
 from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
                            generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
 from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
+from contract.layout import AUGMENTED_KIND
+from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
-from pipelines.cli import InputError, UserError
+from contract.errors import InputError, UserError
 from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
@@ -153,7 +156,7 @@ class ReadExamplesFn(beam.DoFn):
         for row_index, example, failure in self._records(path):
             if failure is not None:
                 self._rejected.inc()
-                yield beam.pvalue.TaggedOutput(self.REJECTS, ((file_index, row_index), outputs.reject(
+                yield beam.pvalue.TaggedOutput(self.REJECTS, ((file_index, row_index), schemas.reject(
                     path, row_index, failure[0], failure[1])))
                 continue
             if prefix:
@@ -525,7 +528,7 @@ class FindMaskedLMCandidates(beam.PTransform):
         def batch_key(item):
             sentence, _ = item
             length = min(2 * (len(sentence) // 4) + 3, MAX_POSITIONS)
-            return (length, outputs.stable_hash(sentence) % partitions), item
+            return (length, seeds.stable_hash(sentence) % partitions), item
 
         keyed = (requests
                  | "GroupBySentence" >> beam.GroupByKey()
@@ -601,22 +604,7 @@ class AugmentOptions(PipelineOptions):
                             help="hash partitions per input length for masked-LM batching (parallelism at scale)")
 
 
-def augmented_schema(task: TaskFormat) -> pa.Schema:
-    """The explicit schema of the augmented rows."""
-    return pa.schema(
-        [pa.field("example_id", pa.string(), nullable=False), pa.field("row_index", pa.int64(), nullable=False),
-         pa.field("aug_index", pa.int32(), nullable=False), pa.field("augmented_field", pa.string())]
-        + [pa.field(name, pa.string(), nullable=False) for name in task.text_fields]
-        + [pa.field("label", pa.string()), pa.field("replaced_word_indices", pa.list_(pa.int32()))])
 
-
-CANDIDATE_SCHEMA = pa.schema([
-    pa.field("example_id", pa.string(), nullable=False), pa.field("field", pa.string(), nullable=False),
-    pa.field("word_index", pa.int32(), nullable=False), pa.field("word", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False), pa.field("candidates", pa.list_(pa.string()))])
-
-
-UsageError = UserError  # the name earlier releases raised; one user-error type (pipelines.cli.UserError)
 
 
 class ResolvedInput(NamedTuple):
@@ -809,9 +797,9 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
                          AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS,
                          AugmentExamplesFn.REPORT, AugmentExamplesFn.REPLACED_WORDS, main="rows"))
 
-    data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task))
+    data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task.text_fields))
     tsv_set = outputs.ShardSet("tsv-parts", options.num_shards, None, file_format="tsv")
-    rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, 1, outputs.REJECT_SCHEMA)
+    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, 1, schemas.REJECT_SCHEMA)
     # Augmentation multiplies each example ~N times: rebalance before the shard writers.
     data_stats = (augmented.rows | "SpreadRows" >> beam.Reshuffle()
                   | "WriteData" >> outputs.WriteShards(output, data_set))
@@ -830,9 +818,9 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         shard_stats["candidates"] = (cand_set, augmented[AugmentExamplesFn.CANDIDATES]
                                      | "WriteCandidates" >> outputs.WriteShards(output, cand_set))
     header = {
-        "kind": "augmented-task", "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
+        "kind": AUGMENTED_KIND, "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
         "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
-        "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
+        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
         "glove": glove_file, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
         "word_rule": options.word_rule, "stop_words": None if options.stop_words is None else {
             "path": options.stop_words, "sha256": stop_words_sha256},
@@ -848,7 +836,7 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
                          stats | "ReportStatsCounts" >> beam.Map(lambda kv: (("stats", kv[0]), kv[1])))
                         | "ReportCounts" >> beam.Flatten())
         report_done = pipeline | "WriteReport" >> report.WriteReport(
-            output, "augmented-task",
+            output, AUGMENTED_KIND,
             stats=augmented[AugmentExamplesFn.REPORT] | "SumReportStats" >> report.SumReportStats(),
             top_words=augmented[AugmentExamplesFn.REPLACED_WORDS] | "FindTopWords" >> report.FindTopWords(),
             named_counts=named_counts, histograms=report_histograms, run_id=run_id,
@@ -876,9 +864,9 @@ def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
         columns = first.split("\t")
         expected = GLUE_HEADERS.get(task.name)
         if expected and len(columns) != len(expected) or top == "wrong_column_count":
-            layout = "<TAB>".join(expected) if expected else f"{task.num_columns} tab-separated columns"
+            expected_layout = "<TAB>".join(expected) if expected else f"{task.num_columns} tab-separated columns"
             return (f"the header has {len(columns)} column{'s' * (len(columns) != 1)}; {task.name} expects "
-                    f"{layout}" + (" (a CSV? use --task generic --input_format csv)" if "," in first else ""))
+                    f"{expected_layout}" + (" (a CSV? use --task generic --input_format csv)" if "," in first else ""))
     if top == "missing_column":
         found = (first.split("\t") if fmt == "tsv" else first.split(",")) if fmt in ("tsv", "csv") else []
         wanted = list(task.text_fields) + ([options.label_column] if options.label_column else [])

@@ -19,21 +19,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-ERROR_MARKER = "[tinybert-error] "
-
-
-class UserError(ValueError):
-    """An option, input or output a person can fix; the entry point prints it as one line and exits 1."""
-
-
-class InputError(UserError):
-    """A damaged or wrongly laid out input file, found while reading it (possibly on a worker).
-
-    The message starts with ERROR_MARKER so that the launcher finds it inside whatever the runner wraps it in.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(ERROR_MARKER + message)
+from contract.errors import ERROR_MARKER, UserError
 
 
 class _StrictParser(_BeamArgumentParser):

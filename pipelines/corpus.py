@@ -41,19 +41,22 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TypeOptions
 from apache_beam.utils.windowed_value import WindowedValue
 
+from contract import fingerprint, layout, schemas, seeds
 from corpus import documents as documents_lib
 from corpus import instances as instances_lib
+from contract.layout import CORPUS_KIND
+from contract.schemas import instance_schema, token_dtype_name, token_typecode
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from corpus import wiki
-from pipelines.cli import InputError, UserError
+from contract.errors import InputError, UserError
 from pipelines.options import IOOptions, resolve
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
 WIKI_MARKUPS = tuple(wiki.MARKUP_STRIPPERS)  # --wiki_markup: how wikitext becomes paragraphs
 INSTANCE_MODES = ("pairs", "single")
-KIND = "general-distillation"
+KIND = CORPUS_KIND
 COUNTS_TABLE = "corpus"  # the manifest's count table; `counts` outputs are ((COUNTS_TABLE, name), n) pairs
 REJECTS_TABLE = "rejects"  # rejects by reason
 
@@ -152,21 +155,21 @@ class ReadDocumentsFn(beam.DoFn):
                 try:
                     article = wiki.parse_page(page.xml)
                 except wiki.MalformedPage as error:
-                    yield outputs.reject(source, page.offset, "malformed_page", f"{error}\n{_excerpt(page.xml)}")
+                    yield schemas.reject(source, page.offset, "malformed_page", f"{error}\n{_excerpt(page.xml)}")
                     continue
                 label = f"{article.page_id}\t{article.title}"
                 if article.namespace != "0":
-                    yield outputs.reject(source, page.offset, "not_article", f"ns={article.namespace}\t{label}")
+                    yield schemas.reject(source, page.offset, "not_article", f"ns={article.namespace}\t{label}")
                 elif article.redirect:
-                    yield outputs.reject(source, page.offset, "redirect", label)
+                    yield schemas.reject(source, page.offset, "redirect", label)
                 else:
                     try:
                         paragraphs = to_paragraphs(article.wikitext)
                     except Exception as error:  # the parser's own failure on odd markup: one reject, not a crash
-                        yield outputs.reject(source, page.offset, "unparsable_wikitext", f"{label}\t{error}")
+                        yield schemas.reject(source, page.offset, "unparsable_wikitext", f"{label}\t{error}")
                         continue
                     if not paragraphs:
-                        yield outputs.reject(source, page.offset, "empty_article",
+                        yield schemas.reject(source, page.offset, "empty_article",
                                              f"{label}\t{article.wikitext[:1000]}")
                         continue
                     yield (documents_lib.document_key(name, article.page_id), paragraphs, False)
@@ -192,7 +195,7 @@ class ReadDocumentsFn(beam.DoFn):
             paragraphs = [line for line in (documents_lib.normalize_text(p) for p in (text or "").split("\n"))
                           if line]
             if not paragraphs:
-                yield outputs.reject(path, row_index, "empty_article",
+                yield schemas.reject(path, row_index, "empty_article",
                                      {k: rows[k][index] for k in rows})
                 continue
             yield (documents_lib.document_key(work["name"], local_id), paragraphs, False)
@@ -202,7 +205,7 @@ class ReadDocumentsFn(beam.DoFn):
         with sources.open_input(path) as handle:
             for item in documents_lib.iter_text_documents(sources.iter_lines(handle)):
                 if isinstance(item, documents_lib.BadLine):
-                    yield outputs.reject(path, item.offset, item.reason, item.raw)
+                    yield schemas.reject(path, item.offset, item.reason, item.raw)
                 else:
                     yield (documents_lib.document_key(work["name"], item.offset), item.lines, True)
 
@@ -224,7 +227,7 @@ class SplitSentencesFn(beam.DoFn):
                 self._splitter = documents_lib.make_sentence_splitter()
             sentences = documents_lib.split_sentences(self._splitter, paragraphs)
         if not sentences:
-            yield beam.pvalue.TaggedOutput(self.REJECTS, outputs.reject(key, 0, "empty_document", paragraphs))
+            yield beam.pvalue.TaggedOutput(self.REJECTS, schemas.reject(key, 0, "empty_document", paragraphs))
             return
         yield key, sentences
 
@@ -303,7 +306,7 @@ class TokenizeDocumentsFn(beam.DoFn):
                 self._empty_sentences.inc(len(sentences) - len(lengths))
             if not len(lengths):
                 yield beam.pvalue.TaggedOutput(self.REJECTS, item.with_value(
-                    outputs.reject(key, 0, "no_tokens", sentences)))
+                    schemas.reject(key, 0, "no_tokens", sentences)))
                 continue
             counts = self._counts.setdefault(item.windows[0], {"documents": 0, "sentences": 0, "tokens": 0})
             counts["documents"] += 1
@@ -349,7 +352,7 @@ class AssignBucketsFn(beam.DoFn):
         num_documents = counts.get((COUNTS_TABLE, "documents"), 0)
         num_buckets = max(1, math.ceil(num_documents / self._docs_per_bucket))
         for epoch in range(self._epochs):
-            bucket = outputs.stable_hash(("bucket", self._seed, epoch, key)) % num_buckets
+            bucket = seeds.stable_hash(("bucket", self._seed, epoch, key)) % num_buckets
             yield (epoch, bucket), element
 
 
@@ -391,7 +394,7 @@ class CreateInstancesFn(beam.DoFn):
         instances = tokens = 0
         batches: Dict[int, _InstanceBatch] = {}
         for index, key in enumerate(keys):
-            rng = random.Random(outputs.stable_hash(("instances", self._seed, epoch, key)))
+            rng = random.Random(seeds.stable_hash(("instances", self._seed, epoch, key)))
             if self._mode == "pairs":
                 made = instances_lib.create_pair_instances(docs, index, rng, config=self._config,
                                                            special=self._special,
@@ -630,7 +633,7 @@ def _duplicate_rejects(group):
     _, docs = group
     docs = sorted(docs, key=lambda doc: doc[0])
     for key, sentences in docs[1:]:
-        yield outputs.reject(key, 0, "duplicate_document", f"same text as {docs[0][0]}: {sentences[:3]}")
+        yield schemas.reject(key, 0, "duplicate_document", f"same text as {docs[0][0]}: {sentences[:3]}")
 
 
 def _split_vocab(tokenizer_json: str) -> Tuple[str, Optional[str]]:
@@ -653,19 +656,6 @@ def _join_vocab(parts: Tuple[str, Optional[str]]) -> str:
     data = json.loads(rest)
     data["model"]["vocab"] = {token: index for index, token in enumerate(tokens.split("\n"))}
     return json.dumps(data)
-
-
-def instance_schema(vocab_size: int) -> pa.Schema:
-    """The Parquet schema of general-distillation rows; token ids in the narrowest type the vocab allows."""
-    id_type = pa.uint16() if vocab_size <= 65536 else pa.int32()
-    return pa.schema([
-        pa.field("instance_id", pa.string(), nullable=False),
-        pa.field("input_ids", pa.list_(id_type), nullable=False),
-        pa.field("segment_a_len", pa.int16(), nullable=False),
-        pa.field("is_random_next", pa.bool_(), nullable=False),
-        pa.field("masked_lm_positions", pa.list_(pa.int16()), nullable=False),
-        pa.field("masked_lm_labels", pa.list_(id_type), nullable=False),
-    ])
 
 
 def _instance_stats(rows) -> Dict[str, int]:
@@ -762,7 +752,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         raise UserError(f"{error}; pass --tokenizer a hub name (reachable or in the local cache) or a "
                         "directory holding a fast tokenizer") from None
     special = _special_tokens(tokenizer)
-    typecode = "H" if special.vocab_size <= 65536 else "i"
+    typecode = token_typecode(special.vocab_size)
     continuation_ids = frozenset()
     if options.whole_word_mask:
         continuation_ids = frozenset(i for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()
@@ -777,7 +767,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
 
     header = {
         "kind": KIND,
-        "tokenizer": outputs.tokenizer_fingerprint(tokenizer, options.tokenizer),
+        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, options.tokenizer),
         "input_format": options.input_format,
         "wiki_markup": options.wiki_markup if options.input_format == "wikipedia-xml" else None,
         "inputs": files,
@@ -791,12 +781,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         "epochs": options.epochs,
         "docs_per_bucket": options.docs_per_bucket,
         "dedup": options.dedup,
-        "token_dtype": "uint16" if typecode == "H" else "int32",
+        "token_dtype": token_dtype_name(special.vocab_size),
     }
     schema = instance_schema(special.vocab_size)
     epoch_sets = [outputs.ShardSet(f"epoch-{epoch}", options.num_shards, schema, stats=_instance_stats)
                   for epoch in range(options.epochs)]
-    rejects_set = outputs.ShardSet(outputs.REJECTS_SUBDIR, options.num_shards, outputs.REJECT_SCHEMA)
+    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, options.num_shards, schemas.REJECT_SCHEMA)
     make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
                                 continuation_ids=continuation_ids, typecode=typecode,
                                 num_shards=options.num_shards, schema=schema, show_progress=not options.quiet,

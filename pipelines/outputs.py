@@ -13,7 +13,6 @@ place. Output bytes therefore depend only on the rows, never on bundling, runner
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -30,34 +29,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.cli import InputError, UserError
-
-FORMAT_VERSION = 1
-CODE_VERSION = "0.1.0"
-MANIFEST_NAME = "manifest.json"
-SUCCESS_MARKER = "_SUCCESS"
-DATASET_CARD = "README.md"  # read by `datasets.load_dataset(OUTPUT_DIR)`: the configs, splits and label names
-REJECTS_SUBDIR = "rejects"
-
-REJECT_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("row_index", pa.int64(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("record", pa.string()),
-])
+from contract.errors import InputError, UserError
+from contract.layout import (CODE_VERSION, DATASET_CARD, FORMAT_VERSION, IN_PROGRESS_MARKER, MANIFEST_NAME,
+                             OUTPUT_KINDS, REJECTS_SUBDIR, SUCCESS_MARKER, shard_file_name)
+from contract.manifest import decode_manifest, encode_manifest
+from contract.seeds import stable_hash
 
 
 class OutputExistsError(RuntimeError):
     """The output directory already holds files and the user did not ask to overwrite it."""
-
-
-def stable_hash(key: Any) -> int:
-    """A 64-bit hash of `key` that is the same in every process and on every machine.
-
-    `key` is a str, bytes, int or a (nested) tuple of them; Python's `hash()` is salted per process and so unusable.
-    """
-    data = key if isinstance(key, bytes) else repr(key).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def shard_of(key: Any, num_shards: int) -> int:
@@ -65,25 +45,10 @@ def shard_of(key: Any, num_shards: int) -> int:
     return stable_hash(key) % num_shards
 
 
-def shard_file_name(index: int, num_shards: int) -> str:
-    return f"part-{index:05d}-of-{num_shards:05d}.parquet"
-
-
 def join_path(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts) if parts else base
 
 
-def reject(source: str, row_index: int, reason: str, record: Any) -> Dict[str, Any]:
-    """A rejects row; `record` is kept as readable text whatever its type."""
-    if isinstance(record, bytes):
-        record = record.decode("utf-8", errors="backslashreplace")
-    elif not isinstance(record, str):
-        record = json.dumps(record, ensure_ascii=False, default=str)
-    return {"source": source, "row_index": int(row_index), "reason": reason, "record": record}
-
-
-IN_PROGRESS_MARKER = "_IN_PROGRESS"
-OUTPUT_KINDS = ("augmented-task", "general-distillation")
 # What our outputs write at the top of an output directory (besides the manifest's own subdirs): --overwrite deletes
 # these and nothing else.
 _OWN_TOP_LEVEL = frozenset({MANIFEST_NAME, SUCCESS_MARKER, IN_PROGRESS_MARKER, REJECTS_SUBDIR, "data", "candidates",
@@ -623,7 +588,7 @@ class FinalizeOutputFn(beam.DoFn):
             rejected = outputs.get(REJECTS_SUBDIR, {}).get("totals", {}).get("rows", 0)
             _write_text(join_path(self._output_dir, DATASET_CARD),
                         dataset_card(**self._dataset_card, with_rejects=rejected > 0))
-        _write_text(join_path(self._output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
+        _write_text(join_path(self._output_dir, MANIFEST_NAME), encode_manifest(manifest))
         if failure is None:
             _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
             release_claim(self._output_dir, self._run_id)
@@ -735,8 +700,9 @@ def read_manifest(output_dir: str, *, require_success: bool = True) -> Dict[str,
     if require_success and not FileSystems.exists(join_path(output_dir, SUCCESS_MARKER)):
         raise FileNotFoundError(
             f"{output_dir} has no {SUCCESS_MARKER} marker: the run that wrote it did not finish; rerun it")
-    with FileSystems.open(join_path(output_dir, MANIFEST_NAME)) as handle:
-        return json.loads(handle.read().decode("utf-8"))
+    path = join_path(output_dir, MANIFEST_NAME)
+    with FileSystems.open(path) as handle:
+        return decode_manifest(handle.read(), path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -868,22 +834,3 @@ def input_files(pattern: str) -> List[Dict[str, Any]]:
     if not metadata:
         raise FileNotFoundError(f"no input file matches {pattern}; check --input")
     return [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]
-
-
-def tokenizer_fingerprint(tokenizer: Any, name_or_path: str) -> Dict[str, Any]:
-    """What a manifest records about a fast tokenizer, and what readers compare against their model's.
-
-    Args:
-      tokenizer: a transformers fast tokenizer, a `corpus.tokenizer.LoadedTokenizer` or a `tokenizers.Tokenizer`.
-      name_or_path: what the user named it by (recorded, not compared).
-
-    The vocab SHA-256 is over the tokens (added tokens included) in id order joined by newlines, so the same vocab
-    hashes the same whether it was loaded from the hub, a directory, a tokenizer.json or without transformers.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "backend", None) or tokenizer
-    vocab = backend.get_vocab(with_added_tokens=True)
-    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    digest = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
-    normalizer = json.loads(backend.to_str()).get("normalizer") or {}
-    return {"name_or_path": str(name_or_path), "vocab_sha256": digest, "vocab_size": len(tokens),
-            "do_lower_case": bool(normalizer.get("lowercase", False))}

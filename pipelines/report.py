@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract import layout
+from contract.layout import AUGMENTED_KIND
 from pipelines import outputs
 
 REPORT_SUBDIR = "report"
@@ -359,7 +361,7 @@ def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> L
                                                  annotations=[f"{v:,}" for _, v in ordered])
     return lines + ["![Rejects by reason](rejects_by_reason.png)", ""] + _table(
         [(reason, f"{count:,}") for reason, count in ordered], ("reason", "records")) + [
-        "", f"Every rejected record is in `{outputs.REJECTS_SUBDIR}/` with its reason.", ""]
+        "", f"Every rejected record is in `{layout.REJECTS_SUBDIR}/` with its reason.", ""]
 
 
 def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Mapping[str, Mapping[str, int]], *,
@@ -485,7 +487,7 @@ class WriteReportFn(beam.DoFn):
         counts: Dict[str, Dict[str, int]] = {}
         for (table, key), value in named_counts:
             counts.setdefault(str(table), {})[str(key)] = counts.get(str(table), {}).get(str(key), 0) + int(value)
-        if self._kind == "augmented-task":
+        if self._kind == AUGMENTED_KIND:
             text, figures = augment_report(stats, top_words, counts, settings=self._settings,
                                            histograms=self._histograms)
         else:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.cli import InputError, UserError
+from contract.errors import InputError, UserError
 
 CHUNK = 1 << 20
 BOM = codecs.BOM_UTF8

@@ -9,7 +9,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import UserError
+from contract.errors import UserError
 
 from augment.algorithm import augment_sentence
 from augment.words import STOP_WORDS, WordRule, WordSplitter, is_candidate_word, is_letter_word

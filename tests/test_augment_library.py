@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from augment import reference
-from augment.algorithm import augment_sentence, example_rng
+from augment.algorithm import augment_sentence
+from contract.seeds import example_rng
 from augment.augmenter import plan_fields
 from augment.glove import GloveFormatError, GloveIndex
 from augment.mlm import MaskedLMScorer, MaskedQuery, build_input

@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from augment.tasks import GLUE_TASKS
+from contract.schemas import augmented_schema
 from pipelines import augment as augment_pipeline
 from pipelines import outputs
-from pipelines.cli import UserError
+from contract.errors import UserError
 
 # One data row per GLUE task, in the layout of its train.tsv (header, columns), texts at the reference's indices.
 GLUE_ROWS = {
@@ -85,7 +86,7 @@ def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert
         assert 0 <= r["aug_index"] <= 5 and (r["augmented_field"] is None) == (r["aug_index"] == 0)
         assert r["example_id"] == str(r["row_index"])
     schema = pq.read_schema(out / manifest["outputs"]["data"]["files"][0]["path"])
-    assert schema.equals(augment_pipeline.augmented_schema(GLUE_TASKS["SST-2"]))
+    assert schema.equals(augmented_schema(GLUE_TASKS["SST-2"].text_fields))
     # train_aug.tsv: the header, then every row in the input's own layout.
     tsv = (out / "train_aug.tsv").read_text(encoding="utf-8").splitlines()
     assert tsv[0] == "sentence\tlabel" and len(tsv) == len(rows) + 1

@@ -19,7 +19,7 @@ import pytest
 
 from pipelines import augment as augment_pipeline
 from pipelines import cli, corpus as corpus_pipeline, outputs
-from pipelines.cli import UserError
+from contract.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent

@@ -9,10 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import UserError
+from contract import layout, schemas
+from contract.errors import UserError
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from contract.schemas import instance_schema
 from corpus import wiki
 from pipelines import corpus, outputs
 
@@ -143,7 +145,7 @@ def _read_all(output, manifest, epoch):
     rows = []
     for entry in manifest["outputs"][f"epoch-{epoch}"]["files"]:
         table = pq.read_table(output / entry["path"])
-        assert table.schema.equals(corpus.instance_schema(30522))
+        assert table.schema.equals(instance_schema(30522))
         assert table.num_rows == entry["rows"]
         rows += table.to_pylist()
     return rows
@@ -167,7 +169,7 @@ def _check_rows(rows, *, max_seq_len, mode="pairs"):
 
 def _rejects(output, manifest):
     rows = []
-    for entry in manifest["outputs"][outputs.REJECTS_SUBDIR]["files"]:
+    for entry in manifest["outputs"][layout.REJECTS_SUBDIR]["files"]:
         rows += pq.read_table(output / entry["path"]).to_pylist()
     return rows
 
@@ -373,7 +375,7 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     expected = _tokenize_documents(alone, docs)
     assert sum(len(sentences) for _, sentences in docs) > 2000
     assert _tokenize_documents(joined, docs) == expected
-    assert ("rejects", outputs.reject("empty", 0, "no_tokens", ["\u200b"])) in expected
+    assert ("rejects", schemas.reject("empty", 0, "no_tokens", ["\u200b"])) in expected
     # A newline inside a sentence (no reader of this pipeline makes one) must not split it.
     newline = [("nl", ["First line\nstill the first sentence.", "Second."])]
     assert _tokenize_documents(joined, newline) == _tokenize_documents(alone, newline)

@@ -4,7 +4,8 @@ import pytest
 
 from distill import config as config_lib
 from distill import run
-from distill.config import DataConfig, DistillConfig, OptimConfig, RunConfig, TrainConfig, UserError
+from contract.errors import UserError
+from distill.config import DataConfig, DistillConfig, OptimConfig, RunConfig, TrainConfig
 from distill.trainer import lr_factor
 
 

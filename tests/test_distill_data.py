@@ -7,18 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from distill import data, testing
-from distill.config import UserError
+from distill import data
+from tests import builders
+from contract.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return testing.make_tokenizer(str(tmp_path_factory.mktemp("tok")))
+    return builders.make_tokenizer(str(tmp_path_factory.mktemp("tok")))
 
 
 @pytest.fixture(scope="module")
 def corpus(tokenizer, tmp_path_factory):
-    return testing.write_corpus(str(tmp_path_factory.mktemp("corpus")), tokenizer, files=4, rows_per_file=37,
+    return builders.write_corpus(str(tmp_path_factory.mktemp("corpus")), tokenizer, files=4, rows_per_file=37,
                                 epochs=2, row_group_size=8)
 
 
@@ -29,7 +30,7 @@ def _open(corpus, tokenizer, **kwargs):
 
 
 def _serials(batches):
-    return [testing.serial_of(row) for batch in batches for row in batch["input_ids"].tolist()]
+    return [builders.serial_of(row) for batch in batches for row in batch["input_ids"].tolist()]
 
 
 def test_batches_are_padded_per_batch_with_segments(corpus, tokenizer):
@@ -96,14 +97,14 @@ def test_resume_from_a_position_continues_exactly(corpus, tokenizer, num_workers
 
 
 def test_refuses_directory_without_success_marker(tokenizer, tmp_path):
-    path = testing.write_corpus(str(tmp_path / "c"), tokenizer, files=2, rows_per_file=3, epochs=1, success=False)
+    path = builders.write_corpus(str(tmp_path / "c"), tokenizer, files=2, rows_per_file=3, epochs=1, success=False)
     with pytest.raises(UserError, match="no _SUCCESS marker.*did not finish.*rerun"):
         _open(path, tokenizer)
 
 
 def test_refuses_corpus_of_another_tokenizer(tokenizer, tmp_path):
     from transformers import BertTokenizerFast
-    path = testing.write_corpus(str(tmp_path / "c"), tokenizer, files=2, rows_per_file=3, epochs=1)
+    path = builders.write_corpus(str(tmp_path / "c"), tokenizer, files=2, rows_per_file=3, epochs=1)
     vocab = tmp_path / "other.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
     other = BertTokenizerFast(vocab=str(vocab))
@@ -114,13 +115,13 @@ def test_refuses_corpus_of_another_tokenizer(tokenizer, tmp_path):
 def test_refuses_missing_and_wrong_kind(tokenizer, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         _open(str(tmp_path / "nowhere"), tokenizer)
-    augmented = testing.write_augmented(str(tmp_path / "aug"), tokenizer, examples=4, augmentations=1)
+    augmented = builders.write_augmented(str(tmp_path / "aug"), tokenizer, examples=4, augmentations=1)
     with pytest.raises(UserError, match="'augmented-task' data but 'general-distillation' is needed"):
         _open(augmented, tokenizer)
 
 
 def test_too_few_files_for_the_processes(tokenizer, tmp_path):
-    path = testing.write_corpus(str(tmp_path / "c"), tokenizer, files=1, rows_per_file=3, epochs=1)
+    path = builders.write_corpus(str(tmp_path / "c"), tokenizer, files=1, rows_per_file=3, epochs=1)
     with pytest.raises(UserError, match="fewer than the 2 training processes"):
         _open(path, tokenizer, world_size=2)
 
@@ -132,7 +133,7 @@ def test_pad_to_max_length_gives_fixed_width_batches(corpus, tokenizer, tmp_path
     width = dynamic["input_ids"].shape[1]
     for name in ("input_ids", "token_type_ids", "attention_mask"):
         assert torch.equal(fixed[name][:, :width], dynamic[name]) and not fixed[name][:, width:].any()
-    path = testing.write_augmented(str(tmp_path / "aug"), tokenizer, examples=6, augmentations=1)
+    path = builders.write_augmented(str(tmp_path / "aug"), tokenizer, examples=6, augmentations=1)
     stream, _ = data.open_augmented(path, tokenizer=tokenizer, max_seq_len=20, batch_size=4, shuffle_buffer=8,
                                     seed=0, pad_to_max_length=True)
     assert {b["input_ids"].shape[1] for b in data.make_loader(stream)} == {20}
@@ -141,7 +142,7 @@ def test_pad_to_max_length_gives_fixed_width_batches(corpus, tokenizer, tmp_path
 
 
 def test_augmented_rows_tokenized_on_the_fly(tokenizer, tmp_path):
-    path = testing.write_augmented(str(tmp_path / "aug"), tokenizer, task="MRPC",
+    path = builders.write_augmented(str(tmp_path / "aug"), tokenizer, task="MRPC",
                                    text_fields=("sentence1", "sentence2"), examples=10, augmentations=2)
     stream, output = data.open_augmented(path, tokenizer=tokenizer, max_seq_len=12, batch_size=4,
                                          shuffle_buffer=8, seed=0)
@@ -153,7 +154,7 @@ def test_augmented_rows_tokenized_on_the_fly(tokenizer, tmp_path):
 
 def test_glue_dev_readers_count_malformed_rows(tmp_path):
     from distill import glue
-    path = testing.write_sst2_dev(str(tmp_path / "dev.tsv"), rows=6, malformed=2)
+    path = builders.write_sst2_dev(str(tmp_path / "dev.tsv"), rows=6, malformed=2)
     sets = glue.dev_sets(glue.get_task("sst-2"), path)
     assert sets["sst-2"].malformed == 2 and len(sets["sst-2"].labels) == 6
     cola = tmp_path / "cola.tsv"
@@ -188,7 +189,7 @@ def test_glue_metrics_by_hand():
 
 @pytest.fixture(scope="module")
 def stsb(tokenizer, tmp_path_factory):
-    return testing.write_augmented(str(tmp_path_factory.mktemp("stsb")), tokenizer, task="STS-B",
+    return builders.write_augmented(str(tmp_path_factory.mktemp("stsb")), tokenizer, task="STS-B",
                                    text_fields=("sentence1", "sentence2"), label_list=None, examples=30,
                                    augmentations=3, files=2)
 
@@ -258,6 +259,6 @@ def test_label_columns_become_float_with_nan_for_missing(stsb, tokenizer, tmp_pa
     # Labels only when asked, and never for a classification task's data.
     batch = next(iter(data.make_loader(_open_stsb(stsb, tokenizer, regression_labels=False)[0])))
     assert "labels" not in batch
-    sst2 = testing.write_augmented(str(tmp_path / "sst2"), tokenizer, examples=4, augmentations=1)
+    sst2 = builders.write_augmented(str(tmp_path / "sst2"), tokenizer, examples=4, augmentations=1)
     with pytest.raises(UserError, match="regression labels need a regression task"):
         _open_stsb(sst2, tokenizer)

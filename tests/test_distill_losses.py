@@ -97,7 +97,8 @@ def test_regression_loss_is_mse_to_labels_or_teacher_outputs():
 
 
 def test_config_defaults_are_the_reference_and_bad_options_are_refused():
-    from distill.config import DistillConfig, UserError
+    from contract.errors import UserError
+    from distill.config import DistillConfig
     config = DistillConfig(teacher="t", student="s", mode="task", task="STS-B", stage="prediction")
     assert (config.soft_ce_reduction, config.regression_target) == ("mean", "labels")
     with pytest.raises(UserError, match="--soft_ce_reduction must be one of mean, batchmean"):
@@ -148,12 +149,13 @@ def test_padding_to_the_fixed_length_adds_nonzero_pad_terms_so_no_rescaling_repr
     [PAD] positions carry hidden states and query rows of their own, different in teacher and student, so the
     fixed-width loss is the dynamic one rescaled *plus* terms that only running those positions gives."""
     import numpy as np
-    from distill import data, testing
-    tokenizer = testing.make_tokenizer(str(tmp_path / "tok"))
-    teacher = models.load_teacher(testing.make_teacher(str(tmp_path / "t"), tokenizer, layers=4, hidden=48,
+    from distill import data
+    from tests import builders
+    tokenizer = builders.make_tokenizer(str(tmp_path / "tok"))
+    teacher = models.load_teacher(builders.make_teacher(str(tmp_path / "t"), tokenizer, layers=4, hidden=48,
                                                        heads=12), classification=False)
     torch.manual_seed(0)
-    student = models.build_student(testing.write_student_config(str(tmp_path / "s.json")), teacher,
+    student = models.build_student(builders.write_student_config(str(tmp_path / "s.json")), teacher,
                                    classification=False).eval()
     lengths = [9, 5]
     rows = data.EncodedRows(values=np.arange(1000, 1000 + sum(lengths)), offsets=np.array([0, 9, 14]),

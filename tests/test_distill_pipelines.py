@@ -6,7 +6,8 @@ import pathlib
 import subprocess
 import sys
 
-from distill import run, testing
+from distill import run
+from tests import builders
 
 import pytest
 
@@ -25,11 +26,11 @@ def test_end_to_end_from_the_pipelines_outputs(tmp_path, capsys):
                                 timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
 
-    tokenizer = testing.make_tokenizer(str(tmp_path / "tok"))
-    teacher = testing.make_teacher(str(tmp_path / "teacher"), tokenizer, layers=2, hidden=24, heads=12)
-    task_teacher = testing.make_teacher(str(tmp_path / "task_teacher"), tokenizer, layers=2, hidden=24, heads=12,
+    tokenizer = builders.make_tokenizer(str(tmp_path / "tok"))
+    teacher = builders.make_teacher(str(tmp_path / "teacher"), tokenizer, layers=2, hidden=24, heads=12)
+    task_teacher = builders.make_teacher(str(tmp_path / "task_teacher"), tokenizer, layers=2, hidden=24, heads=12,
                                         num_labels=2)
-    student = testing.write_student_config(str(tmp_path / "student.json"), layers=1, hidden=24, heads=12)
+    student = builders.write_student_config(str(tmp_path / "student.json"), layers=1, hidden=24, heads=12)
 
     # Documents separated by blank lines, sentences one per line: the corpus pipeline's text format.
     sentences = [line.split("\t")[0] for line in (SAMPLE / "train.tsv").read_text().splitlines()[1:] if line]

@@ -15,7 +15,8 @@ import torch
 
 from distill import config as config_lib
 from distill import data as data_lib
-from distill import glue, models, run, testing
+from distill import glue, models, run
+from tests import builders
 
 # The reference's values (huawei-noah/Pretrained-Language-Model TinyBERT, task_distill.py / general_distill.py),
 # written out rather than read from our code.
@@ -89,8 +90,8 @@ def test_pair_truncation_matches_the_reference_loop_and_reaches_the_token_ids(tm
         la, lb, budget = rng.randrange(40), rng.randrange(40), rng.randrange(1, 50)
         a, b = _reference_truncate(range(la), range(lb), budget)
         assert data_lib.truncated_pair_lengths(la, lb, budget) == (len(a), len(b)), (la, lb, budget)
-    tokenizer = testing.make_tokenizer(str(tmp_path / "tok"))
-    words = [w for w in testing.WORDS if len(tokenizer.tokenize(w)) == 1]
+    tokenizer = builders.make_tokenizer(str(tmp_path / "tok"))
+    words = [w for w in builders.WORDS if len(tokenizer.tokenize(w)) == 1]
     first, second = " ".join(words[:10]), " ".join(words[10:20])  # 10 tokens each
     rows = data_lib.encode_texts(tokenizer, [(first, second)], max_seq_len=18)  # 15 for the texts
     ids = rows.values[rows.offsets[0]:rows.offsets[1]].tolist()
@@ -121,7 +122,7 @@ def test_generic_metrics_by_hand():
 
 def _dev_rows(count=24, seed=3):
     rng = np.random.default_rng(seed)
-    return [{"premise": " ".join(rng.choice(testing.WORDS, 6)), "hypothesis": " ".join(rng.choice(testing.WORDS, 5)),
+    return [{"premise": " ".join(rng.choice(builders.WORDS, 6)), "hypothesis": " ".join(rng.choice(builders.WORDS, 5)),
              "label": str(rng.choice(LABELS))} for _ in range(count)]
 
 
@@ -142,8 +143,8 @@ def _write_dev(path, rows):
 @pytest.fixture(scope="module")
 def generic(tmp_path_factory):
     base = tmp_path_factory.mktemp("recipe")
-    tokenizer = testing.make_tokenizer(str(base / "tok"))
-    augmented = testing.write_augmented(str(base / "aug"), tokenizer, task="generic", text_fields=FIELDS,
+    tokenizer = builders.make_tokenizer(str(base / "tok"))
+    augmented = builders.write_augmented(str(base / "aug"), tokenizer, task="generic", text_fields=FIELDS,
                                         label_list=list(LABELS), examples=24, augmentations=1)
     manifest_path = os.path.join(augmented, "manifest.json")
     manifest = json.loads(open(manifest_path, encoding="utf-8").read())
@@ -151,9 +152,9 @@ def generic(tmp_path_factory):
     with open(manifest_path, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle)
     return {"base": base, "tokenizer": tokenizer, "augmented": augmented,
-            "pretrained": testing.make_teacher(str(base / "pretrained"), tokenizer, layers=2, hidden=24, heads=12,
+            "pretrained": builders.make_teacher(str(base / "pretrained"), tokenizer, layers=2, hidden=24, heads=12,
                                                intermediate=48),
-            "student": testing.write_student_config(str(base / "student.json"), layers=1, hidden=24, heads=12),
+            "student": builders.write_student_config(str(base / "student.json"), layers=1, hidden=24, heads=12),
             "dev": _write_dev(str(base / "dev.jsonl"), _dev_rows())}
 
 
@@ -169,7 +170,7 @@ def _permuted_copy(source, target, order):
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {name: i for i, name in enumerate(names)}
     model.save_pretrained(target)
-    testing.make_tokenizer(target)
+    builders.make_tokenizer(target)
     return target
 
 

@@ -1,6 +1,6 @@
 """Faults a user meets end in one line and exit status 1, never a traceback, and a checkpoint never runs code.
 
-Each test builds its small inputs (distill.testing) and damages a copy; the `slow` ones go through
+Each test builds its small inputs (tests/builders.py) and damages a copy; the `slow` ones go through
 `python -m distill.run` in a subprocess, from a folder outside the source tree.
 """
 
@@ -15,8 +15,9 @@ import sys
 import pytest
 import torch
 
-from distill import data, run, testing
-from distill.config import UserError
+from distill import data, run
+from tests import builders
+from contract.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,15 +35,15 @@ class _Touch:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("reliability")
-    tokenizer = testing.make_tokenizer(str(base / "tok"))
+    tokenizer = builders.make_tokenizer(str(base / "tok"))
     return {
         "base": base,
         "tokenizer": tokenizer,
-        "teacher": testing.make_teacher(str(base / "teacher"), tokenizer, layers=2, hidden=24, heads=2,
+        "teacher": builders.make_teacher(str(base / "teacher"), tokenizer, layers=2, hidden=24, heads=2,
                                         intermediate=48),
-        "student": testing.write_student_config(str(base / "student.json"), layers=1, hidden=12, heads=2,
+        "student": builders.write_student_config(str(base / "student.json"), layers=1, hidden=12, heads=2,
                                                 intermediate=24),
-        "corpus": testing.write_corpus(str(base / "corpus"), tokenizer, files=2, rows_per_file=16, epochs=1,
+        "corpus": builders.write_corpus(str(base / "corpus"), tokenizer, files=2, rows_per_file=16, epochs=1,
                                        row_group_size=8),
     }
 
@@ -312,7 +313,7 @@ def test_newer_major_format_version_is_refused(setup, tmp_path):
 
 
 def test_augmented_data_shards_are_checked_too(setup, tmp_path):
-    augmented = pathlib.Path(testing.write_augmented(str(tmp_path / "aug"), setup["tokenizer"], examples=8,
+    augmented = pathlib.Path(builders.write_augmented(str(tmp_path / "aug"), setup["tokenizer"], examples=8,
                                                      augmentations=1))
     shard = augmented / "data" / "part-00001-of-00002.parquet"
     shard.unlink()

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from distill import run, testing
+from distill import run
+from tests import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,17 +17,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("distill")
-    tokenizer = testing.make_tokenizer(str(base / "tok"))
+    tokenizer = builders.make_tokenizer(str(base / "tok"))
     return {
         "base": base,
         "tokenizer": tokenizer,
-        "teacher": testing.make_teacher(str(base / "teacher"), tokenizer, layers=4, hidden=48, heads=12),
-        "task_teacher": testing.make_teacher(str(base / "task_teacher"), tokenizer, layers=4, hidden=48, heads=12,
+        "teacher": builders.make_teacher(str(base / "teacher"), tokenizer, layers=4, hidden=48, heads=12),
+        "task_teacher": builders.make_teacher(str(base / "task_teacher"), tokenizer, layers=4, hidden=48, heads=12,
                                              num_labels=2, seed=1),
-        "student": testing.write_student_config(str(base / "student.json"), layers=2, hidden=24, heads=12),
-        "corpus": testing.write_corpus(str(base / "corpus"), tokenizer, files=4, rows_per_file=40, epochs=2),
-        "augmented": testing.write_augmented(str(base / "aug"), tokenizer, examples=30, augmentations=3),
-        "dev": testing.write_sst2_dev(str(base / "dev.tsv"), rows=20, malformed=1),
+        "student": builders.write_student_config(str(base / "student.json"), layers=2, hidden=24, heads=12),
+        "corpus": builders.write_corpus(str(base / "corpus"), tokenizer, files=4, rows_per_file=40, epochs=2),
+        "augmented": builders.write_augmented(str(base / "aug"), tokenizer, examples=30, augmentations=3),
+        "dev": builders.write_sst2_dev(str(base / "dev.tsv"), rows=20, malformed=1),
     }
 
 
@@ -158,7 +159,7 @@ def test_user_errors_end_with_one_clear_line(setup, change, message):
 
 
 def test_unfinished_shards_refused_from_the_command_line(setup, tmp_path):
-    corpus = testing.write_corpus(str(tmp_path / "c"), setup["tokenizer"], files=2, rows_per_file=4, epochs=1,
+    corpus = builders.write_corpus(str(tmp_path / "c"), setup["tokenizer"], files=2, rows_per_file=4, epochs=1,
                                   success=False)
     argv = _general(setup, tmp_path / "out", "--max_steps", "1")
     argv[argv.index("--data") + 1] = corpus
@@ -211,9 +212,9 @@ def test_soft_ce_reduction_mean_is_the_default_and_batchmean_is_num_labels_times
 
 def test_stsb_prediction_trains_on_labels_by_default_or_on_the_teacher(setup):
     base = setup["base"]
-    teacher = testing.make_teacher(str(base / "stsb_teacher"), setup["tokenizer"], layers=4, hidden=48, heads=12,
+    teacher = builders.make_teacher(str(base / "stsb_teacher"), setup["tokenizer"], layers=4, hidden=48, heads=12,
                                    num_labels=1, seed=2)
-    stsb = testing.write_augmented(str(base / "stsb"), setup["tokenizer"], task="STS-B",
+    stsb = builders.write_augmented(str(base / "stsb"), setup["tokenizer"], task="STS-B",
                                    text_fields=("sentence1", "sentence2"), label_list=None, examples=20,
                                    augmentations=3)
     run.main(_prediction(setup, stsb, teacher, base / "stsb-labels", "--max_steps", "3", task="STS-B"))
@@ -228,9 +229,9 @@ def test_stsb_prediction_trains_on_labels_by_default_or_on_the_teacher(setup):
 
 def test_stsb_row_without_a_label_is_a_clear_error(setup):
     base = setup["base"]
-    teacher = testing.make_teacher(str(base / "stsb_teacher_null"), setup["tokenizer"], layers=4, hidden=48,
+    teacher = builders.make_teacher(str(base / "stsb_teacher_null"), setup["tokenizer"], layers=4, hidden=48,
                                    heads=12, num_labels=1, seed=2)
-    stsb = testing.write_augmented(str(base / "stsb-null"), setup["tokenizer"], task="STS-B",
+    stsb = builders.write_augmented(str(base / "stsb-null"), setup["tokenizer"], task="STS-B",
                                    text_fields=("sentence1", "sentence2"), label_list=None, examples=8,
                                    augmentations=1, missing_labels=8)
     with pytest.raises(SystemExit) as raised:

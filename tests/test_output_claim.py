@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from contract import layout
 from pipelines import outputs
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def _our_output(path, kind="general-distillation"):
     (path / "epoch-0" / "part-00000-of-00001.parquet").write_bytes(b"rows")
     (path / "rejects").mkdir()
     (path / "rejects" / "part-00000-of-00001.parquet").write_bytes(b"rejects")
-    manifest = {"format_version": outputs.FORMAT_VERSION, "kind": kind,
+    manifest = {"format_version": layout.FORMAT_VERSION, "kind": kind,
                 "outputs": {"epoch-0": {"subdir": "epoch-0"}, "rejects": {"subdir": "rejects"}}}
     (path / "manifest.json").write_text(json.dumps(manifest))
     (path / "_SUCCESS").write_text("")

@@ -12,8 +12,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from contract import layout
+from contract.errors import UserError
 from pipelines import augment as augment_pipeline
-from pipelines import cli, corpus as corpus_pipeline, outputs, sources
+from pipelines import cli, corpus as corpus_pipeline, sources
 from tests.test_corpus import FOOTER, HEADER, _pages, _write_multistream
 
 SENTENCES = [f"a {adjective} film about {topic} ." for adjective in ("warm", "dull", "bright", "slow", "funny")
@@ -43,7 +45,7 @@ def _fails_with(tmp_path, run, *expected, name="out"):
     for text in expected:
         assert text in line, line
     assert "\n" not in line
-    assert not (tmp_path / name / outputs.SUCCESS_MARKER).exists()
+    assert not (tmp_path / name / layout.SUCCESS_MARKER).exists()
     return line
 
 
@@ -151,7 +153,7 @@ def test_model_folder_without_weights_is_one_line(tmp_path, tiny_bert, tiny_glov
         weights.unlink()
     path = tmp_path / "train.tsv"
     path.write_bytes(_tsv(SENTENCES))
-    with pytest.raises(cli.UserError, match="holds no weights"):
+    with pytest.raises(UserError, match="holds no weights"):
         augment_pipeline.run([f"--model={broken}", f"--glove={tiny_glove}", f"--input={path}",
                               f"--output={tmp_path / 'o'}"])
 
@@ -160,7 +162,7 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny_bert, tiny_glove):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(cli.UserError, match="--device cuda: no CUDA GPU"):
+    with pytest.raises(UserError, match="--device cuda: no CUDA GPU"):
         augment_pipeline.run([f"--model={tiny_bert}", f"--glove={tiny_glove}", "--device=cuda",
                               f"--output={tmp_path / 'o'}"])
 

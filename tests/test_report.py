@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from pipelines import outputs, report
+from contract import layout
+from pipelines import report
 from tests.test_reliability import SENTENCES, _augment, _corpus, _tsv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,9 +117,9 @@ def test_no_report_writes_none(tmp_path, tiny_bert, tiny_glove):
     path.write_bytes(_tsv(SENTENCES[:4]))
     manifest = _augment(tmp_path, tiny_bert, tiny_glove, path, "--no_report", name="aug")
     assert "report" not in manifest and not (tmp_path / "aug" / "report").exists()
-    assert (tmp_path / "aug" / outputs.SUCCESS_MARKER).exists()
+    assert (tmp_path / "aug" / layout.SUCCESS_MARKER).exists()
     text = tmp_path / "corpus.txt"
     text.write_text(" .\n".join(SENTENCES) + "\n", encoding="utf-8")
     manifest = _corpus(tmp_path, tiny_bert, text, "--no_report", name="corpus")
     assert "report" not in manifest and not (tmp_path / "corpus" / "report").exists()
-    assert (tmp_path / "corpus" / outputs.SUCCESS_MARKER).exists()
+    assert (tmp_path / "corpus" / layout.SUCCESS_MARKER).exists()

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from pipelines import outputs
+from contract import fingerprint
 from corpus import tokenizer as tokenizer_lib
 
 ADVERSARIAL = [
@@ -45,7 +45,7 @@ def _assert_same(fast: tokenizer_lib.LoadedTokenizer, reference: tokenizer_lib.L
     assert fast.special_tokens == reference.special_tokens
     for name in tokenizer_lib.SPECIAL_NAMES:
         assert fast.special_id(name) == reference.special_id(name)
-    assert outputs.tokenizer_fingerprint(fast, "x") == outputs.tokenizer_fingerprint(reference, "x")
+    assert fingerprint.tokenizer_fingerprint(fast, "x") == fingerprint.tokenizer_fingerprint(reference, "x")
     # Everything that turns text into ids is the same serialization (post-processor and decoder are not used).
     ours_json, theirs_json = json.loads(fast.to_json()), json.loads(reference.to_json())
     for key in ("post_processor", "decoder"):
@@ -149,4 +149,4 @@ def test_transformers_vocab_is_the_backend_vocab_with_added_tokens(tmp_path, sha
     path = _saved(tmp_path, _vocab_dir(tmp_path, shared_data_optional), "tok")
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer.get_vocab() == tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
-    assert outputs.tokenizer_fingerprint(tokenizer, "x") == outputs.tokenizer_fingerprint(tokenizer_lib.load(path), "x")
+    assert fingerprint.tokenizer_fingerprint(tokenizer, "x") == fingerprint.tokenizer_fingerprint(tokenizer_lib.load(path), "x")

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import UserError
+from contract.errors import UserError
 
 from corpus import documents, wiki
 from pipelines import corpus

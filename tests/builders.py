@@ -13,6 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contract.fingerprint import tokenizer_fingerprint
+from contract.layout import AUGMENTED_KIND, CORPUS_KIND, FORMAT_VERSION, MANIFEST_NAME, SUCCESS_MARKER
+from contract.manifest import encode_manifest
+from contract.schemas import augmented_schema, instance_schema
+
 SHARED_VOCAB = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "bert-base-uncased-vocab.txt"
 
 SMALL_VOCAB_SIZE = 2048  # the fallback vocab's size: room for corpus_row's tag ids (1000 + up to 999)
@@ -68,11 +73,6 @@ def write_student_config(path: str, *, layers: int = 2, hidden: int = 24, heads:
     return path
 
 
-def _fingerprint(tokenizer, name: str) -> Dict:
-    from pipelines.outputs import tokenizer_fingerprint
-    return tokenizer_fingerprint(tokenizer, name)
-
-
 def corpus_row(tokenizer, rng: np.random.Generator, serial: int, max_seq_len: int) -> Dict:
     """One instance [CLS] A [SEP] B [SEP]; A starts with two tokens that encode `serial` so tests can find it."""
     vocab_words = [tokenizer.convert_tokens_to_ids(w) for w in WORDS]
@@ -91,10 +91,11 @@ def serial_of(input_ids: Sequence[int]) -> int:
     return (int(input_ids[1]) - 1000) * 1000 + int(input_ids[2]) - 1000
 
 
-CORPUS_SCHEMA = pa.schema([
-    pa.field("input_ids", pa.list_(pa.uint16())), pa.field("segment_a_len", pa.int16()),
-    pa.field("is_random_next", pa.bool_()), pa.field("masked_lm_positions", pa.list_(pa.int32())),
-    pa.field("masked_lm_labels", pa.list_(pa.string())), pa.field("instance_id", pa.string())])
+def _write_manifest(directory: str, manifest: Dict, *, success: bool = True) -> None:
+    with open(os.path.join(directory, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+        handle.write(encode_manifest(manifest))
+    if success:
+        open(os.path.join(directory, SUCCESS_MARKER), "w").close()
 
 
 def write_corpus(directory: str, tokenizer, *, tokenizer_name: str = "test-tokenizer", files: int = 4,
@@ -102,6 +103,7 @@ def write_corpus(directory: str, tokenizer, *, tokenizer_name: str = "test-token
                  row_group_size: int = 16, success: bool = True) -> str:
     """A general-distillation directory following the pipelines' contract; serials are unique across it."""
     rng = np.random.default_rng(seed)
+    schema = instance_schema(len(tokenizer))
     outputs = {}
     serial = 0
     for epoch in range(epochs):
@@ -113,17 +115,14 @@ def write_corpus(directory: str, tokenizer, *, tokenizer_name: str = "test-token
                 serial += 1
             relative = f"epoch-{epoch}/part-{index:05d}-of-{files:05d}.parquet"
             os.makedirs(os.path.join(directory, f"epoch-{epoch}"), exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA), os.path.join(directory, relative),
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), os.path.join(directory, relative),
                            row_group_size=row_group_size)
             entries.append({"path": relative, "rows": len(rows), "tokens": sum(len(r["input_ids"]) for r in rows)})
         outputs[f"epoch-{epoch}"] = {"subdir": f"epoch-{epoch}", "num_shards": files, "files": entries,
                                      "totals": {"rows": files * rows_per_file}}
-    manifest = {"format_version": 1, "kind": "general-distillation", "max_seq_len": max_seq_len,
-                "tokenizer": _fingerprint(tokenizer, tokenizer_name), "outputs": outputs, "counts": {}}
-    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-    if success:
-        open(os.path.join(directory, "_SUCCESS"), "w").close()
+    manifest = {"format_version": FORMAT_VERSION, "kind": CORPUS_KIND, "max_seq_len": max_seq_len,
+                "tokenizer": tokenizer_fingerprint(tokenizer, tokenizer_name), "outputs": outputs, "counts": {}}
+    _write_manifest(directory, manifest, success=success)
     return directory
 
 
@@ -139,10 +138,7 @@ def write_augmented(directory: str, tokenizer, *, task: str = "SST-2", text_fiel
     Regression data (`label_list=None`) gets scores "0.00".."5.00" as strings, as the pipeline writes them; the first
     `missing_labels` examples get a null label (which the pipeline itself never writes for STS-B)."""
     rng = np.random.default_rng(seed)
-    schema = pa.schema([pa.field("example_id", pa.string()), pa.field("row_index", pa.int64()),
-                        pa.field("aug_index", pa.int32()), pa.field("augmented_field", pa.string())]
-                       + [pa.field(name, pa.string()) for name in text_fields]
-                       + [pa.field("label", pa.string()), pa.field("replaced_word_indices", pa.list_(pa.int32()))])
+    schema = augmented_schema(text_fields)
     shards: List[List[Dict]] = [[] for _ in range(files)]
     for index in range(examples):
         label = (str(rng.choice(label_list)) if label_list else f"{rng.uniform(0, 5):.2f}")
@@ -161,14 +157,12 @@ def write_augmented(directory: str, tokenizer, *, task: str = "SST-2", text_fiel
         relative = f"data/part-{index:05d}-of-{files:05d}.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), os.path.join(directory, relative))
         entries.append({"path": relative, "rows": len(rows)})
-    manifest = {"format_version": 1, "kind": "augmented-task", "task": task, "text_fields": list(text_fields),
+    manifest = {"format_version": FORMAT_VERSION, "kind": AUGMENTED_KIND, "task": task, "text_fields": list(text_fields),
                 "label_field": "label", "label_list": list(label_list) if label_list else None,
-                "tokenizer": _fingerprint(tokenizer, "test-tokenizer"),
+                "tokenizer": tokenizer_fingerprint(tokenizer, "test-tokenizer"),
                 "outputs": {"data": {"subdir": "data", "num_shards": files, "files": entries,
                                      "totals": {"rows": sum(len(r) for r in shards)}}}, "counts": {}}
-    with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-    open(os.path.join(directory, "_SUCCESS"), "w").close()
+    _write_manifest(directory, manifest)
     return directory
 
 

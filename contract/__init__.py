@@ -1,0 +1,10 @@
+"""The data contract between the pipelines and the trainer: Beam-free, torch-free and small.
+
+  errors     the one user-error hierarchy (UserError, InputError) and `describe`
+  layout     names and versions: manifest, markers, dataset card, rejects folder, output kinds
+  schemas    every output's pyarrow schema, the token-id type rule, the reject record
+  manifest   manifest text written and read back, format_version checked
+  seeds      the stable hash every seed derives from
+  fingerprint the tokenizer fingerprint a manifest records and a reader compares
+  tasks      the one task table (GLUE and generic), with every alias
+"""

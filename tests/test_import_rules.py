@@ -1,0 +1,37 @@
+"""The package rule of DESIGN.md: distill/, augment/, corpus/ and contract/ never import pipelines/ or apache_beam.
+
+Each package is imported in a fresh interpreter (another test may already have imported Beam into this one), with
+the repository root first on the path, and sys.modules is checked afterwards. Importing distill sets no csv limit.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+BEAM_FREE = {
+    "contract": "contract.errors, contract.layout, contract.schemas, contract.manifest, contract.seeds, "
+                "contract.fingerprint",
+    "augment": "augment.words, augment.glove, augment.mlm, augment.algorithm, augment.augmenter, augment.tasks, "
+               "augment.reference",
+    "corpus": "corpus.wiki, corpus.wikimarkup, corpus.documents, corpus.tokenizer, corpus.instances",
+    "distill": "distill.run, distill.trainer, distill.data, distill.glue, distill.models, distill.losses, "
+               "distill.config",
+}
+
+CHECK = ("import csv, sys; limit = csv.field_size_limit(); import {modules}; "
+         "bad = sorted(m for m in sys.modules if m == 'apache_beam' or m.startswith('apache_beam.') "
+         "or m == 'pipelines' or m.startswith('pipelines.') or m == 'tests' or m.startswith('tests.')); "
+         "assert not bad, bad; assert csv.field_size_limit() == limit, 'csv.field_size_limit changed at import'")
+
+
+@pytest.mark.parametrize("package", sorted(BEAM_FREE))
+def test_package_imports_neither_beam_nor_pipelines(package):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", CHECK.format(modules=BEAM_FREE[package])], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
