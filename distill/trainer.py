@@ -75,7 +75,10 @@ def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
     if not regression and not labels:
         raise UserError(f"{data_path}: its manifest records no label_list and the teacher does not name its labels; "
                         "rerun python -m pipelines.augment with --label_list")
-    return glue.generic_task(text_fields, manifest.get("label_field") or "label", labels, regression=regression)
+    # Dev files are in the input's layout: the label column the augment run read (`--label_column`), not the
+    # augmented rows' own `label` column.
+    dev_label = manifest.get("input_label_column") or manifest.get("label_field") or "label"
+    return glue.generic_task(text_fields, dev_label, labels, regression=regression)
 
 
 def load_tokenizer(name_or_path: str):

@@ -819,6 +819,7 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
                                      | "WriteCandidates" >> outputs.WriteShards(output, cand_set))
     header = {
         "kind": AUGMENTED_KIND, "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
+        "input_label_column": label_field,  # where the input (and a dev file in its layout) holds the label
         "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
         "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
         "glove": glove_file, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,

@@ -40,16 +40,31 @@ def read_vocab(vocab_file: str) -> Dict[str, int]:
         return {line.rstrip("\n"): index for index, line in enumerate(handle)}
 
 
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
 def wordpiece_tokenizer(*, vocab: Optional[Dict[str, int]] = None, texts: Iterable[str] = (), vocab_size: int = 600,
                         lowercase: bool = True):
-    """A BERT fast tokenizer: from `vocab`, or trained on `texts` with the `tokenizers` WordPiece trainer."""
+    """A BERT fast tokenizer: from `vocab`, or a vocabulary made from `texts`.
+
+    The vocabulary made from texts is deterministic (the `tokenizers` WordPiece trainer breaks ties between equally
+    frequent merges differently from one process to the next, so its vocabulary, and every output made with it,
+    would change between runs): the special tokens, every character alone and as a `##` continuation (so any word
+    of the texts can be written), then whole words by frequency (ties by the word), up to `vocab_size`.
+    """
     from transformers import BertTokenizer
     if vocab is None:
-        from tokenizers import BertWordPieceTokenizer
-        trainer = BertWordPieceTokenizer(lowercase=lowercase)
-        trainer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1,
-                                    special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-        vocab = trainer.get_vocab()
+        from tokenizers.normalizers import BertNormalizer
+        from tokenizers.pre_tokenizers import BertPreTokenizer
+        normalizer = BertNormalizer(lowercase=lowercase)
+        pre_tokenizer = BertPreTokenizer()
+        counts = collections.Counter(
+            word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        chars = sorted({char for word in counts for char in word})
+        tokens = SPECIAL_TOKENS + chars + ["##" + char for char in chars]
+        words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+        tokens += words[:max(0, vocab_size - len(tokens))]
+        vocab = {token: index for index, token in enumerate(tokens)}
     return BertTokenizer(vocab=dict(vocab), do_lower_case=lowercase)
 
 

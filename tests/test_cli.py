@@ -285,3 +285,45 @@ def test_load_dataset_gives_a_train_split_with_every_row(tmp_path, tiny_bert, ti
                                 "--max_seq_len=32", "--num_shards=2", "--quiet"])
     loaded = datasets.load_dataset(str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache2"))
     assert list(loaded) == ["train"] and len(loaded["train"]) == made["counts"]["corpus"]["instances"]
+
+
+# ------------------------------------------------------------------------------------------ the user's own task
+@pytest.mark.slow
+def test_own_three_label_task_from_the_shell(tmp_path):
+    """A generic 3-label task (labels in no particular order): augment -> finetune a teacher -> intermediate ->
+    prediction -> eval with only --model and --data, every step a console script from the shell."""
+    import csv
+    import random
+    rng = random.Random(0)
+    words = "a warm funny film the story is dull and slow bright music city night".split()
+    for name, count in (("train.csv", 24), ("dev.csv", 6)):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["premise", "hypothesis", "gold"])
+            for i in range(count):
+                writer.writerow([" ".join(rng.choice(words) for _ in range(6)),
+                                 " ".join(rng.choice(words) for _ in range(5)), ("yes", "no", "neutral")[i % 3]])
+    task = "--task generic --text_columns premise,hypothesis --label_column gold --label_list yes,no,neutral"
+    steps = [
+        "tinybert-demo-assets --output assets",
+        f"tinybert-augment {task} --input train.csv --model assets/bert --glove assets/glove.txt --num_aug 2 "
+        "--output aug --quiet",
+        f"tinybert-augment {task} --input train.csv --model assets/bert --glove assets/glove.txt --num_aug 0 "
+        "--output orig --quiet",
+        "tinybert-distill finetune --task generic --model assets/bert --data orig --dev dev.csv --output teacher "
+        "--max_steps 4 --batch_size 8",
+        "tinybert-distill task --stage intermediate --task generic --data aug --teacher teacher "
+        "--student assets/student.json --output int --max_steps 3 --batch_size 8",
+        "tinybert-distill task --stage prediction --task generic --data aug --teacher teacher --student int "
+        "--output pred --max_steps 4 --batch_size 8 --dev dev.csv --eval_interval 2",
+        "tinybert-distill eval --model pred/best --data dev.csv",
+    ]
+    for command in steps:
+        result = _shell(command, tmp_path)
+        assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    evaluated = json.loads(re.search(r"\{.*\}", result.stdout, re.S).group(0))
+    dev = evaluated["results"]["dev"]
+    assert evaluated["task"] == "generic" and dev["examples"] == 6 and dev["malformed_rows"] == 0
+    assert 0.0 <= dev["acc"] <= 1.0 and "macro_f1" in dev
+    saved = json.loads((tmp_path / "pred" / "best" / "config.json").read_text())
+    assert sorted(saved["label2id"]) == ["neutral", "no", "yes"] and saved["id2label"]["0"] == "yes"
