@@ -9,6 +9,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from augment.algorithm import DEFAULT_NUM_AUG
+from contract import tasks as task_table
 
 
 class RejectedRecord(ValueError):
@@ -49,22 +50,11 @@ class TaskFormat:
         return DEFAULT_NUM_AUG.get(self.name, 20)
 
 
-_BINARY = ("0", "1")
-_NLI2 = ("entailment", "not_entailment")
-
+# The GLUE tasks' formats, from the one task table.
 GLUE_TASKS: Dict[str, TaskFormat] = {
-    "CoLA": TaskFormat("CoLA", ("sentence",), (3,), 1, None, _BINARY, has_header=False, num_columns=4),
-    "SST-2": TaskFormat("SST-2", ("sentence",), (0,), 1, None, _BINARY),
-    "MRPC": TaskFormat("MRPC", ("sentence1", "sentence2"), (3, 4), 0, None, _BINARY),
-    "STS-B": TaskFormat("STS-B", ("sentence1", "sentence2"), (7, 8), -1, 0, None, regression=True),
-    "QQP": TaskFormat("QQP", ("question1", "question2"), (3, 4), 5, 0, _BINARY),
-    "MNLI": TaskFormat("MNLI", ("sentence1", "sentence2"), (8, 9), -1, 0, ("contradiction", "entailment", "neutral")),
-    "QNLI": TaskFormat("QNLI", ("question", "sentence"), (1, 2), -1, 0, _NLI2),
-    "RTE": TaskFormat("RTE", ("sentence1", "sentence2"), (1, 2), -1, 0, _NLI2),
-}
-# Names people type for the same tasks.
-TASK_ALIASES = {name.lower(): name for name in GLUE_TASKS}
-TASK_ALIASES.update({"sst2": "SST-2", "stsb": "STS-B", "sts-b": "STS-B", "mnli-m": "MNLI"})
+    name: TaskFormat(name, spec.text_fields, spec.text_columns, spec.label_column, spec.id_column, spec.labels,
+                     regression=spec.regression, has_header=spec.has_header, num_columns=spec.num_columns)
+    for name, spec in task_table.GLUE_TASKS.items()}
 
 
 def resolve_task(name: str) -> TaskFormat:
@@ -73,7 +63,7 @@ def resolve_task(name: str) -> TaskFormat:
     Raises:
       KeyError: not a GLUE task; the message lists the known ones.
     """
-    key = TASK_ALIASES.get(name.lower())
+    key = task_table.canonical_name(name)
     if key is None:
         raise KeyError(f"unknown task {name!r}; use one of {', '.join(GLUE_TASKS)} or --task generic "
                        "with --text_columns")
@@ -165,32 +155,10 @@ def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> L
     return out
 
 
-# The GLUE tasks as the Hugging Face hub's `glue`/`nyu-mll/glue` Parquet files hold them: text columns, and the
-# label names in the order of their integer labels (ClassLabel). Binary tasks map their names to the reference's
-# "0"/"1"; the NLI tasks' names are the reference's labels themselves. A label of -1 (the test split) is rejected.
-HUB_TEXT_COLUMNS: Dict[str, Tuple[str, ...]] = {
-    "CoLA": ("sentence",), "SST-2": ("sentence",), "MRPC": ("sentence1", "sentence2"),
-    "STS-B": ("sentence1", "sentence2"), "QQP": ("question1", "question2"), "MNLI": ("premise", "hypothesis"),
-    "QNLI": ("question", "sentence"), "RTE": ("sentence1", "sentence2"),
-}
-HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {
-    "CoLA": ("unacceptable", "acceptable"), "SST-2": ("negative", "positive"),
-    "MRPC": ("not_equivalent", "equivalent"), "STS-B": None, "QQP": ("not_duplicate", "duplicate"),
-    "MNLI": ("entailment", "neutral", "contradiction"), "QNLI": ("entailment", "not_entailment"),
-    "RTE": ("entailment", "not_entailment"),
-}
-# The header of each GLUE train.tsv (CoLA has none), for writing a hub-Parquet input's train_aug.tsv in the
-# reference layout that `task_distill.py` reads.
-GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {
-    "CoLA": None, "SST-2": ("sentence", "label"),
-    "MRPC": ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
-    "STS-B": ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-              "score"),
-    "QQP": ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
-    "MNLI": ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"),
-    "QNLI": ("index", "question", "sentence", "label"), "RTE": ("index", "sentence1", "sentence2", "label"),
-}
+# The hub's `glue`/`nyu-mll/glue` Parquet layout and train.tsv's header, per task (see contract.tasks).
+HUB_TEXT_COLUMNS: Dict[str, Tuple[str, ...]] = {n: t.hub_text_columns for n, t in task_table.GLUE_TASKS.items()}
+HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {n: t.hub_label_names for n, t in task_table.GLUE_TASKS.items()}
+GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {n: t.glue_header for n, t in task_table.GLUE_TASKS.items()}
 
 
 def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> Optional[str]:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from contract import tasks as task_table
 from contract.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,9 @@ class GlueTask:
         return "mnli-m" if "mnli-m" in splits else splits[0]
 
 
-GLUE_TASKS = {
-    "CoLA": GlueTask("CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False, max_seq_len=64),
-    "SST-2": GlueTask("SST-2", (0,), 1, ("0", "1"), ("acc",), max_seq_len=64),
-    "MRPC": GlueTask("MRPC", (3, 4), 0, ("0", "1"), ("acc", "f1")),
-    "STS-B": GlueTask("STS-B", (7, 8), -1, None, ("pearson", "spearmanr")),
-    "QQP": GlueTask("QQP", (3, 4), 5, ("0", "1"), ("acc", "f1")),
-    "MNLI": GlueTask("MNLI", (8, 9), -1, ("contradiction", "entailment", "neutral"), ("acc",)),
-    "QNLI": GlueTask("QNLI", (1, 2), -1, ("entailment", "not_entailment"), ("acc",)),
-    "RTE": GlueTask("RTE", (1, 2), -1, ("entailment", "not_entailment"), ("acc",)),
-}
+GLUE_TASKS = {name: GlueTask(name, spec.text_columns, spec.label_column, spec.labels, spec.metrics,
+                             header=spec.has_header, max_seq_len=spec.max_seq_len)
+              for name, spec in task_table.GLUE_TASKS.items()}
 MNLI_DEV_FILES = {"mnli-m": "dev_matched.tsv", "mnli-mm": "dev_mismatched.tsv"}
 
 
@@ -112,12 +106,9 @@ def get_task(name: str) -> GlueTask:
     Raises:
       UserError: unknown task.
     """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key in ("mnlim", "mnlimm"):
-        key = "mnli"
-    for task_name, task in GLUE_TASKS.items():
-        if task_name.lower().replace("-", "") == key:
-            return task
+    key = task_table.canonical_name(name)
+    if key is not None:
+        return GLUE_TASKS[key]
     raise UserError(f"unknown task {name!r}; GLUE tasks are {', '.join(GLUE_TASKS)}")
 
 

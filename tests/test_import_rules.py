@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 BEAM_FREE = {
     "contract": "contract.errors, contract.layout, contract.schemas, contract.manifest, contract.seeds, "
-                "contract.fingerprint",
+                "contract.fingerprint, contract.tasks",
     "augment": "augment.words, augment.glove, augment.mlm, augment.algorithm, augment.augmenter, augment.tasks, "
                "augment.reference",
     "corpus": "corpus.wiki, corpus.wikimarkup, corpus.documents, corpus.tokenizer, corpus.instances",
@@ -35,3 +35,13 @@ def test_package_imports_neither_beam_nor_pipelines(package):
     result = subprocess.run([sys.executable, "-c", CHECK.format(modules=BEAM_FREE[package])], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_one_task_table_with_every_alias():
+    from augment.tasks import resolve_task
+    from contract.tasks import GLUE_TASKS, canonical_name
+    from distill.glue import get_task
+    for alias, name in [("sst2", "SST-2"), ("STS_B", "STS-B"), ("mnli-m", "MNLI"), ("mnli-mm", "MNLI"),
+                        ("cola", "CoLA")]:
+        assert canonical_name(alias) == resolve_task(alias).name == get_task(alias).name == name
+    assert set(GLUE_TASKS) == {"CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE"}
