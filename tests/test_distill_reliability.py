@@ -225,7 +225,8 @@ def test_token_id_past_the_vocab_in_a_shard_is_one_line(setup, tmp_path):
     for shard in (corpus / "epoch-0").glob("*.parquet"):
         table = pq.read_table(shard)
         ids = [[65535 for _ in row] for row in table.column("input_ids").to_pylist()]  # past any vocab here
-        table = table.set_column(0, "input_ids", pa.array(ids, type=pa.list_(pa.uint16())))
+        column = table.schema.get_field_index("input_ids")
+        table = table.set_column(column, "input_ids", pa.array(ids, type=pa.list_(pa.uint16())))
         pq.write_table(table, shard)
     _refused(_general(setup, tmp_path / "out", data_dir=corpus), "token id", "regenerate")
 
