@@ -26,6 +26,7 @@ import logging
 import os
 import pathlib
 import re
+import tempfile
 import threading
 import time
 import zipfile
@@ -114,7 +115,7 @@ def choose_device(device: str, *, claim_dir: Optional[str] = None) -> Tuple[str,
 
     `cpu` and `cuda:N` are taken as given. `auto` (a GPU when torch sees one, else the CPU) and `cuda` spread the
     worker processes of a machine over its GPUs: each process claims the first GPU index whose lock file
-    (`<claim_dir>/<i>.lock`, default `/tmp/tinybert-gpu-<uid>/`) it can `flock`, and holds the lock while its model
+    (`<claim_dir>/<i>.lock`, default `/tmp/tinybert-gpu-<uid>/`, under `tempfile.gettempdir()`) it can `flock`, and holds the lock while its model
     is loaded; a process that finds every GPU claimed (more workers than GPUs) takes `cuda:<pid % count>`. The
     kernel drops a lock when its process ends, so a crashed worker frees its GPU. Threads of one process share the
     process's one model, hence its one device.
@@ -125,13 +126,14 @@ def choose_device(device: str, *, claim_dir: Optional[str] = None) -> Tuple[str,
     if not torch.cuda.is_available():
         return "cpu", None  # `--device cuda` without a GPU is refused earlier, in _check_options
     count = torch.cuda.device_count()
-    index, claim = _claim_gpu(count, claim_dir or os.path.join("/tmp", f"tinybert-gpu-{os.getuid()}"))
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    index, claim = _claim_gpu(count, claim_dir or os.path.join(tempfile.gettempdir(), f"tinybert-gpu-{user}"))
     return f"cuda:{index}", claim
 
 
 def _claim_gpu(count: int, claim_dir: str) -> Tuple[int, Any]:
-    import fcntl
     try:
+        import fcntl  # POSIX only; elsewhere the pid rule below
         os.makedirs(claim_dir, exist_ok=True)
         for index in range(count):
             handle = open(os.path.join(claim_dir, f"{index}.lock"), "a")
@@ -141,7 +143,7 @@ def _claim_gpu(count: int, claim_dir: str) -> Tuple[int, Any]:
                 handle.close()
                 continue
             return index, handle
-    except OSError as error:  # no writable temp dir: fall back to the pid rule
+    except (OSError, ImportError) as error:  # no writable temp dir, or no flock: fall back to the pid rule
         logging.warning("cannot claim a GPU under %s (%s); choosing by process id", claim_dir, error)
     return os.getpid() % count, None
 
