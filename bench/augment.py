@@ -26,6 +26,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# CPU seconds of this process (all its threads) for each timed side, in order: on a shared machine the ratio of
+# CPU times (with OMP_NUM_THREADS=1 on both sides) is steadier than that of wall times.
+_CPU_SECONDS = []
 SHARED = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
@@ -75,7 +78,7 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
     from augment.algorithm import augment_sentence, example_rng
     from augment.glove import GloveIndex
     from augment.words import WordSplitter
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     if device != "cpu":
@@ -92,17 +95,19 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
                                          replace_prob=0.4, rng=example_rng(42, str(row_index))))
     del torch
     _synchronize(device)
+    _CPU_SECONDS.append(time.process_time() - cpu_start)
     return time.perf_counter() - start, candidates, produced
 
 
 def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str):
     import pyarrow.parquet as pq
     from pipelines import augment as augment_pipeline
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     manifest = augment_pipeline.run([
         "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
         f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
     elapsed = time.perf_counter() - start
+    _CPU_SECONDS.append(time.process_time() - cpu_start)
     candidates = {}
     for f in manifest["outputs"]["candidates"]["files"]:
         for r in pq.read_table(out / f["path"]).to_pylist():
@@ -158,15 +163,19 @@ def main(argv=None):
 
         base_s, base_cands, produced = _baseline(model_dir, glove, rows, num_aug=20, top_k=15, device=args.device)
         figures["reference_s"] = base_s
+        base_cpu = _CPU_SECONDS[-1]
+        figures["reference_cpu_s"] = base_cpu
         print(f"reference procedure (unbatched, {args.device}): {base_s:7.1f} s  {len(rows) / base_s:7.2f} sentences/s  "
               f"({produced} sentences out)")
 
         ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32", *device_flags)
         same = sum(1 for k, c in base_cands.items() if k in ours and ours[k][1] == c)
         figures["fp32"] = {"seconds": ours_s, "ratio": base_s / ours_s, "identical_lists": same,
-                           "lists": len(base_cands)}
+                           "lists": len(base_cands), "cpu_s": _CPU_SECONDS[-1], "cpu_ratio": base_cpu / _CPU_SECONDS[-1]}
         print(f"pipeline fp32, 1 worker:        {ours_s:7.1f} s  {len(rows) / ours_s:7.2f} sentences/s  "
               f"ratio {base_s / ours_s:5.2f}x  ({manifest['counts']['stats']['rows']} rows out)")
+        print(f"  CPU time: reference {base_cpu:.1f} s, pipeline {_CPU_SECONDS[-1]:.1f} s, ratio "
+              f"{base_cpu / _CPU_SECONDS[-1]:.2f}x")
         print(f"  candidate lists identical to the reference procedure: {same}/{len(base_cands)} "
               f"({100.0 * same / max(1, len(base_cands)):.1f}%)")
 
@@ -184,7 +193,9 @@ def main(argv=None):
                                       *device_flags)
             mlm_keys = [k for k, (source, _) in ours.items() if source == "mlm"]
             overlap = sum(len(set(low[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
-            figures[precision] = {"seconds": low_s, "ratio": base_s / low_s,
+            print(f"  CPU time: {_CPU_SECONDS[-1]:.1f} s, ratio to the reference {base_cpu / _CPU_SECONDS[-1]:.2f}x")
+            figures[precision] = {"seconds": low_s, "ratio": base_s / low_s, "cpu_s": _CPU_SECONDS[-1],
+                                  "cpu_ratio": base_cpu / _CPU_SECONDS[-1],
                                   "top15_overlap_pct": 100.0 * overlap / max(1, len(mlm_keys))}
             print(f"pipeline {precision}, 1 worker:        {low_s:7.1f} s  {len(rows) / low_s:7.2f} sentences/s  "
                   f"ratio {base_s / low_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%")
