@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything to check on a lent GPU machine, in one go (< 8 minutes on an H100/H200); results under $OUT.
+# Everything to check on a lent GPU machine, in one go (each step has a time limit; 7 minutes at most in all),
+# results under $OUT.
 #
 # Usage (from the repository root, the project pip-installed; the real data in $TINYBERT_SHARED_DATA or ./shared/data,
 # of which bert-base-uncased-vocab.txt, polarity-200.tsv and glove.6B.50d.20k.txt.gz are read):
@@ -34,9 +35,9 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, keep its outp
 : > "$OUT/steps.txt"; : > "$OUT/results.txt"
 step env 30 bash -c "nvidia-smi || true; $PYTHON -c 'import torch; print(torch.__version__, torch.version.cuda, \
 torch.cuda.is_available(), torch.cuda.device_count())'; grep -o -w -m1 'avx512_bf16\|amx_bf16' /proc/cpuinfo || true; nproc"
-step test_devices 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_devices.py
-step scorer 240 "$PYTHON" bench/gpu_check.py --device "$DEVICE" $SMOKE --json "$OUT/scorer.json"
-step pipeline 240 "$PYTHON" bench/augment.py --device "$DEVICE" --precisions bf16 --skip_memory --skip_two_workers \
+step test_devices 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_devices.py
+step scorer 150 "$PYTHON" bench/gpu_check.py --device "$DEVICE" $SMOKE --json "$OUT/scorer.json"
+step pipeline 180 "$PYTHON" bench/augment.py --device "$DEVICE" --precisions bf16 --skip_memory --skip_two_workers \
   $SMOKE --json "$OUT/pipeline.json"
 
 "$PYTHON" - "$OUT" <<'PY'
