@@ -14,6 +14,7 @@ A query reads at most the first 511 pieces of its sentence, and only a mask befo
 511 queries of bounded size (a 100k-piece sentence used to cost 100k queries of 100k pieces each).
 """
 
+import contextlib
 import copy
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -24,6 +25,51 @@ MAX_POSITIONS = 512
 # [CLS] + 511 pieces fill the window: the pieces a query's input can hold, and the masks that can have candidates.
 WINDOW_PIECES = MAX_POSITIONS - 1
 PRECISIONS = ("fp32", "bf16", "int8")
+# Tokens per forward when the caller does not say: a CPU gains nothing past ~8k (the GEMMs are already large), a GPU
+# needs far more rows to fill its SMs.
+DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+# CPU flags (/proc/cpuinfo) that give native instructions for a precision; without them torch emulates bf16 with
+# fp32 arithmetic plus casts (slower than fp32) and int8 GEMMs run on plain AVX2/AVX-512.
+_NATIVE_FLAGS = {"bf16": ("amx_bf16", "avx512_bf16"), "int8": ("amx_int8", "avx512_vnni", "avx_vnni")}
+
+
+def default_batch_tokens(device: str) -> int:
+    """`max_batch_tokens` for a device when the user gave none: 8192 on a CPU, 65536 on a GPU."""
+    return DEFAULT_BATCH_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
+
+
+def describe_precisions(cpu_flags: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """Which precision paths run natively on this CPU: {"fp32": ..., "bf16": ..., "int8": ...}, one phrase each.
+
+    Args:
+      cpu_flags: the CPU's feature flags (names as in /proc/cpuinfo: avx512_bf16, amx_bf16, avx512_vnni...); None
+        asks `cpu_flags()`.
+    Returns:
+      e.g. {"fp32": "native", "bf16": "native (avx512_bf16)", "int8": "native (avx512_vnni)"}; bf16 "emulated" where
+      the CPU has no bf16 instructions (it then runs slower than fp32: prefer int8 there).
+    """
+    flags = set(cpu_flags_of_this_machine() if cpu_flags is None else cpu_flags)
+    result = {"fp32": "native"}
+    for precision, wanted in _NATIVE_FLAGS.items():
+        found = [flag for flag in wanted if flag in flags]
+        result[precision] = (f"native ({found[0]})" if found
+                             else "emulated" if precision == "bf16" else "no VNNI (slower int8 GEMMs)")
+    return result
+
+
+def cpu_flags_of_this_machine() -> List[str]:
+    """This CPU's feature flags: torch's own probe (`torch.cpu.get_capabilities()`, any OS), else /proc/cpuinfo."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is not None:
+        return [name for name, value in get_capabilities().items() if value is True]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return line.partition(":")[2].split()
+    except OSError:
+        pass
+    return []
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -72,15 +118,19 @@ class MaskedLMScorer:
       model: a `BertForMaskedLM` (anything with `.bert` and `.cls` like it), in eval mode.
       tokenizer: its Hugging Face tokenizer (for the special ids and the id -> piece table).
       top_k: how many ids to take at the mask before `##` pieces are dropped (the reference's M).
-      max_batch_tokens: a batch holds at most this many tokens (rows x length).
+      max_batch_tokens: a batch holds at most this many tokens (rows x length); None: 8192 on a CPU, 65536 on a
+        GPU (`default_batch_tokens`).
       precision: "fp32" (the reference's numbers), "bf16" (encoder in bfloat16, head in float32: for GPUs and CPUs
         with native bf16) or "int8" (encoder Linear layers dynamically quantized to int8, head in float32: for
         CPUs without native bf16, CPU only).
-      device: torch device for the forward passes.
+      device: torch device for the forward passes ("cpu", "cuda", "cuda:1").
+      bf16_autocast: with precision "bf16", keep the encoder's weights in float32 and run it under
+        `torch.autocast(bfloat16)` instead of casting the weights once (measured slower on a CPU: every Linear casts
+        its weight again on every forward; kept for comparison on GPUs).
     """
 
-    def __init__(self, model, tokenizer, *, top_k: int = 15, max_batch_tokens: int = 8192,
-                 precision: str = "fp32", device: str = "cpu"):
+    def __init__(self, model, tokenizer, *, top_k: int = 15, max_batch_tokens: Optional[int] = 8192,
+                 precision: str = "fp32", device: str = "cpu", bf16_autocast: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not (hasattr(model, "bert") and hasattr(model, "cls")):
@@ -89,7 +139,8 @@ class MaskedLMScorer:
         # The head shares its decoder weight with the input embeddings; copy it so it stays float32 in bf16 mode.
         self._head = copy.deepcopy(model.cls).float().to(self._device).eval()
         self._encoder = model.bert.to(self._device).eval()
-        if precision == "bf16":
+        self._autocast = precision == "bf16" and bf16_autocast
+        if precision == "bf16" and not bf16_autocast:
             self._encoder = copy.deepcopy(self._encoder).to(torch.bfloat16)
         elif precision == "int8":
             if self._device.type != "cpu":
@@ -97,7 +148,7 @@ class MaskedLMScorer:
             from torch.ao.quantization import quantize_dynamic
             self._encoder = quantize_dynamic(copy.deepcopy(self._encoder), {torch.nn.Linear}, dtype=torch.qint8)
         self._top_k = top_k
-        self._max_batch_tokens = max_batch_tokens
+        self._max_batch_tokens = max_batch_tokens or default_batch_tokens(self._device.type)
         self._cls_id = tokenizer.cls_token_id
         self._sep_id = tokenizer.sep_token_id
         self._mask_id = tokenizer.mask_token_id
@@ -106,6 +157,19 @@ class MaskedLMScorer:
         for piece, index in vocab.items():
             self._id_to_piece[index] = piece
         self.forward_rows = 0  # how many masked inputs went through the model, for stats and tests
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._max_batch_tokens
+
+    def _precision_context(self):
+        if self._autocast:
+            return torch.autocast(device_type=self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _batches(self, queries: Sequence[MaskedQuery]):
         """Yields lists of (query, ids, segments, mask_index) of one length, in a deterministic order."""
@@ -130,7 +194,8 @@ class MaskedLMScorer:
             ids = torch.tensor([item[1] for item in batch], device=self._device)  # (batch, seq)
             segments = torch.tensor([item[2] for item in batch], device=self._device)
             mask_index = torch.tensor([item[3] for item in batch], device=self._device)
-            hidden = self._encoder(input_ids=ids, token_type_ids=segments).last_hidden_state  # (batch, seq, hidden)
+            with self._precision_context():
+                hidden = self._encoder(input_ids=ids, token_type_ids=segments).last_hidden_state  # (batch, seq, hidden)
             masked = hidden[torch.arange(len(batch), device=self._device), mask_index].float()  # (batch, hidden)
             logits = self._head(masked)  # (batch, vocab)
             top = torch.topk(logits, self._top_k, dim=-1).indices.tolist()

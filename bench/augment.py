@@ -3,16 +3,20 @@
 Usage:
   python bench/augment.py                      # BERT-base-shaped model, polarity-200 sentences, GloVe 6B 50d
   python bench/augment.py --limit 40 --layers 2 --hidden 128   # a quick run
+  python bench/augment.py --device cuda --skip_memory --json out.json     # on a GPU: both sides on the same GPU
+  python bench/augment.py --smoke                              # seconds: a tiny model, to check the script runs
 
 Both sides use the same randomly initialised (seeded) BERT-base-shaped masked LM with the real bert-base-uncased
 vocabulary, the same GloVe file and the same sentences, in this process. Prints sentences/s of each, the ratio, how
 many candidate lists are identical, the top-k overlap of --precision bf16 and int8 against fp32, and peak RSS of a pipeline
-run at 1x and 4x the examples (each in a fresh subprocess).
+run at 1x and 4x the examples (each in a fresh subprocess). With --device cuda the reference procedure runs its
+forwards on the same GPU, and the pipeline runs get --device (the GPU default of 65536 tokens per forward applies).
 """
 
 import argparse
 import csv
 import gzip
+import json
 import os
 import pathlib
 import subprocess
@@ -22,7 +26,10 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+# CPU seconds of this process (all its threads) for each timed side, in order: on a shared machine the ratio of
+# CPU times (with OMP_NUM_THREADS=1 on both sides) is steadier than that of wall times.
+_CPU_SECONDS = []
+SHARED = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
 def _build_model(out: pathlib.Path, layers: int, hidden: int) -> str:
@@ -46,8 +53,25 @@ def _write_input(path: pathlib.Path, limit: int, repeat: int = 1) -> list:
     return rows
 
 
-def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_k: int):
-    """The reference procedure: load, then one sentence, one word, one forward at a time."""
+class _OnDevice:
+    """The reference's model with its forwards on `device`: inputs moved there, logits left there."""
+
+    def __init__(self, model, device: str):
+        self._model = model.to(device)
+        self._device = device
+
+    def __call__(self, *, input_ids, token_type_ids):
+        return self._model(input_ids=input_ids.to(self._device), token_type_ids=token_type_ids.to(self._device))
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_k: int, device: str = "cpu"):
+    """The reference procedure: load, then one sentence, one word, one forward at a time (on `device`)."""
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from augment import reference
@@ -55,9 +79,11 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
     from contract.seeds import example_rng
     from augment.glove import GloveIndex
     from augment.words import WordSplitter
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    if device != "cpu":
+        model = _OnDevice(model, device)
     with gzip.open(glove_path, "rt", encoding="utf-8") as lines:
         glove = GloveIndex.from_lines(lines)
     splitter = WordSplitter(tokenizer.backend_tokenizer)
@@ -69,17 +95,20 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
         produced += len(augment_sentence(sentence, splitter.split(sentence), found, num_aug=num_aug,
                                          replace_prob=0.4, rng=example_rng(42, str(row_index))))
     del torch
+    _synchronize(device)
+    _CPU_SECONDS.append(time.process_time() - cpu_start)
     return time.perf_counter() - start, candidates, produced
 
 
 def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str):
     import pyarrow.parquet as pq
     from pipelines import augment as augment_pipeline
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     manifest = augment_pipeline.run([
         "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
         f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
     elapsed = time.perf_counter() - start
+    _CPU_SECONDS.append(time.process_time() - cpu_start)
     candidates = {}
     for f in manifest["outputs"]["candidates"]["files"]:
         for r in pq.read_table(out / f["path"]).to_pylist():
@@ -104,7 +133,17 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--precisions", default="bf16,int8", help="lower precisions to compare with fp32")
     parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument("--skip_two_workers", action="store_true")
+    parser.add_argument("--two_workers_precisions", default="fp32",
+                        help="precisions also run as 2 worker processes of 1 thread each")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the reference's and the pipeline's")
+    parser.add_argument("--max_batch_tokens", type=int, default=None, help="passed to the pipeline runs")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a 2-layer hidden-128 model on 8 sentences, no memory run: checks the script in seconds")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.limit, args.layers, args.hidden, args.skip_memory, args.skip_two_workers = 8, 2, 128, True, True
     if not SHARED.is_dir():
         raise SystemExit(f"this benchmark reads the real data in {SHARED}; it is not on this machine")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,6 +152,11 @@ def main(argv=None):
     logging.disable(logging.WARNING)
     import torch
     glove = str(SHARED / "glove.6B.50d.20k.txt.gz")
+    device_flags = [f"--device={args.device}"] + (
+        [f"--max_batch_tokens={args.max_batch_tokens}"] if args.max_batch_tokens else [])
+    figures = {"device": args.device, "limit": args.limit, "layers": args.layers, "hidden": args.hidden,
+               "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(),
+               "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         model_dir = _build_model(tmp / "bert", args.layers, args.hidden)
@@ -120,28 +164,47 @@ def main(argv=None):
         print(f"model: {args.layers} layers, hidden {args.hidden}; {len(rows)} sentences; torch threads "
               f"{torch.get_num_threads()}; {os.cpu_count()} cores")
 
-        base_s, base_cands, produced = _baseline(model_dir, glove, rows, num_aug=20, top_k=15)
-        print(f"reference procedure (unbatched): {base_s:7.1f} s  {len(rows) / base_s:7.2f} sentences/s  "
+        base_s, base_cands, produced = _baseline(model_dir, glove, rows, num_aug=20, top_k=15, device=args.device)
+        figures["reference_s"] = base_s
+        base_cpu = _CPU_SECONDS[-1]
+        figures["reference_cpu_s"] = base_cpu
+        print(f"reference procedure (unbatched, {args.device}): {base_s:7.1f} s  {len(rows) / base_s:7.2f} sentences/s  "
               f"({produced} sentences out)")
 
-        ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32")
+        ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32", *device_flags)
         same = sum(1 for k, c in base_cands.items() if k in ours and ours[k][1] == c)
+        figures["fp32"] = {"seconds": ours_s, "ratio": base_s / ours_s, "identical_lists": same,
+                           "lists": len(base_cands), "cpu_s": _CPU_SECONDS[-1], "cpu_ratio": base_cpu / _CPU_SECONDS[-1]}
         print(f"pipeline fp32, 1 worker:        {ours_s:7.1f} s  {len(rows) / ours_s:7.2f} sentences/s  "
               f"ratio {base_s / ours_s:5.2f}x  ({manifest['counts']['stats']['rows']} rows out)")
+        print(f"  CPU time: reference {base_cpu:.1f} s, pipeline {_CPU_SECONDS[-1]:.1f} s, ratio "
+              f"{base_cpu / _CPU_SECONDS[-1]:.2f}x")
         print(f"  candidate lists identical to the reference procedure: {same}/{len(base_cands)} "
               f"({100.0 * same / max(1, len(base_cands)):.1f}%)")
 
-        two_s, _, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32x2", "--direct_num_workers=2",
-                                "--direct_running_mode=multi_processing", "--torch_threads=1")
-        print(f"pipeline fp32, 2 workers:       {two_s:7.1f} s  {len(rows) / two_s:7.2f} sentences/s  "
-              f"ratio {base_s / two_s:5.2f}x")
+        for precision in [] if args.skip_two_workers else args.two_workers_precisions.split(","):
+            # Two processes of one thread each: on a shared machine a stolen core stalls only its own process,
+            # where one process of two threads waits at every GEMM's barrier.
+            two_s, _, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / f"{precision}x2",
+                                    "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+                                    "--torch_threads=1", f"--precision={precision}", *device_flags)
+            figures[f"{precision}_2_workers"] = {"seconds": two_s, "ratio": base_s / two_s}
+            print(f"pipeline {precision}, 2 workers x 1 thread: {two_s:7.1f} s  {len(rows) / two_s:7.2f} sentences/s  "
+                  f"ratio {base_s / two_s:5.2f}x")
 
         for precision in [p for p in args.precisions.split(",") if p]:
-            low_s, low, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / precision, f"--precision={precision}")
+            if precision == "int8" and args.device != "cpu":
+                continue  # dynamic quantization runs on the CPU only
+            low_s, low, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / precision, f"--precision={precision}",
+                                      *device_flags)
             mlm_keys = [k for k, (source, _) in ours.items() if source == "mlm"]
             overlap = sum(len(set(low[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
+            figures[precision] = {"seconds": low_s, "ratio": base_s / low_s, "cpu_s": _CPU_SECONDS[-1],
+                                  "cpu_ratio": base_cpu / _CPU_SECONDS[-1],
+                                  "top15_overlap_pct": 100.0 * overlap / max(1, len(mlm_keys))}
             print(f"pipeline {precision}, 1 worker:        {low_s:7.1f} s  {len(rows) / low_s:7.2f} sentences/s  "
                   f"ratio {base_s / low_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%")
+            print(f"  CPU time: {_CPU_SECONDS[-1]:.1f} s, ratio to the reference {base_cpu / _CPU_SECONDS[-1]:.2f}x")
 
         if not args.skip_memory:
             small = max(10, args.limit // 4)
@@ -149,8 +212,12 @@ def main(argv=None):
             _write_input(tmp / "mem4.tsv", small, repeat=4)
             rss1 = _peak_rss_mb(model_dir, glove, tmp / "mem1.tsv", tmp / "m1")
             rss4 = _peak_rss_mb(model_dir, glove, tmp / "mem4.tsv", tmp / "m4")
+            figures["peak_rss_mb"] = {"1x": rss1, "4x": rss4}
             print(f"peak RSS, {small} examples: {rss1:.0f} MB; {4 * small} examples: {rss4:.0f} MB; "
                   f"ratio {rss4 / rss1:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 Usage:
   python -m bench.corpus [--scales 1,4,16] [--repeats 3] \
       [--runner_flags="--direct_num_workers=2 --direct_running_mode=multi_processing"]
+  python -m bench.corpus --startup [--repeats 5]   # fixed cost of a tiny run against `import apache_beam`
+
+--startup times, in fresh interpreters taken in turn (so that the machine's drift hits each alike): `python -c pass`,
+`python -c "import apache_beam"`, `python -c "import pipelines.corpus"` and the whole `python -m pipelines.corpus`
+process on 20 KB of text with a local tokenizer directory; it prints the median and range of each and the ratio of
+the tiny run to `import apache_beam` (the goal: at most 2x).
 
 Input: the real shortened English Wikipedia dump in ../shared/data, turned once into the reference text format
 (one sentence per line, blank line between documents) with the pipeline's own wikitext cleaner and Punkt splitter;
@@ -38,7 +44,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 DUMP = SHARED / "enwiki-sample-pages-articles.xml.bz2"
 
 
@@ -120,11 +126,68 @@ def _run_child(input_glob, input_format, output, tokenizer, runner_flags, num_sh
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_seconds": time.perf_counter() - start}
 
 
+def _tiny_text(path: pathlib.Path, size: int = 20_000) -> None:
+    """About `size` bytes of the sample task's sentences as documents of 8 sentences (the text format)."""
+    import csv
+    from pipelines import demo_assets
+    with open(demo_assets.SAMPLE_TRAIN, encoding="utf-8") as handle:
+        sentences = [row[0] for row in list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]]
+    written, index = 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < size:
+            line = sentences[index % len(sentences)] + "\n"
+            out.write(line)
+            written += len(line.encode("utf-8"))
+            index += 1
+            if index % 8 == 0:
+                out.write("\n")
+
+
+def _startup(repeats: int) -> None:
+    """Median and range of fresh-process times: interpreter, import apache_beam, import pipelines.corpus, tiny run."""
+    from pipelines import demo_assets
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        if (SHARED / "bert-base-uncased-vocab.txt").exists():
+            tokenizer = _make_tokenizer(tmp)
+        else:  # a user's machine without the real data: a small trained vocab does the same work
+            tokenizer = str(tmp / "tokenizer")
+            demo_assets.wordpiece_tokenizer(texts=[SHARED.name] * 4, vocab_size=200).save_pretrained(tokenizer)
+        text = tmp / "tiny.txt"
+        _tiny_text(text)
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "import apache_beam": [sys.executable, "-c", "import apache_beam"],
+            "import pipelines.corpus": [sys.executable, "-c", "import pipelines.corpus"],
+            "tiny corpus run": [sys.executable, "-m", "pipelines.corpus", f"--input={text}", "--input_format=text",
+                                f"--output={tmp / 'out'}", f"--tokenizer={tokenizer}", "--overwrite", "--quiet"],
+        }
+        times = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, command in commands.items():  # in turn, so drift hits every command alike
+                start = time.perf_counter()
+                subprocess.run(command, cwd=tmp, env=env, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+        print(f"machine: {os.cpu_count()} cores; {text.stat().st_size / 1000:.0f} KB of text; {repeats} runs each")
+        for name, values in times.items():
+            print(f"{name:24s} median {statistics.median(values):5.2f} s  range {min(values):5.2f}-{max(values):5.2f} s")
+        ratios = [run / beam for run, beam in zip(times["tiny corpus run"], times["import apache_beam"])]
+        print(f"tiny corpus run / import apache_beam: median {statistics.median(ratios):.2f}x "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f}x, each run over the import just before it); goal <= 2x")
+        beam = statistics.median(times["import apache_beam"])
+        print(f"  beyond import apache_beam: our imports "
+              f"{statistics.median(times['import pipelines.corpus']) - beam:+.2f} s, the run itself "
+              f"{statistics.median(times['tiny corpus run']) - statistics.median(times['import pipelines.corpus']):+.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="1,4,16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runner_flags", default="")
+    parser.add_argument("--startup", action="store_true",
+                        help="time a tiny run's fixed cost against `import apache_beam` instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input")
     parser.add_argument("--input_format")
@@ -134,6 +197,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         _child(args)
+        return
+    if args.startup:
+        _startup(args.repeats)
         return
     if not DUMP.exists():
         sys.exit(f"benchmark data not present: {DUMP}")

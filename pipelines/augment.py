@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import pathlib
+import re
+import tempfile
 import threading
 import time
 import zipfile
@@ -44,7 +46,8 @@ from contract import fingerprint, layout, schemas, seeds
 from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
-from augment.mlm import MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
+from augment.mlm import (MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer, describe_precisions,
+                         window_queries)
 from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
                            generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
 from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
@@ -107,11 +110,45 @@ def load_tokenizer(name_or_path: str):
         return tokenizer_lib.load_transformers_tokenizer(name_or_path)
 
 
-def choose_device(device: str) -> str:
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def choose_device(device: str, *, claim_dir: Optional[str] = None) -> Tuple[str, Any]:
+    """The torch device of this worker process, and the claim that holds it (keep it as long as the model).
+
+    `cpu` and `cuda:N` are taken as given. `auto` (a GPU when torch sees one, else the CPU) and `cuda` spread the
+    worker processes of a machine over its GPUs: each process claims the first GPU index whose lock file
+    (`<claim_dir>/<i>.lock`, default `/tmp/tinybert-gpu-<uid>/`, under `tempfile.gettempdir()`) it can `flock`, and holds the lock while its model
+    is loaded; a process that finds every GPU claimed (more workers than GPUs) takes `cuda:<pid % count>`. The
+    kernel drops a lock when its process ends, so a crashed worker frees its GPU. Threads of one process share the
+    process's one model, hence its one device.
+    """
     import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    if device == "cpu" or device.startswith("cuda:"):
+        return device, None
+    if not torch.cuda.is_available():
+        return "cpu", None  # `--device cuda` without a GPU is refused earlier, in _check_options
+    count = torch.cuda.device_count()
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    index, claim = _claim_gpu(count, claim_dir or os.path.join(tempfile.gettempdir(), f"tinybert-gpu-{user}"))
+    return f"cuda:{index}", claim
+
+
+def _claim_gpu(count: int, claim_dir: str) -> Tuple[int, Any]:
+    try:
+        import fcntl  # POSIX only; elsewhere the pid rule below
+        os.makedirs(claim_dir, exist_ok=True)
+        for index in range(count):
+            handle = open(os.path.join(claim_dir, f"{index}.lock"), "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another live process holds this GPU
+                handle.close()
+                continue
+            return index, handle
+    except (OSError, ImportError) as error:  # no writable temp dir, or no flock: fall back to the pid rule
+        logging.warning("cannot claim a GPU under %s (%s); choosing by process id", claim_dir, error)
+    return os.getpid() % count, None
 
 
 def hub_label_names(task: TaskFormat, schema: pa.Schema) -> Optional[List[str]]:
@@ -316,10 +353,15 @@ class ScoreMaskedLMFn(beam.DoFn):
             torch.set_num_threads(self._torch_threads)
 
         def load():
-            return _Holder(MaskedLMScorer(
+            device, claim = choose_device(self._device)
+            holder = _Holder(MaskedLMScorer(
                 load_masked_lm(self._model_name), load_tokenizer(self._model_name), top_k=self._top_k,
-                precision=self._precision, device=choose_device(self._device),
-                max_batch_tokens=self._max_batch_tokens))
+                precision=self._precision, device=device,
+                max_batch_tokens=self._max_batch_tokens))  # None: the device's default (65536 on a GPU)
+            holder.device_claim = claim  # the GPU stays claimed while this process holds its model
+            logging.info("masked LM on %s (%s, %d tokens per forward, pid %d)", device, self._precision,
+                         holder.value.max_batch_tokens, os.getpid())
+            return holder
         tag = f"mlm:{self._model_name}:{self._top_k}:{self._precision}:{self._device}:{self._max_batch_tokens}"
         self._holder = self._shared.acquire(load, tag=tag)  # keep a strong reference, or it may be reloaded
         self._scorer = self._holder.value
@@ -593,10 +635,13 @@ class AugmentOptions(PipelineOptions):
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                             help="masked-LM encoder precision: fp32 gives the reference's candidates; bf16 for GPUs "
                             "and CPUs with native bf16; int8 (dynamic quantization) for other CPUs")
-        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        parser.add_argument("--device", default="auto",
+                            help="auto (a GPU if torch sees one, else the CPU), cpu, cuda (each worker process "
+                            "claims its own GPU) or cuda:N (pin GPU N)")
         parser.add_argument("--emit_candidates", action="store_true",
                             help="also write every word's candidates under OUTPUT/candidates/")
-        parser.add_argument("--max_batch_tokens", type=int, default=8192, help="tokens per masked-LM forward")
+        parser.add_argument("--max_batch_tokens", type=int, default=None,
+                            help="tokens per masked-LM forward (default 8192 on a CPU, 65536 on a GPU)")
         parser.add_argument("--torch_threads", type=int, default=0,
                             help="intra-op threads per worker process (0 = torch's default: all cores); set "
                             "cores / workers when running several worker processes on one machine")
@@ -689,19 +734,38 @@ def _check_options(options) -> None:
     if options.num_aug is not None and options.num_aug < 0:
         raise UserError(f"--num_aug must be >= 0 (got {options.num_aug})")
     for name in ("num_shards", "mlm_partitions", "glove_vocab", "max_batch_tokens"):
-        if getattr(options, name) < 1:
+        if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(options, name)})")
-    if options.max_batch_tokens < MAX_POSITIONS:
+    if options.max_batch_tokens is not None and options.max_batch_tokens < MAX_POSITIONS:
         raise UserError(f"--max_batch_tokens must hold one full-length query ({MAX_POSITIONS} tokens); got "
                         f"{options.max_batch_tokens}")
     if options.torch_threads < 0:
         raise UserError(f"--torch_threads must be >= 0 (got {options.torch_threads})")
     if not 0.0 <= options.max_reject_fraction <= 1.0:
         raise UserError(f"--max_reject_fraction must be within [0, 1] (got {options.max_reject_fraction})")
-    if options.device == "cuda":
+    if not DEVICE_PATTERN.fullmatch(options.device):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N (got {options.device!r})")
+    if options.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
+            raise UserError(f"--device {options.device}: no CUDA GPU is visible to torch here; use --device cpu "
+                            "or auto")
+        index = options.device.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {options.device}: torch sees {torch.cuda.device_count()} GPU(s) here "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
+def _log_precisions(options) -> None:
+    """One line at start: the precision paths this machine runs natively, and the one chosen."""
+    import torch
+    paths = describe_precisions()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    logging.info("augment: precision %s on device %s (%d GPU(s) visible); this CPU: %s", options.precision,
+                 options.device, gpus, ", ".join(f"{name} {how}" for name, how in paths.items()))
+    if options.precision == "bf16" and paths["bf16"] == "emulated" and not gpus:
+        logging.warning("augment: this CPU has no bf16 instructions (avx512_bf16/amx_bf16): --precision bf16 will "
+                        "be slower than fp32 here; --precision int8 is the fast path on such a CPU")
 
 
 def _check_resources(options) -> None:
@@ -919,6 +983,7 @@ def run(argv=None, save_main_session=False):
     except outputs.OutputExistsError as error:
         raise UserError(str(error)) from None
     progress.reset()
+    _log_precisions(aug)
     logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.task.name, aug.input or SAMPLE_INPUT,
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), aug.output)
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
