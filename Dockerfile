@@ -27,6 +27,8 @@ WORKDIR /opt/tinybert
 # TORCH_INDEX is the one installed. Workers unpickle our DoFns and import these packages from site-packages.
 COPY pyproject.toml README.md ./
 COPY augment/ augment/
+COPY contract/ contract/
+COPY corpus/ corpus/
 COPY pipelines/ pipelines/
 COPY distill/ distill/
 RUN pip install --extra-index-url "${TORCH_INDEX}" . \

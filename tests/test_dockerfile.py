@@ -25,5 +25,5 @@ def test_dockerfile_installs_the_pinned_requirements_and_the_project():
     assert f"ARG BEAM_VERSION={beam_pin.split('==')[1].rstrip(chr(34) + ',')}" in text
     assert "FROM apache/beam_python3.11_sdk:${BEAM_VERSION}" in text
     assert 'pip install --extra-index-url "${TORCH_INDEX}" .' in text
-    for package in ("augment/", "pipelines/", "distill/"):
+    for package in ("augment/", "contract/", "corpus/", "pipelines/", "distill/"):
         assert f"COPY {package} {package}" in text
