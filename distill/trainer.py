@@ -226,12 +226,30 @@ class Trainer:
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        cfg_d, cfg_data, cfg_run = config.distill, config.data, config.run
-        self.finetune = cfg_d.mode == FINETUNE
-        self.prediction = cfg_d.stage == PREDICTION or self.finetune
-        classification = cfg_d.mode != GENERAL
+        self.finetune = config.distill.mode == FINETUNE
+        self.prediction = config.distill.stage == PREDICTION or self.finetune
+        self.classification = config.distill.mode != GENERAL
 
         # Everything a user can get wrong is refused here, before the first step (most of it before any loading).
+        resume_state = self._check_inputs()
+        self._seed()
+        self.tokenizer_name = config.data.tokenizer or config.distill.teacher
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self._resolve_task()
+        rows_per_epoch = self._open_data()
+        self._load_models()
+        self._make_optimizer(rows_per_epoch)
+        self._open_dev_sets()
+        self._resume(resume_state)
+        self._open_writer()
+        if self.dev_sets and self.teacher is not None and resume_state is None:
+            self._check_teacher_on_dev()
+        self._write_config()
+
+    def _check_inputs(self) -> Optional[Dict[str, Any]]:
+        """Refuses an unusable --output, checkpoint or model source before anything is loaded; returns the
+        checkpoint to resume from, if any."""
+        cfg_d, cfg_run = self.config.distill, self.config.run
         check_output_dir(cfg_run.output)
         self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
         resume_state = None
@@ -240,39 +258,50 @@ class Trainer:
         models.check_model_source(cfg_d.teacher, "--model" if self.finetune else "--teacher")
         if cfg_d.student not in models.STUDENT_PRESETS and not self.finetune:
             models.check_model_source(cfg_d.student, "--student", config_file_ok=True)
+        return resume_state
 
-        torch.manual_seed(cfg_run.seed)  # student init (identical on every rank), then per-rank dropout below
-        random.seed(cfg_run.seed)
-        np.random.seed(cfg_run.seed)
-        self.tokenizer_name = cfg_data.tokenizer or cfg_d.teacher
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
+    def _seed(self) -> None:
+        seed = self.config.run.seed
+        torch.manual_seed(seed)  # student init (identical on every rank), then per-rank dropout in _resume
+        random.seed(seed)
+        np.random.seed(seed)
 
+    def _resolve_task(self) -> None:
+        """The task of a task run (None for general distillation), and whether every batch needs its labels."""
+        cfg_d, cfg_data = self.config.distill, self.config.data
         self.task = None
-        if classification:
+        if self.classification:
             manifest = data_lib.open_output_dir(cfg_data.data, kind=data_lib.AUGMENTED_KIND).manifest
             self.task = resolve_task(cfg_d.task, manifest, cfg_data.data, teacher=cfg_d.teacher)
         # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch; so does
         # fine-tuning (class indices or scores).
         self.label_targets = self.finetune or (self.prediction and self.task is not None and self.task.labels is None
                                                and cfg_d.regression_target == "labels")
-        if cfg_d.mode == GENERAL:
+
+    def _open_data(self) -> int:
+        """Opens the stream this rank reads: the corpus (general) or the augmented task data; returns the rows in
+        one epoch."""
+        cfg_data, seed = self.config.data, self.config.run.seed
+        if self.config.distill.mode == GENERAL:
             self.stream, self.output_dir = data_lib.open_corpus(
                 cfg_data.data, tokenizer=self.tokenizer, tokenizer_name=self.tokenizer_name,
-                batch_size=cfg_data.batch_size, shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed,
-                rank=rank, world_size=world_size, num_workers=cfg_data.num_workers,
+                batch_size=cfg_data.batch_size, shuffle_buffer=cfg_data.shuffle_buffer, seed=seed,
+                rank=self.rank, world_size=self.world_size, num_workers=cfg_data.num_workers,
                 pad_to_max_length=cfg_data.pad_to_max_length)
-            rows_per_epoch = data_lib.corpus_rows_per_epoch(self.output_dir)
-        else:
-            max_len = cfg_data.max_seq_len or self.task.max_seq_len
-            self.stream, self.output_dir = data_lib.open_augmented(
-                cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
-                shuffle_buffer=cfg_data.shuffle_buffer, seed=cfg_run.seed, rank=rank, world_size=world_size,
-                num_workers=cfg_data.num_workers, regression_labels=self.label_targets and self.task.labels is None,
-                class_labels=self.task.labels if self.finetune else None, pad_to_max_length=cfg_data.pad_to_max_length,
-                text_fields=self.task.text_fields or None)
-            rows_per_epoch = self.output_dir.rows("data")
-        num_labels = (len(self.task.labels) if self.task.labels else 1) if self.task else None
+            return data_lib.corpus_rows_per_epoch(self.output_dir)
+        max_len = cfg_data.max_seq_len or self.task.max_seq_len
+        self.stream, self.output_dir = data_lib.open_augmented(
+            cfg_data.data, tokenizer=self.tokenizer, max_seq_len=max_len, batch_size=cfg_data.batch_size,
+            shuffle_buffer=cfg_data.shuffle_buffer, seed=seed, rank=self.rank, world_size=self.world_size,
+            num_workers=cfg_data.num_workers, regression_labels=self.label_targets and self.task.labels is None,
+            class_labels=self.task.labels if self.finetune else None, pad_to_max_length=cfg_data.pad_to_max_length,
+            text_fields=self.task.text_fields or None)
+        return self.output_dir.rows("data")
 
+    def _load_models(self) -> None:
+        """The teacher (none when fine-tuning) and the student on the device, the DDP wrapper, the autocast dtype."""
+        cfg_d, device = self.config.distill, self.device
+        num_labels = (len(self.task.labels) if self.task.labels else 1) if self.task else None
         # The largest token id the data can hold: the manifest's tokenizer size (corpus ids were written with it)
         # and the tokenizer's (task data is tokenized here); the student gets the teacher's vocab_size.
         recorded = (self.output_dir.manifest.get("tokenizer") or {}).get("vocab_size")
@@ -284,29 +313,33 @@ class Trainer:
             self.vocab_size = int(self.student.bert.config.vocab_size)
             self.student.to(device)
         else:
-            self.teacher = models.load_teacher(cfg_d.teacher, classification=classification, num_labels=num_labels)
-            if classification:  # a teacher that names the task's labels in another order is read in the task's
+            self.teacher = models.load_teacher(cfg_d.teacher, classification=self.classification,
+                                               num_labels=num_labels)
+            if self.classification:  # a teacher that names the task's labels in another order is read in the task's
                 self.teacher_order = models.label_permutation(self.teacher.config.id2label, self.task.labels,
                                                               f"teacher {cfg_d.teacher}")
             models.check_vocab(self.teacher.config, needed, f"--teacher {cfg_d.teacher}")
             self.vocab_size = int(self.teacher.config.vocab_size)  # the student's too (see models.student_config)
             self.teacher.to(device)
-            self.student = models.build_student(cfg_d.student, self.teacher, classification=classification,
+            self.student = models.build_student(cfg_d.student, self.teacher, classification=self.classification,
                                                 num_labels=num_labels, labels=self.task.labels if self.task else None
                                                 ).to(device)
         if self.prediction:
             self.student.fit_dense.requires_grad_(False)  # unused by the logits loss; kept as it was
         self.model: nn.Module = self.student
-        if world_size > 1:
+        if self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)  # e.g. the pooler, unused by the intermediate losses
-        self.autocast_dtype = resolve_precision(cfg_run.precision, device)
+        self.autocast_dtype = resolve_precision(self.config.run.precision, device)
 
-        optim = config.optim
-        per_step = cfg_data.batch_size * world_size * optim.gradient_accumulation_steps
-        self.total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * rows_per_epoch / per_step))
-        self.lr_schedule = config.lr_schedule
+    def _make_optimizer(self, rows_per_epoch: int) -> None:
+        """The step budget and learning-rate schedule, AdamW (no decay on biases and LayerNorm), the grad scaler."""
+        optim = self.config.optim
+        self.examples_per_step = self.config.data.batch_size * self.world_size * optim.gradient_accumulation_steps
+        self.total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * rows_per_epoch
+                                                               / self.examples_per_step))
+        self.lr_schedule = self.config.lr_schedule
         # A constant rate has no warm-up (the reference's schedule 'none' ignores its warm-up proportion).
         self.warmup_steps = int(optim.warmup_proportion * self.total_steps) if self.lr_schedule == LINEAR else 0
         decay, no_decay = [], []
@@ -317,40 +350,53 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}], lr=optim.learning_rate,
                                            eps=optim.adam_epsilon)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
 
+    def _open_dev_sets(self) -> None:
+        """The task's dev sets, read on the main process only (it alone evaluates)."""
         self.dev_sets = {}
-        if cfg_data.dev and self.task and self.is_main:
-            self.dev_sets = glue.dev_sets(self.task, cfg_data.dev)
+        if self.config.data.dev and self.task and self.is_main:
+            self.dev_sets = glue.dev_sets(self.task, self.config.data.dev)
+
+    def _resume(self, resume_state: Optional[Dict[str, Any]]) -> None:
+        """Restores the checkpoint's state, or starts afresh: per-rank dropout seed, an earlier run's records gone."""
+        output, seed = self.config.run.output, self.config.run.seed
         self.step = 0
         self.best_dev: Optional[Dict[str, Any]] = None  # {"step", "split", "metric", "value", "results"}
         self.position = data_lib.ReaderPosition()
         if resume_state is not None:
             self._load_checkpoint(resume_state)
             if self.is_main:  # records a killed run wrote after its last checkpoint come again: keep one of each
-                _truncate_records(os.path.join(cfg_run.output, METRICS_JSONL), self.step)
-                _truncate_records(os.path.join(cfg_run.output, EVAL_JSONL), self.step)
+                _truncate_records(os.path.join(output, METRICS_JSONL), self.step)
+                _truncate_records(os.path.join(output, EVAL_JSONL), self.step)
         else:
             # Dropout differs per rank; the reader's randomness is seeded separately (seed, epoch, rank, worker).
-            torch.manual_seed(cfg_run.seed + 1000 * rank)
+            torch.manual_seed(seed + 1000 * self.rank)
             if self.is_main:  # a fresh run does not mix its records with an earlier run's
                 for name in (METRICS_JSONL, EVAL_JSONL):
-                    if os.path.exists(os.path.join(cfg_run.output, name)):
-                        os.remove(os.path.join(cfg_run.output, name))
-                shutil.rmtree(os.path.join(cfg_run.output, BEST_DIR), ignore_errors=True)
+                    if os.path.exists(os.path.join(output, name)):
+                        os.remove(os.path.join(output, name))
+                shutil.rmtree(os.path.join(output, BEST_DIR), ignore_errors=True)
         self.start_step = self.step
+
+    def _open_writer(self) -> None:
+        """The TensorBoard writer of --report_to tensorboard (main process only), else None."""
         self.writer = None
-        if self.is_main and cfg_run.report_to == "tensorboard":
+        if self.is_main and self.config.run.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (a dependency)
-            self.writer = SummaryWriter(log_dir=os.path.join(cfg_run.output, TENSORBOARD_DIR))
-        if self.dev_sets and self.teacher is not None and resume_state is None:
-            self._check_teacher_on_dev()
-        if self.is_main:
-            logger.info("resolved config:\n%s", config.to_json())
-            logger.info("%d optimizer steps, %s learning rate (%d warm-up steps), %d examples per step over %d "
-                        "processes", self.total_steps, self.lr_schedule, self.warmup_steps, per_step, world_size)
-            with open(os.path.join(cfg_run.output, CONFIG_NAME), "w", encoding="utf-8") as handle:
-                handle.write(config.to_json())
+            self.writer = SummaryWriter(log_dir=os.path.join(self.config.run.output, TENSORBOARD_DIR))
+
+    def _write_config(self) -> None:
+        """Logs the resolved config and the step budget, and writes the config beside the checkpoint (main only)."""
+        if not self.is_main:
+            return
+        config = self.config
+        logger.info("resolved config:\n%s", config.to_json())
+        logger.info("%d optimizer steps, %s learning rate (%d warm-up steps), %d examples per step over %d "
+                    "processes", self.total_steps, self.lr_schedule, self.warmup_steps, self.examples_per_step,
+                    self.world_size)
+        with open(os.path.join(config.run.output, CONFIG_NAME), "w", encoding="utf-8") as handle:
+            handle.write(config.to_json())
 
     def _check_teacher_on_dev(self) -> None:
         """Scores the teacher once on dev and warns when it is at chance (no better than always answering the
