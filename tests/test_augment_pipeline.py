@@ -65,9 +65,20 @@ def test_every_glue_format_is_read_as_the_reference_reads_it(tmp_path, task):
     fn = augment_pipeline.ReadExamplesFn(fmt, input_format="tsv", label_field=None, id_field=None)
     (key, example), = list(fn.process((0, str(path), "")))
     assert key == (0, 0)
-    assert example.texts == tuple(row[i] for i in fmt.text_columns)
-    assert example.label == row[fmt.label_column]
-    assert example.example_id == (row[fmt.id_column] if fmt.id_column is not None else "0")
+    # Written out from the reference's readers (data_augmentation.py / task_distill.py processors), not derived
+    # from our task table: (texts, label, example id).
+    expected = {
+        "CoLA": (("the sailors rode the breeze clear of the rocks .",), "1", "0"),
+        "SST-2": (("a gorgeous , witty film .",), "1", "0"),
+        "MRPC": (("The film opened on Friday .", "The movie opened Friday ."), "1", "0"),
+        "STS-B": (("A plane is taking off .", "An air plane is taking off ."), "5.000", "7"),
+        "QQP": (("How do movies get made ?", "How is a film produced ?"), "1", "133273"),
+        "MNLI": (("Conceptually cream skimming has two basic dimensions .",
+                  "Product and geography are what make cream skimming work ."), "neutral", "12"),
+        "QNLI": (("When did the film open ?", "The film opened in Paris in 1999 ."), "entailment", "3"),
+        "RTE": (("Dana Reeve died of lung cancer .", "Christopher Reeve had an accident ."), "not_entailment", "5"),
+    }[task]
+    assert (example.texts, example.label, example.example_id) == expected
 
 
 def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert, tiny_glove):
