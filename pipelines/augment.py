@@ -22,6 +22,7 @@ if __name__ == "__main__":
 import hashlib
 import io
 import json
+import dataclasses
 import logging
 import os
 import pathlib
@@ -56,7 +57,7 @@ from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, resolve
+from pipelines.options import IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 DEFAULT_GLOVE = "glove.6B.300d.txt"  # the default of --word_rule reference; unicode defaults to no GloVe
@@ -649,6 +650,53 @@ class AugmentOptions(PipelineOptions):
                             help="hash partitions per input length for masked-LM batching (parallelism at scale)")
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation's options, read once in run(): IOOptions and AugmentOptions with their defaults filled and
+    local paths (output, model, glove, stop_words) made absolute, for workers in other folders or on other
+    machines. Never mutated; `shown_output` keeps --output as given, for the summary."""
+    # IOOptions
+    input: str
+    input_format: str
+    output: str
+    seed: int
+    num_shards: int
+    overwrite: bool
+    max_reject_fraction: float
+    no_report: bool
+    quiet: bool
+    # AugmentOptions
+    task: str
+    text_columns: Optional[str]
+    label_column: Optional[str]
+    id_column: Optional[str]
+    label_list: Optional[str]
+    model: str
+    glove: Optional[str]
+    word_rule: str
+    stop_words: Optional[str]
+    glove_vocab: int
+    num_aug: Optional[int]
+    top_k: int
+    replace_prob: float
+    precision: str
+    device: str
+    emit_candidates: bool
+    max_batch_tokens: Optional[int]
+    torch_threads: int
+    mlm_partitions: int
+    shown_output: str
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "AugmentConfig":
+        """The config of parsed `options` (IOOptions and AugmentOptions among them)."""
+        values = option_values(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment",
+                               input_format="auto", num_shards=4)
+        values["shown_output"] = values["output"]
+        for name in ("output", "model", "glove", "stop_words"):
+            values[name] = sources.absolute(values[name], may_be_hub_name=name == "model")
+        return cls(**values)
+
 
 
 
@@ -661,7 +709,7 @@ class ResolvedInput(NamedTuple):
     id_field: Optional[str]
 
 
-def _resolve_input(options) -> ResolvedInput:
+def _resolve_input(options: AugmentConfig) -> ResolvedInput:
     """The input files (matched once) and the task they hold.
 
     Raises:
@@ -685,7 +733,7 @@ def _format_of(path: str) -> Optional[str]:
     return {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
 
 
-def _resolve_task(options, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
+def _resolve_task(options: AugmentConfig, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
     """(task format, input format, label field, id field), or UserError."""
     if options.task.lower() == "generic":
         if not options.text_columns:
@@ -723,7 +771,7 @@ def _read_header(path: str, task: TaskFormat, fmt: str) -> Optional[str]:
     return None
 
 
-def _check_options(options) -> None:
+def _check_options(options: AugmentConfig) -> None:
     """One line for the first option value that cannot work."""
     if options.input_format not in INPUT_FORMATS:
         raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}")
@@ -756,7 +804,7 @@ def _check_options(options) -> None:
                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
 
 
-def _log_precisions(options) -> None:
+def _log_precisions(options: AugmentConfig) -> None:
     """One line at start: the precision paths this machine runs natively, and the one chosen."""
     import torch
     paths = describe_precisions()
@@ -768,7 +816,7 @@ def _log_precisions(options) -> None:
                         "be slower than fp32 here; --precision int8 is the fast path on such a CPU")
 
 
-def _check_resources(options) -> None:
+def _check_resources(options: AugmentConfig) -> None:
     """One line for a GloVe file, stop-word file or model directory that is missing or unusable."""
     glove = resolve_glove(options)
     if glove is not None and not glove_exists(glove):
@@ -787,7 +835,7 @@ def _check_resources(options) -> None:
                             "save the model with save_pretrained into it")
 
 
-def resolve_glove(options) -> Optional[str]:
+def resolve_glove(options: AugmentConfig) -> Optional[str]:
     """The GloVe file to use, or None when GloVe is off (--glove none, or omitted with --word_rule unicode)."""
     if options.glove is None:
         return DEFAULT_GLOVE if options.word_rule == "reference" else None
@@ -812,7 +860,7 @@ def read_stop_words(path: str) -> Tuple[Tuple[str, ...], str]:
     return words, hashlib.sha256(data).hexdigest()
 
 
-def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput, *,
+def build_pipeline(pipeline: beam.Pipeline, options: AugmentConfig, tokenizer, resolved: ResolvedInput, *,
                    run_id: Optional[str] = None) -> None:
     """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
     files, task, fmt, label_field, id_field = resolved
@@ -914,7 +962,7 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         run_id=run_id, manifest_fields=report_done)
 
 
-def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
+def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options: AugmentConfig) -> str:
     """The likely cause of a run whose records were (nearly) all rejected, as a short clause, or ""."""
     path = resolved.files[0]["path"]
     task, fmt = resolved.task, resolved.input_format
@@ -963,12 +1011,8 @@ def run(argv=None, save_main_session=False):
     started = time.time()
     options = cli.parse_pipeline_options(argv, [IOOptions, AugmentOptions])
     options.view_as(SetupOptions).save_main_session = save_main_session
-    aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
-                  num_shards=4)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    shown_output = aug.output
-    for name in ("output", "model", "glove", "stop_words"):
-        setattr(aug, name, sources.absolute(getattr(aug, name), may_be_hub_name=name in ('model',)))
+    aug = AugmentConfig.from_options(options)
     _check_options(aug)
     resolved = _resolve_input(aug)
     _check_resources(aug)
@@ -991,7 +1035,7 @@ def run(argv=None, save_main_session=False):
     manifest = outputs.read_manifest(aug.output, require_success=False)
     outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
                                                                   aug))
-    print(outputs.summary("augment", manifest, shown_output, time.time() - started, rows_output="data"), flush=True)
+    print(outputs.summary("augment", manifest, aug.shown_output, time.time() - started, rows_output="data"), flush=True)
     return manifest
 
 

@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 import argparse
 import array
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,7 +51,7 @@ from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from corpus import wiki
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, resolve
+from pipelines.options import IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
@@ -86,6 +87,50 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--wiki_markup", choices=WIKI_MARKUPS, default="fast",
                             help="wikipedia-xml: fast (corpus/wikimarkup.py, linear-time stripper) or "
                                  "mwparserfromhell (a full parser, about 7x slower)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """The corpus options, read once in run(): IOOptions and CorpusOptions with their defaults filled, checked, and
+    the local output and tokenizer paths made absolute, for workers in other folders or on other machines. Never
+    mutated; `shown_output` keeps --output as given, for the summary."""
+    # IOOptions
+    input: str
+    input_format: str
+    output: str
+    seed: int
+    num_shards: int
+    overwrite: bool
+    max_reject_fraction: float
+    no_report: bool
+    quiet: bool
+    # CorpusOptions
+    tokenizer: str
+    max_seq_len: int
+    short_seq_prob: float
+    masked_lm_prob: float
+    max_predictions_per_seq: int
+    whole_word_mask: bool
+    epochs: int
+    instance_mode: str
+    docs_per_bucket: int
+    dedup: bool
+    split_bytes: int
+    wiki_markup: str
+    shown_output: str
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "CorpusConfig":
+        """The config of parsed `options` (IOOptions and CorpusOptions among them).
+
+        Raises:
+          UserError: the first option value that cannot work (`_check_options`).
+        """
+        values = option_values(options, CorpusOptions, input_format="text", num_shards=8)
+        given = cls(**values, shown_output=values["output"])
+        _check_options(given)
+        return dataclasses.replace(given, output=sources.absolute(given.output),
+                                   tokenizer=sources.absolute(given.tokenizer, may_be_hub_name=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,17 +617,24 @@ class CreateInstances(beam.PTransform):
     """
 
     def __init__(self, document_counts: beam.PCollection, *, seed: int, epochs: int, docs_per_bucket: int,
-                 fn: CreateInstancesFn):
+                 mode: str, config: instances_lib.InstanceConfig, special: instances_lib.SpecialTokens,
+                 continuation_ids: frozenset, typecode: str, num_shards: int, schema: pa.Schema,
+                 show_progress: bool = False):
         """Args:
           document_counts: the summed `counts` of `TokenizeDocuments` (((COUNTS_TABLE, "documents"), n) among
             them), read as a side input for the number of buckets.
+          seed, epochs, docs_per_bucket: the bucket assignment's (and, seed and epochs, the instances') settings.
+          mode, config, special, continuation_ids, typecode, num_shards, schema, show_progress: as
+            `CreateInstancesFn` takes them.
         """
         super().__init__()
         self._document_counts = document_counts
         self._seed = seed
         self._epochs = epochs
         self._docs_per_bucket = docs_per_bucket
-        self._fn = fn
+        self._fn = CreateInstancesFn(seed=seed, mode=mode, config=config, special=special,
+                                     continuation_ids=continuation_ids, typecode=typecode, num_shards=num_shards,
+                                     schema=schema, show_progress=show_progress, epochs=epochs)
 
     def expand(self, documents):
         return (documents
@@ -690,7 +742,7 @@ SKIP_REASONS = ("redirect", "not_article", "duplicate_document", "empty_article"
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens on each side
 
 
-def _check_options(options) -> None:
+def _check_options(options: CorpusConfig) -> None:
     """One line for the first option value that cannot work.
 
     Raises:
@@ -726,16 +778,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         return None
     started = time.time()
     pipeline_options = cli.parse_pipeline_options(argv, [IOOptions, CorpusOptions])
-    options = resolve(pipeline_options, CorpusOptions, input_format="text", num_shards=8)
+    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
+    options = CorpusConfig.from_options(pipeline_options)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     # No transform here declares type hints, so Beam's construction-time check has nothing to check; it would only
     # infer element types by decompiling every lambda, a fifth of the run's start-up. (Runtime checks are separate.)
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
-    _check_options(options)
-    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    shown_output = options.output
-    for name in ("output", "tokenizer"):
-        setattr(options, name, sources.absolute(getattr(options, name), may_be_hub_name=name in ('tokenizer',)))
     try:
         config = instances_lib.InstanceConfig(
             max_seq_len=options.max_seq_len, short_seq_prob=options.short_seq_prob,
@@ -787,10 +835,6 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     epoch_sets = [outputs.ShardSet(f"epoch-{epoch}", options.num_shards, schema, stats=_instance_stats)
                   for epoch in range(options.epochs)]
     rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, options.num_shards, schemas.REJECT_SCHEMA)
-    make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
-                                continuation_ids=continuation_ids, typecode=typecode,
-                                num_shards=options.num_shards, schema=schema, show_progress=not options.quiet,
-                                epochs=options.epochs)
 
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
         read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
@@ -811,7 +855,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         document_counts = tokenized.counts | "SumDocumentCounts" >> outputs.CountByKey()
         made = tokenized.documents | "CreateInstances" >> CreateInstances(
             document_counts, seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket,
-            fn=make_fn)
+            mode=options.instance_mode, config=config, special=special, continuation_ids=continuation_ids,
+            typecode=typecode, num_shards=options.num_shards, schema=schema, show_progress=not options.quiet)
         # Every epoch's shards through one sink: the row batches are keyed (epoch, shard) already.
         instance_stats = made.instances | "WriteInstances" >> outputs.WriteBatchedShards(
             options.output, epoch_sets, sort_by="instance_id")
@@ -856,7 +901,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
              f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "
              f"{options.epochs} epoch(s)"]
-    print(outputs.summary("corpus", manifest, shown_output, time.time() - started, rows_output="",
+    print(outputs.summary("corpus", manifest, options.shown_output, time.time() - started, rows_output="",
                           extra=extra), flush=True)
     return manifest
 
