@@ -22,6 +22,7 @@ if __name__ == "__main__":
 import hashlib
 import io
 import json
+import dataclasses
 import logging
 import os
 import pathlib
@@ -56,7 +57,7 @@ from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, resolve
+from pipelines.options import IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 DEFAULT_GLOVE = "glove.6B.300d.txt"  # the default of --word_rule reference; unicode defaults to no GloVe
@@ -649,6 +650,53 @@ class AugmentOptions(PipelineOptions):
                             help="hash partitions per input length for masked-LM batching (parallelism at scale)")
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation's options, read once in run(): IOOptions and AugmentOptions with their defaults filled and
+    local paths (output, model, glove, stop_words) made absolute, for workers in other folders or on other
+    machines. Never mutated; `shown_output` keeps --output as given, for the summary."""
+    # IOOptions
+    input: str
+    input_format: str
+    output: str
+    seed: int
+    num_shards: int
+    overwrite: bool
+    max_reject_fraction: float
+    no_report: bool
+    quiet: bool
+    # AugmentOptions
+    task: str
+    text_columns: Optional[str]
+    label_column: Optional[str]
+    id_column: Optional[str]
+    label_list: Optional[str]
+    model: str
+    glove: Optional[str]
+    word_rule: str
+    stop_words: Optional[str]
+    glove_vocab: int
+    num_aug: Optional[int]
+    top_k: int
+    replace_prob: float
+    precision: str
+    device: str
+    emit_candidates: bool
+    max_batch_tokens: Optional[int]
+    torch_threads: int
+    mlm_partitions: int
+    shown_output: str
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "AugmentConfig":
+        """The config of parsed `options` (IOOptions and AugmentOptions among them)."""
+        values = option_values(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment",
+                               input_format="auto", num_shards=4)
+        values["shown_output"] = values["output"]
+        for name in ("output", "model", "glove", "stop_words"):
+            values[name] = sources.absolute(values[name], may_be_hub_name=name == "model")
+        return cls(**values)
+
 
 
 
@@ -661,17 +709,17 @@ class ResolvedInput(NamedTuple):
     id_field: Optional[str]
 
 
-def _resolve_input(options) -> ResolvedInput:
+def _resolve_input(config: AugmentConfig) -> ResolvedInput:
     """The input files (matched once) and the task they hold.
 
     Raises:
       UserError: nothing matches --input, an unknown task, a generic task without --text_columns, a format that
         cannot be told, an empty input file.
     """
-    files = sources.input_files(options.input)
-    task, fmt, label_field, id_field = _resolve_task(options, files[0]["path"])
+    files = sources.input_files(config.input)
+    task, fmt, label_field, id_field = _resolve_task(config, files[0]["path"])
     if all(f["bytes"] == 0 for f in files):
-        raise UserError(f"--input {options.input} is empty ({len(files)} file(s) of 0 bytes)")
+        raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
     return ResolvedInput(files, task, fmt, label_field, id_field)
 
 
@@ -685,22 +733,22 @@ def _format_of(path: str) -> Optional[str]:
     return {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext)
 
 
-def _resolve_task(options, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
+def _resolve_task(config: AugmentConfig, first_path: str) -> Tuple[TaskFormat, str, Optional[str], Optional[str]]:
     """(task format, input format, label field, id field), or UserError."""
-    if options.task.lower() == "generic":
-        if not options.text_columns:
+    if config.task.lower() == "generic":
+        if not config.text_columns:
             raise UserError("--task generic needs --text_columns (and usually --label_column)")
-        fmt = options.input_format if options.input_format != "auto" else _format_of(first_path)
+        fmt = config.input_format if config.input_format != "auto" else _format_of(first_path)
         if fmt is None:
             raise UserError(f"cannot tell the format of {first_path}; pass --input_format tsv|csv|jsonl|parquet")
-        labels = [label.strip() for label in options.label_list.split(",")] if options.label_list else None
-        task = generic_task([c.strip() for c in options.text_columns.split(",")], options.label_column, labels)
-        return task, fmt, options.label_column, options.id_column
+        labels = [label.strip() for label in config.label_list.split(",")] if config.label_list else None
+        task = generic_task([c.strip() for c in config.text_columns.split(",")], config.label_column, labels)
+        return task, fmt, config.label_column, config.id_column
     try:
-        task = resolve_task(options.task)
+        task = resolve_task(config.task)
     except KeyError as error:
         raise UserError(error.args[0]) from None
-    fmt = options.input_format if options.input_format != "auto" else (_format_of(first_path) or "tsv")
+    fmt = config.input_format if config.input_format != "auto" else (_format_of(first_path) or "tsv")
     if fmt not in ("tsv", "parquet"):
         raise UserError(f"GLUE task {task.name} reads its train.tsv or the hub's Parquet (columns "
                         f"{', '.join(HUB_TEXT_COLUMNS[task.name])}, label, idx); --input_format must be tsv or "
@@ -723,75 +771,75 @@ def _read_header(path: str, task: TaskFormat, fmt: str) -> Optional[str]:
     return None
 
 
-def _check_options(options) -> None:
+def _check_options(config: AugmentConfig) -> None:
     """One line for the first option value that cannot work."""
-    if options.input_format not in INPUT_FORMATS:
+    if config.input_format not in INPUT_FORMATS:
         raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}")
-    if options.top_k < 1:
-        raise UserError(f"--top_k must be at least 1 (got {options.top_k})")
-    if not 0.0 <= options.replace_prob <= 1.0:
-        raise UserError(f"--replace_prob must be within [0, 1] (got {options.replace_prob})")
-    if options.num_aug is not None and options.num_aug < 0:
-        raise UserError(f"--num_aug must be >= 0 (got {options.num_aug})")
+    if config.top_k < 1:
+        raise UserError(f"--top_k must be at least 1 (got {config.top_k})")
+    if not 0.0 <= config.replace_prob <= 1.0:
+        raise UserError(f"--replace_prob must be within [0, 1] (got {config.replace_prob})")
+    if config.num_aug is not None and config.num_aug < 0:
+        raise UserError(f"--num_aug must be >= 0 (got {config.num_aug})")
     for name in ("num_shards", "mlm_partitions", "glove_vocab", "max_batch_tokens"):
-        if getattr(options, name) is not None and getattr(options, name) < 1:
-            raise UserError(f"--{name} must be >= 1 (got {getattr(options, name)})")
-    if options.max_batch_tokens is not None and options.max_batch_tokens < MAX_POSITIONS:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(config, name)})")
+    if config.max_batch_tokens is not None and config.max_batch_tokens < MAX_POSITIONS:
         raise UserError(f"--max_batch_tokens must hold one full-length query ({MAX_POSITIONS} tokens); got "
-                        f"{options.max_batch_tokens}")
-    if options.torch_threads < 0:
-        raise UserError(f"--torch_threads must be >= 0 (got {options.torch_threads})")
-    if not 0.0 <= options.max_reject_fraction <= 1.0:
-        raise UserError(f"--max_reject_fraction must be within [0, 1] (got {options.max_reject_fraction})")
-    if not DEVICE_PATTERN.fullmatch(options.device):
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N (got {options.device!r})")
-    if options.device.startswith("cuda"):
+                        f"{config.max_batch_tokens}")
+    if config.torch_threads < 0:
+        raise UserError(f"--torch_threads must be >= 0 (got {config.torch_threads})")
+    if not 0.0 <= config.max_reject_fraction <= 1.0:
+        raise UserError(f"--max_reject_fraction must be within [0, 1] (got {config.max_reject_fraction})")
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N (got {config.device!r})")
+    if config.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
-            raise UserError(f"--device {options.device}: no CUDA GPU is visible to torch here; use --device cpu "
+            raise UserError(f"--device {config.device}: no CUDA GPU is visible to torch here; use --device cpu "
                             "or auto")
-        index = options.device.partition(":")[2]
+        index = config.device.partition(":")[2]
         if index and int(index) >= torch.cuda.device_count():
-            raise UserError(f"--device {options.device}: torch sees {torch.cuda.device_count()} GPU(s) here "
+            raise UserError(f"--device {config.device}: torch sees {torch.cuda.device_count()} GPU(s) here "
                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
 
 
-def _log_precisions(options) -> None:
+def _log_precisions(config: AugmentConfig) -> None:
     """One line at start: the precision paths this machine runs natively, and the one chosen."""
     import torch
     paths = describe_precisions()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    logging.info("augment: precision %s on device %s (%d GPU(s) visible); this CPU: %s", options.precision,
-                 options.device, gpus, ", ".join(f"{name} {how}" for name, how in paths.items()))
-    if options.precision == "bf16" and paths["bf16"] == "emulated" and not gpus:
+    logging.info("augment: precision %s on device %s (%d GPU(s) visible); this CPU: %s", config.precision,
+                 config.device, gpus, ", ".join(f"{name} {how}" for name, how in paths.items()))
+    if config.precision == "bf16" and paths["bf16"] == "emulated" and not gpus:
         logging.warning("augment: this CPU has no bf16 instructions (avx512_bf16/amx_bf16): --precision bf16 will "
                         "be slower than fp32 here; --precision int8 is the fast path on such a CPU")
 
 
-def _check_resources(options) -> None:
+def _check_resources(config: AugmentConfig) -> None:
     """One line for a GloVe file, stop-word file or model directory that is missing or unusable."""
-    glove = resolve_glove(options)
+    glove = resolve_glove(config)
     if glove is not None and not glove_exists(glove):
         raise UserError(f"GloVe file {glove} not found; pass --glove PATH to a GloVe text file "
                         "(e.g. glove.6B.300d.txt from the Stanford GloVe site), or --glove none")
-    if options.stop_words is not None:
-        read_stop_words(options.stop_words)
-    if os.path.isdir(options.model):
-        names = set(os.listdir(options.model))
+    if config.stop_words is not None:
+        read_stop_words(config.stop_words)
+    if os.path.isdir(config.model):
+        names = set(os.listdir(config.model))
         if "config.json" not in names:
-            raise UserError(f"--model {options.model} has no config.json; pass a directory written by "
+            raise UserError(f"--model {config.model} has no config.json; pass a directory written by "
                             "save_pretrained (or a hub name)")
         if not names & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                         "pytorch_model.bin.index.json"}:
-            raise UserError(f"--model {options.model} holds no weights (model.safetensors or pytorch_model.bin); "
+            raise UserError(f"--model {config.model} holds no weights (model.safetensors or pytorch_model.bin); "
                             "save the model with save_pretrained into it")
 
 
-def resolve_glove(options) -> Optional[str]:
+def resolve_glove(config: AugmentConfig) -> Optional[str]:
     """The GloVe file to use, or None when GloVe is off (--glove none, or omitted with --word_rule unicode)."""
-    if options.glove is None:
-        return DEFAULT_GLOVE if options.word_rule == "reference" else None
-    return None if options.glove.strip().lower() in ("", "none") else options.glove
+    if config.glove is None:
+        return DEFAULT_GLOVE if config.word_rule == "reference" else None
+    return None if config.glove.strip().lower() in ("", "none") else config.glove
 
 
 def read_stop_words(path: str) -> Tuple[Tuple[str, ...], str]:
@@ -812,16 +860,16 @@ def read_stop_words(path: str) -> Tuple[Tuple[str, ...], str]:
     return words, hashlib.sha256(data).hexdigest()
 
 
-def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: ResolvedInput, *,
+def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, tokenizer, resolved: ResolvedInput, *,
                    run_id: Optional[str] = None) -> None:
-    """Adds the augmentation graph for `options` (and the input `resolved` from them) to `pipeline`."""
+    """Adds the augmentation graph for `config` (and the input `resolved` from them) to `pipeline`."""
     files, task, fmt, label_field, id_field = resolved
-    num_aug = options.num_aug if options.num_aug is not None else task.default_num_aug
-    output = options.output
+    num_aug = config.num_aug if config.num_aug is not None else task.default_num_aug
+    output = config.output
     header_line = _read_header(files[0]["path"], task, fmt)
-    show_progress = not options.quiet
-    glove_file = resolve_glove(options)
-    stop_words, stop_words_sha256 = (read_stop_words(options.stop_words) if options.stop_words is not None
+    show_progress = not config.quiet
+    glove_file = resolve_glove(config)
+    stop_words, stop_words_sha256 = (read_stop_words(config.stop_words) if config.stop_words is not None
                                      else (None, None))
     if glove_file is None:
         logging.info("GloVe is off: candidate words of several WordPieces keep themselves (counted as "
@@ -833,36 +881,36 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     # Reading is one task per file: spread the examples over the workers.
     examples = read.examples | "SpreadExamples" >> beam.Reshuffle()
     planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(
-        options.model, word_rule=options.word_rule, stop_words=stop_words, glove=glove_file is not None)).with_outputs(
+        config.model, word_rule=config.word_rule, stop_words=stop_words, glove=glove_file is not None)).with_outputs(
         PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
-        ScoreMaskedLMFn(options.model, top_k=options.top_k, precision=options.precision, device=options.device,
-                        max_batch_tokens=options.max_batch_tokens, torch_threads=options.torch_threads,
+        ScoreMaskedLMFn(config.model, top_k=config.top_k, precision=config.precision, device=config.device,
+                        max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
                         show_progress=show_progress),
-        options.mlm_partitions)
+        config.mlm_partitions)
     if glove_file is not None:
         glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
-            GloveNeighboursFn(glove_file, vocab_limit=options.glove_vocab, top_k=options.top_k))
+            GloveNeighboursFn(glove_file, vocab_limit=config.glove_vocab, top_k=config.top_k))
         glove_neighbours, glove_stats = glove.neighbours, (glove.stats,)
     else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
         glove_neighbours, glove_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), ()
     total_examples = read.examples | "CountExamples" >> beam.combiners.Count.Globally()
-    report_histograms = None if options.no_report else report.augment_histograms(
-        num_aug=num_aug, num_fields=len(task.text_fields), top_k=options.top_k)
+    report_histograms = None if config.no_report else report.augment_histograms(
+        num_aug=num_aug, num_fields=len(task.text_fields), top_k=config.top_k)
     augmented = ({"example": planned.plans, "mlm": mlm.answers}
                  | "JoinAnswers" >> beam.CoGroupByKey()
                  | "AugmentExamples" >> beam.ParDo(
-                     AugmentExamplesFn(task, num_aug=num_aug, replace_prob=options.replace_prob, seed=options.seed,
-                                       emit_candidates=options.emit_candidates, glove=glove_file is not None,
-                                       word_rule=options.word_rule, show_progress=show_progress,
+                     AugmentExamplesFn(task, num_aug=num_aug, replace_prob=config.replace_prob, seed=config.seed,
+                                       emit_candidates=config.emit_candidates, glove=glove_file is not None,
+                                       word_rule=config.word_rule, show_progress=show_progress,
                                        report_histograms=report_histograms),
                      glove=beam.pvalue.AsDict(glove_neighbours),
                      total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
                          AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS,
                          AugmentExamplesFn.REPORT, AugmentExamplesFn.REPLACED_WORDS, main="rows"))
 
-    data_set = outputs.ShardSet("data", options.num_shards, augmented_schema(task.text_fields))
-    tsv_set = outputs.ShardSet("tsv-parts", options.num_shards, None, file_format="tsv")
+    data_set = outputs.ShardSet("data", config.num_shards, augmented_schema(task.text_fields))
+    tsv_set = outputs.ShardSet("tsv-parts", config.num_shards, None, file_format="tsv")
     rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, 1, schemas.REJECT_SCHEMA)
     # Augmentation multiplies each example ~N times: rebalance before the shard writers.
     data_stats = (augmented.rows | "SpreadRows" >> beam.Reshuffle()
@@ -877,24 +925,24 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
     stats = ((augmented[AugmentExamplesFn.STATS], mlm.stats, *glove_stats, tsv_done) | "MergeStats" >> beam.Flatten()
              | "CountStats" >> outputs.CountByKey())
     shard_stats = {"data": (data_set, data_stats), "rejects": (rejects_set, reject_stats)}
-    if options.emit_candidates:
-        cand_set = outputs.ShardSet("candidates", options.num_shards, CANDIDATE_SCHEMA)
+    if config.emit_candidates:
+        cand_set = outputs.ShardSet("candidates", config.num_shards, CANDIDATE_SCHEMA)
         shard_stats["candidates"] = (cand_set, augmented[AugmentExamplesFn.CANDIDATES]
                                      | "WriteCandidates" >> outputs.WriteShards(output, cand_set))
     header = {
         "kind": AUGMENTED_KIND, "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
         "input_label_column": label_field,  # where the input (and a dev file in its layout) holds the label
         "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
-        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, options.model), "model": options.model,
-        "glove": glove_file, "glove_vocab": options.glove_vocab, "num_aug": num_aug, "top_k": options.top_k,
-        "word_rule": options.word_rule, "stop_words": None if options.stop_words is None else {
-            "path": options.stop_words, "sha256": stop_words_sha256},
-        "replace_prob": options.replace_prob, "seed": options.seed, "precision": options.precision,
+        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, config.model), "model": config.model,
+        "glove": glove_file, "glove_vocab": config.glove_vocab, "num_aug": num_aug, "top_k": config.top_k,
+        "word_rule": config.word_rule, "stop_words": None if config.stop_words is None else {
+            "path": config.stop_words, "sha256": stop_words_sha256},
+        "replace_prob": config.replace_prob, "seed": config.seed, "precision": config.precision,
         "input_format": fmt, "inputs": files, "tsv_header": header_line,
         "pair_fields": "other fields of an augmented row keep their original text",
     }
     quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
-                                  max_reject_fraction=options.max_reject_fraction)
+                                  max_reject_fraction=config.max_reject_fraction)
     report_done = None
     if report_histograms is not None:  # report/, written before the manifest and _SUCCESS (which wait for it)
         named_counts = ((reasons | "ReportRejectCounts" >> beam.Map(lambda kv: (("rejects", kv[0]), kv[1])),
@@ -905,8 +953,8 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
             stats=augmented[AugmentExamplesFn.REPORT] | "SumReportStats" >> report.SumReportStats(),
             top_words=augmented[AugmentExamplesFn.REPLACED_WORDS] | "FindTopWords" >> report.FindTopWords(),
             named_counts=named_counts, histograms=report_histograms, run_id=run_id,
-            settings={"task": task.name, "num_aug": num_aug, "replace_prob": options.replace_prob,
-                      "top_k": options.top_k, "seed": options.seed})
+            settings={"task": task.name, "num_aug": num_aug, "replace_prob": config.replace_prob,
+                      "top_k": config.top_k, "seed": config.seed})
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
         output_dir=output, header=header, shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats},
         quality=quality, dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
@@ -914,7 +962,7 @@ def build_pipeline(pipeline: beam.Pipeline, options, tokenizer, resolved: Resolv
         run_id=run_id, manifest_fields=report_done)
 
 
-def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
+def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], config: AugmentConfig) -> str:
     """The likely cause of a run whose records were (nearly) all rejected, as a short clause, or ""."""
     path = resolved.files[0]["path"]
     task, fmt = resolved.task, resolved.input_format
@@ -934,7 +982,7 @@ def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], options) -> str:
                     f"{expected_layout}" + (" (a CSV? use --task generic --input_format csv)" if "," in first else ""))
     if top == "missing_column":
         found = (first.split("\t") if fmt == "tsv" else first.split(",")) if fmt in ("tsv", "csv") else []
-        wanted = list(task.text_fields) + ([options.label_column] if options.label_column else [])
+        wanted = list(task.text_fields) + ([config.label_column] if config.label_column else [])
         return (f"the input's columns are {found[:12]}; --text_columns/--label_column name {wanted}"
                 if found else f"--text_columns/--label_column name {wanted}; check them against the input's fields")
     if top == "bad_label" and task.label_list:
@@ -963,35 +1011,32 @@ def run(argv=None, save_main_session=False):
     started = time.time()
     options = cli.parse_pipeline_options(argv, [IOOptions, AugmentOptions])
     options.view_as(SetupOptions).save_main_session = save_main_session
-    aug = resolve(options, AugmentOptions, input=SAMPLE_INPUT, output="out/augment", input_format="auto",
-                  num_shards=4)
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    shown_output = aug.output
-    for name in ("output", "model", "glove", "stop_words"):
-        setattr(aug, name, sources.absolute(getattr(aug, name), may_be_hub_name=name in ('model',)))
-    _check_options(aug)
-    resolved = _resolve_input(aug)
-    _check_resources(aug)
+    config = AugmentConfig.from_options(options)
+    _check_options(config)
+    resolved = _resolve_input(config)
+    _check_resources(config)
     try:
-        tokenizer = load_tokenizer(aug.model)
+        tokenizer = load_tokenizer(config.model)
     except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
-        raise UserError(f"cannot load the tokenizer of --model {aug.model} ({type(error).__name__}: "
+        raise UserError(f"cannot load the tokenizer of --model {config.model} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                         "directory holding a BERT masked LM and its tokenizer") from None
     try:
-        run_id = outputs.claim_output_dir(aug.output, overwrite=aug.overwrite)
+        run_id = outputs.claim_output_dir(config.output, overwrite=config.overwrite)
     except outputs.OutputExistsError as error:
         raise UserError(str(error)) from None
     progress.reset()
-    _log_precisions(aug)
-    logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.task.name, aug.input or SAMPLE_INPUT,
-                 len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), aug.output)
+    _log_precisions(config)
+    logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.task.name, config.input or SAMPLE_INPUT,
+                 len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), config.output)
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
-        build_pipeline(pipeline, aug, tokenizer, resolved, run_id=run_id)
-    manifest = outputs.read_manifest(aug.output, require_success=False)
-    outputs.raise_if_failed(manifest, aug.output, hint=diagnose(resolved, manifest["counts"].get("rejects", {}),
-                                                                  aug))
-    print(outputs.summary("augment", manifest, shown_output, time.time() - started, rows_output="data"), flush=True)
+        build_pipeline(pipeline, config, tokenizer, resolved, run_id=run_id)
+    manifest = outputs.read_manifest(config.output, require_success=False)
+    hint = diagnose(resolved, manifest["counts"].get("rejects", {}), config)
+    outputs.raise_if_failed(manifest, config.output, hint=hint)
+    print(outputs.summary("augment", manifest, config.shown_output, time.time() - started, rows_output="data"),
+          flush=True)
     return manifest
 
 

@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 import argparse
 import array
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,7 +51,7 @@ from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from corpus import wiki
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, resolve
+from pipelines.options import IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
@@ -86,6 +87,50 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--wiki_markup", choices=WIKI_MARKUPS, default="fast",
                             help="wikipedia-xml: fast (corpus/wikimarkup.py, linear-time stripper) or "
                                  "mwparserfromhell (a full parser, about 7x slower)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """The corpus options, read once in run(): IOOptions and CorpusOptions with their defaults filled, checked, and
+    the local output and tokenizer paths made absolute, for workers in other folders or on other machines. Never
+    mutated; `shown_output` keeps --output as given, for the summary."""
+    # IOOptions
+    input: str
+    input_format: str
+    output: str
+    seed: int
+    num_shards: int
+    overwrite: bool
+    max_reject_fraction: float
+    no_report: bool
+    quiet: bool
+    # CorpusOptions
+    tokenizer: str
+    max_seq_len: int
+    short_seq_prob: float
+    masked_lm_prob: float
+    max_predictions_per_seq: int
+    whole_word_mask: bool
+    epochs: int
+    instance_mode: str
+    docs_per_bucket: int
+    dedup: bool
+    split_bytes: int
+    wiki_markup: str
+    shown_output: str
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "CorpusConfig":
+        """The config of parsed `options` (IOOptions and CorpusOptions among them).
+
+        Raises:
+          UserError: the first option value that cannot work (`_check_options`).
+        """
+        values = option_values(options, CorpusOptions, input_format="text", num_shards=8)
+        given = cls(**values, shown_output=values["output"])
+        _check_options(given)
+        return dataclasses.replace(given, output=sources.absolute(given.output),
+                                   tokenizer=sources.absolute(given.tokenizer, may_be_hub_name=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,17 +617,24 @@ class CreateInstances(beam.PTransform):
     """
 
     def __init__(self, document_counts: beam.PCollection, *, seed: int, epochs: int, docs_per_bucket: int,
-                 fn: CreateInstancesFn):
+                 mode: str, config: instances_lib.InstanceConfig, special: instances_lib.SpecialTokens,
+                 continuation_ids: frozenset, typecode: str, num_shards: int, schema: pa.Schema,
+                 show_progress: bool = False):
         """Args:
           document_counts: the summed `counts` of `TokenizeDocuments` (((COUNTS_TABLE, "documents"), n) among
             them), read as a side input for the number of buckets.
+          seed, epochs, docs_per_bucket: the bucket assignment's (and, seed and epochs, the instances') settings.
+          mode, config, special, continuation_ids, typecode, num_shards, schema, show_progress: as
+            `CreateInstancesFn` takes them.
         """
         super().__init__()
         self._document_counts = document_counts
         self._seed = seed
         self._epochs = epochs
         self._docs_per_bucket = docs_per_bucket
-        self._fn = fn
+        self._fn = CreateInstancesFn(seed=seed, mode=mode, config=config, special=special,
+                                     continuation_ids=continuation_ids, typecode=typecode, num_shards=num_shards,
+                                     schema=schema, show_progress=show_progress, epochs=epochs)
 
     def expand(self, documents):
         return (documents
@@ -690,25 +742,25 @@ SKIP_REASONS = ("redirect", "not_article", "duplicate_document", "empty_article"
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens on each side
 
 
-def _check_options(options) -> None:
+def _check_options(config: CorpusConfig) -> None:
     """One line for the first option value that cannot work.
 
     Raises:
       UserError: the option and what it accepts.
     """
-    if not options.input or not options.output:
+    if not config.input or not config.output:
         raise UserError("--input and --output are required (e.g. --input 'wiki/*.xml.bz2' --output out/general)")
-    if options.input_format not in INPUT_FORMATS:
-        raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)} (got {options.input_format})")
+    if config.input_format not in INPUT_FORMATS:
+        raise UserError(f"--input_format must be one of {', '.join(INPUT_FORMATS)} (got {config.input_format})")
     for name in ("epochs", "num_shards", "docs_per_bucket", "split_bytes", "max_predictions_per_seq"):
-        if getattr(options, name) < 1:
-            raise UserError(f"--{name} must be at least 1 (got {getattr(options, name)})")
-    if not MIN_SEQ_LEN <= options.max_seq_len <= 32767:
-        raise UserError(f"--max_seq_len must be within [{MIN_SEQ_LEN}, 32767] (got {options.max_seq_len}): an "
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(config, name)})")
+    if not MIN_SEQ_LEN <= config.max_seq_len <= 32767:
+        raise UserError(f"--max_seq_len must be within [{MIN_SEQ_LEN}, 32767] (got {config.max_seq_len}): an "
                         "instance holds [CLS], [SEP]s and tokens of its segments, and positions are int16")
     for name in ("short_seq_prob", "masked_lm_prob", "max_reject_fraction"):
-        if not 0.0 <= getattr(options, name) <= 1.0:
-            raise UserError(f"--{name} must be within [0, 1] (got {getattr(options, name)})")
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise UserError(f"--{name} must be within [0, 1] (got {getattr(config, name)})")
 
 
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -> Optional[Dict[str, Any]]:
@@ -726,82 +778,74 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         return None
     started = time.time()
     pipeline_options = cli.parse_pipeline_options(argv, [IOOptions, CorpusOptions])
-    options = resolve(pipeline_options, CorpusOptions, input_format="text", num_shards=8)
+    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
+    config = CorpusConfig.from_options(pipeline_options)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     # No transform here declares type hints, so Beam's construction-time check has nothing to check; it would only
     # infer element types by decompiling every lambda, a fifth of the run's start-up. (Runtime checks are separate.)
     pipeline_options.view_as(TypeOptions).pipeline_type_check = False
-    _check_options(options)
-    # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
-    shown_output = options.output
-    for name in ("output", "tokenizer"):
-        setattr(options, name, sources.absolute(getattr(options, name), may_be_hub_name=name in ('tokenizer',)))
     try:
-        config = instances_lib.InstanceConfig(
-            max_seq_len=options.max_seq_len, short_seq_prob=options.short_seq_prob,
-            masked_lm_prob=options.masked_lm_prob, max_predictions_per_seq=options.max_predictions_per_seq,
-            whole_word_mask=options.whole_word_mask)
+        instance_config = instances_lib.InstanceConfig(
+            max_seq_len=config.max_seq_len, short_seq_prob=config.short_seq_prob,
+            masked_lm_prob=config.masked_lm_prob, max_predictions_per_seq=config.max_predictions_per_seq,
+            whole_word_mask=config.whole_word_mask)
     except ValueError as error:
         raise UserError(str(error)) from None
-    files = sources.input_files(options.input)
+    files = sources.input_files(config.input)
     if all(f["bytes"] == 0 for f in files):
-        raise UserError(f"--input {options.input} is empty ({len(files)} file(s) of 0 bytes)")
+        raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
     try:
-        tokenizer = tokenizer_lib.load(options.tokenizer)
+        tokenizer = tokenizer_lib.load(config.tokenizer)
     except tokenizer_lib.TokenizerError as error:
         raise UserError(f"{error}; pass --tokenizer a hub name (reachable or in the local cache) or a "
                         "directory holding a fast tokenizer") from None
     special = _special_tokens(tokenizer)
     typecode = token_typecode(special.vocab_size)
     continuation_ids = frozenset()
-    if options.whole_word_mask:
+    if config.whole_word_mask:
         continuation_ids = frozenset(i for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()
                                      if t.startswith("##"))
     try:
-        run_id = outputs.claim_output_dir(options.output, overwrite=options.overwrite)
+        run_id = outputs.claim_output_dir(config.output, overwrite=config.overwrite)
     except outputs.OutputExistsError as error:
         raise UserError(str(error)) from None
     progress.reset()
-    logging.info("corpus: %s %s (%d file(s), %s) -> %s", options.input_format, options.input, len(files),
-                 outputs.human_bytes(sum(f["bytes"] for f in files)), options.output)
+    logging.info("corpus: %s %s (%d file(s), %s) -> %s", config.input_format, config.input, len(files),
+                 outputs.human_bytes(sum(f["bytes"] for f in files)), config.output)
 
     header = {
         "kind": KIND,
-        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, options.tokenizer),
-        "input_format": options.input_format,
-        "wiki_markup": options.wiki_markup if options.input_format == "wikipedia-xml" else None,
+        "tokenizer": fingerprint.tokenizer_fingerprint(tokenizer, config.tokenizer),
+        "input_format": config.input_format,
+        "wiki_markup": config.wiki_markup if config.input_format == "wikipedia-xml" else None,
         "inputs": files,
-        "max_seq_len": options.max_seq_len,
-        "short_seq_prob": options.short_seq_prob,
-        "masked_lm_prob": options.masked_lm_prob,
-        "max_predictions_per_seq": options.max_predictions_per_seq,
-        "whole_word_mask": options.whole_word_mask,
-        "instance_mode": options.instance_mode,
-        "seed": options.seed,
-        "epochs": options.epochs,
-        "docs_per_bucket": options.docs_per_bucket,
-        "dedup": options.dedup,
+        "max_seq_len": config.max_seq_len,
+        "short_seq_prob": config.short_seq_prob,
+        "masked_lm_prob": config.masked_lm_prob,
+        "max_predictions_per_seq": config.max_predictions_per_seq,
+        "whole_word_mask": config.whole_word_mask,
+        "instance_mode": config.instance_mode,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "docs_per_bucket": config.docs_per_bucket,
+        "dedup": config.dedup,
         "token_dtype": token_dtype_name(special.vocab_size),
     }
     schema = instance_schema(special.vocab_size)
-    epoch_sets = [outputs.ShardSet(f"epoch-{epoch}", options.num_shards, schema, stats=_instance_stats)
-                  for epoch in range(options.epochs)]
-    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, options.num_shards, schemas.REJECT_SCHEMA)
-    make_fn = CreateInstancesFn(seed=options.seed, mode=options.instance_mode, config=config, special=special,
-                                continuation_ids=continuation_ids, typecode=typecode,
-                                num_shards=options.num_shards, schema=schema, show_progress=not options.quiet,
-                                epochs=options.epochs)
+    epoch_sets = [outputs.ShardSet(f"epoch-{epoch}", config.num_shards, schema, stats=_instance_stats)
+                  for epoch in range(config.epochs)]
+    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, config.num_shards, schemas.REJECT_SCHEMA)
 
     with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
-        read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=options.input_format,
-                                                           split_bytes=options.split_bytes,
-                                                           wiki_markup=options.wiki_markup,
-                                                           show_progress=not options.quiet)
+        read = pipeline | "ReadDocuments" >> ReadDocuments(files, input_format=config.input_format,
+                                                           split_bytes=config.split_bytes,
+                                                           wiki_markup=config.wiki_markup,
+                                                           show_progress=not config.quiet)
         split = read.documents | "SplitSentences" >> beam.ParDo(SplitSentencesFn()).with_outputs(
             SplitSentencesFn.REJECTS, main="documents")
         reject_parts = [read.rejects, split.rejects]
         documents = split.documents
-        if options.dedup:
+        if config.dedup:
             deduped = documents | "DropDuplicateDocuments" >> DropDuplicateDocuments()
             documents = deduped["documents"]
             reject_parts.append(deduped["rejects"])
@@ -810,25 +854,26 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
         # Summed once: the manifest's counts, and the document count that sets the number of buckets.
         document_counts = tokenized.counts | "SumDocumentCounts" >> outputs.CountByKey()
         made = tokenized.documents | "CreateInstances" >> CreateInstances(
-            document_counts, seed=options.seed, epochs=options.epochs, docs_per_bucket=options.docs_per_bucket,
-            fn=make_fn)
+            document_counts, seed=config.seed, epochs=config.epochs, docs_per_bucket=config.docs_per_bucket,
+            mode=config.instance_mode, config=instance_config, special=special, continuation_ids=continuation_ids,
+            typecode=typecode, num_shards=config.num_shards, schema=schema, show_progress=not config.quiet)
         # Every epoch's shards through one sink: the row batches are keyed (epoch, shard) already.
         instance_stats = made.instances | "WriteInstances" >> outputs.WriteBatchedShards(
-            options.output, epoch_sets, sort_by="instance_id")
+            config.output, epoch_sets, sort_by="instance_id")
         shard_stats = {shard_set.subdir: (shard_set, instance_stats) for shard_set in epoch_sets}
         rejects = reject_parts | "FlattenRejects" >> beam.Flatten()
         shard_stats[rejects_set.subdir] = (rejects_set, rejects | "WriteRejects" >> outputs.WriteShards(
-            options.output, rejects_set, key_fn=_reject_key))
+            config.output, rejects_set, key_fn=_reject_key))
         # Every manifest count in one CombinePerKey (a stage each): ((table, key), n) pairs.
         counts = ((document_counts, made.counts,
                    rejects | "RejectReasons" >> beam.Map(lambda row: ((REJECTS_TABLE, row["reason"]), 1)))
                   | "FlattenCounts" >> beam.Flatten()
                   | "SumCounts" >> outputs.CountByKey())
         quality = outputs.QualityRule(accepted=(COUNTS_TABLE, "documents"), rejects=REJECTS_TABLE,
-                                      max_reject_fraction=options.max_reject_fraction, ignore=SKIP_REASONS)
+                                      max_reject_fraction=config.max_reject_fraction, ignore=SKIP_REASONS)
         report_done = None
-        if not options.no_report:  # report/, written before the manifest and _SUCCESS (which wait for it)
-            histograms = report.corpus_histograms(max_seq_len=options.max_seq_len)
+        if not config.no_report:  # report/, written before the manifest and _SUCCESS (which wait for it)
+            histograms = report.corpus_histograms(max_seq_len=config.max_seq_len)
             report_stats = (
                 (made.instances | "InstanceReportStats" >> beam.Map(report.instance_batch_stats,
                                                                     length_hist=histograms[0]),
@@ -837,26 +882,26 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
                 | "FlattenReportStats" >> beam.Flatten()
                 | "SumReportStats" >> report.SumReportStats())
             report_done = pipeline | "WriteReport" >> report.WriteReport(
-                options.output, KIND, stats=report_stats, named_counts=counts, histograms=histograms, run_id=run_id,
-                settings={"instance_mode": options.instance_mode, "max_seq_len": options.max_seq_len,
-                          "epochs": options.epochs, "seed": options.seed})
+                config.output, KIND, stats=report_stats, named_counts=counts, histograms=histograms, run_id=run_id,
+                settings={"instance_mode": config.instance_mode, "max_seq_len": config.max_seq_len,
+                          "epochs": config.epochs, "seed": config.seed})
         _ = pipeline | "FinalizeOutput" >> outputs.FinalizeOutput(
-            output_dir=options.output, header=header, shard_stats=shard_stats,
+            output_dir=config.output, header=header, shard_stats=shard_stats,
             named_counts=((COUNTS_TABLE, REJECTS_TABLE), counts), quality=quality,
             dataset_card={"data_glob": "epoch-*/*.parquet"}, run_id=run_id, manifest_fields=report_done)
 
-    manifest = outputs.read_manifest(options.output, require_success=False)
+    manifest = outputs.read_manifest(config.output, require_success=False)
     hint = ""
-    if options.input_format == "text" and sources.sniff(files[0]["path"], 4).startswith(b"PAR1"):
+    if config.input_format == "text" and sources.sniff(files[0]["path"], 4).startswith(b"PAR1"):
         hint = "the input looks like Parquet: pass --input_format wikipedia-parquet"
-    elif options.input_format == "text" and sources.sniff(files[0]["path"], 200).lstrip().startswith(b"<mediawiki"):
+    elif config.input_format == "text" and sources.sniff(files[0]["path"], 200).lstrip().startswith(b"<mediawiki"):
         hint = "the input looks like a Wikipedia dump: pass --input_format wikipedia-xml"
-    outputs.raise_if_failed(manifest, options.output, hint=hint)
+    outputs.raise_if_failed(manifest, config.output, hint=hint)
     corpus_counts = manifest["counts"].get(COUNTS_TABLE, {})
     extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
              f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "
-             f"{options.epochs} epoch(s)"]
-    print(outputs.summary("corpus", manifest, shown_output, time.time() - started, rows_output="",
+             f"{config.epochs} epoch(s)"]
+    print(outputs.summary("corpus", manifest, config.shown_output, time.time() - started, rows_output="",
                           extra=extra), flush=True)
     return manifest
 

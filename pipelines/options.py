@@ -2,12 +2,12 @@
 
 Beam parses the options of every `PipelineOptions` subclass it knows in one argparse parser (`get_all_options`,
 which runners call), so two pipelines that each declared `--input` could not be imported into one process. The
-shared options live here with no pipeline-specific defaults; `resolve()` merges them with a pipeline's own options
-and fills that pipeline's defaults.
+shared options live here with no pipeline-specific defaults; `option_values()` merges them with a pipeline's own
+options and fills that pipeline's defaults, for the pipeline's frozen config (`AugmentConfig`, `CorpusConfig`) to be
+built from once, in its run().
 """
 
-import types
-from typing import Any
+from typing import Any, Dict
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -33,8 +33,8 @@ class IOOptions(PipelineOptions):
         parser.add_argument("--quiet", action="store_true", help="no progress lines (the summary is still printed)")
 
 
-def resolve(options: PipelineOptions, pipeline_options: type, **defaults: Any) -> types.SimpleNamespace:
-    """The shared and the pipeline's own options as one namespace, with `defaults` filling options left unset."""
+def option_values(options: PipelineOptions, pipeline_options: type, **defaults: Any) -> Dict[str, Any]:
+    """The shared and the pipeline's own option values by name, with `defaults` filling options left unset."""
     values = {}
     for view_class in (IOOptions, pipeline_options):
         view = options.view_as(view_class)
@@ -42,4 +42,4 @@ def resolve(options: PipelineOptions, pipeline_options: type, **defaults: Any) -
     for name, value in defaults.items():
         if values.get(name) is None:
             values[name] = value
-    return types.SimpleNamespace(**values)
+    return values
