@@ -537,12 +537,20 @@ class WriteTrainAugTsvFn(beam.DoFn):
 
 # -------------------------------------------------------------------------------------------------- Composites
 class ReadExamples(beam.PTransform):
-    """Input files -> ((file index, row index), Example), with rejects as a tagged output."""
+    """Input files -> ((file index, row index), Example), with rejects as a tagged output.
 
-    def __init__(self, files: List[str], read_fn: ReadExamplesFn):
+    Args:
+      files: the input paths, in order.
+      task: where the task's fields are.
+      input_format: tsv, csv, jsonl or parquet.
+      label_field, id_field: a generic task's label and id columns (None for GLUE tasks).
+    """
+
+    def __init__(self, files: List[str], *, task: TaskFormat, input_format: str, label_field: Optional[str],
+                 id_field: Optional[str]):
         super().__init__()
         self._files = files
-        self._read_fn = read_fn
+        self._read_fn = ReadExamplesFn(task, input_format=input_format, label_field=label_field, id_field=id_field)
 
     def expand(self, pbegin):
         # Several files: example ids are prefixed with the file's path relative to the folder they share (unique
@@ -560,9 +568,12 @@ class FindMaskedLMCandidates(beam.PTransform):
     order, so which queries share a forward pass depends only on the data, never on the runner's bundles.
     """
 
-    def __init__(self, score_fn: ScoreMaskedLMFn, partitions: int):
+    def __init__(self, model_name: str, *, partitions: int, top_k: int, precision: str, device: str,
+                 max_batch_tokens: Optional[int], torch_threads: int = 0, show_progress: bool = False):
         super().__init__()
-        self._score_fn = score_fn
+        self._score_fn = ScoreMaskedLMFn(model_name, top_k=top_k, precision=precision, device=device,
+                                         max_batch_tokens=max_batch_tokens, torch_threads=torch_threads,
+                                         show_progress=show_progress)
         self._partitions = partitions
 
     def expand(self, requests):
@@ -590,9 +601,9 @@ class FindMaskedLMCandidates(beam.PTransform):
 class FindGloveNeighbours(beam.PTransform):
     """Words -> (word, neighbours), each distinct word once, all in one batched computation."""
 
-    def __init__(self, neighbours_fn: GloveNeighboursFn):
+    def __init__(self, glove: str, *, vocab_limit: int, top_k: int):
         super().__init__()
-        self._neighbours_fn = neighbours_fn
+        self._neighbours_fn = GloveNeighboursFn(glove, vocab_limit=vocab_limit, top_k=top_k)
 
     def expand(self, words):
         return (words
@@ -876,21 +887,19 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, tokenizer, re
                      "words_without_glove); pass --glove PATH to give them GloVe neighbours")
 
     read = pipeline | "ReadExamples" >> ReadExamples(
-        [f["path"] for f in files],
-        ReadExamplesFn(task, input_format=fmt, label_field=label_field, id_field=id_field))
+        [f["path"] for f in files], task=task, input_format=fmt, label_field=label_field, id_field=id_field)
     # Reading is one task per file: spread the examples over the workers.
     examples = read.examples | "SpreadExamples" >> beam.Reshuffle()
     planned = examples | "PlanExamples" >> beam.ParDo(PlanExamplesFn(
         config.model, word_rule=config.word_rule, stop_words=stop_words, glove=glove_file is not None)).with_outputs(
         PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
-        ScoreMaskedLMFn(config.model, top_k=config.top_k, precision=config.precision, device=config.device,
-                        max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
-                        show_progress=show_progress),
-        config.mlm_partitions)
+        config.model, partitions=config.mlm_partitions, top_k=config.top_k, precision=config.precision,
+        device=config.device, max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
+        show_progress=show_progress)
     if glove_file is not None:
         glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(
-            GloveNeighboursFn(glove_file, vocab_limit=config.glove_vocab, top_k=config.top_k))
+            glove_file, vocab_limit=config.glove_vocab, top_k=config.top_k)
         glove_neighbours, glove_stats = glove.neighbours, (glove.stats,)
     else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
         glove_neighbours, glove_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), ()
