@@ -57,7 +57,7 @@ from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, option_values
+from pipelines.options import IOConfig, IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 DEFAULT_GLOVE = "glove.6B.300d.txt"  # the default of --word_rule reference; unicode defaults to no GloVe
@@ -662,20 +662,10 @@ class AugmentOptions(PipelineOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(IOConfig):
     """The augmentation's options, read once in run(): IOOptions and AugmentOptions with their defaults filled and
     local paths (output, model, glove, stop_words) made absolute, for workers in other folders or on other
     machines. Never mutated; `shown_output` keeps --output as given, for the summary."""
-    # IOOptions
-    input: str
-    input_format: str
-    output: str
-    seed: int
-    num_shards: int
-    overwrite: bool
-    max_reject_fraction: float
-    no_report: bool
-    quiet: bool
     # AugmentOptions
     task: str
     text_columns: Optional[str]

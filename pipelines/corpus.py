@@ -51,7 +51,7 @@ from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from corpus import wiki
 from contract.errors import InputError, UserError
-from pipelines.options import IOOptions, option_values
+from pipelines.options import IOConfig, IOOptions, option_values
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
@@ -90,20 +90,10 @@ class CorpusOptions(PipelineOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(IOConfig):
     """The corpus options, read once in run(): IOOptions and CorpusOptions with their defaults filled, checked, and
     the local output and tokenizer paths made absolute, for workers in other folders or on other machines. Never
     mutated; `shown_output` keeps --output as given, for the summary."""
-    # IOOptions
-    input: str
-    input_format: str
-    output: str
-    seed: int
-    num_shards: int
-    overwrite: bool
-    max_reject_fraction: float
-    no_report: bool
-    quiet: bool
     # CorpusOptions
     tokenizer: str
     max_seq_len: int

@@ -7,6 +7,7 @@ options and fills that pipeline's defaults, for the pipeline's frozen config (`A
 built from once, in its run().
 """
 
+import dataclasses
 from typing import Any, Dict
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -43,3 +44,17 @@ def option_values(options: PipelineOptions, pipeline_options: type, **defaults: 
         if values.get(name) is None:
             values[name] = value
     return values
+
+
+@dataclasses.dataclass(frozen=True)
+class IOConfig:
+    """The IOOptions' values, typed: the part of every pipeline's config that both pipelines share."""
+    input: str
+    input_format: str
+    output: str
+    seed: int
+    num_shards: int
+    overwrite: bool
+    max_reject_fraction: float
+    no_report: bool
+    quiet: bool
