@@ -39,7 +39,9 @@ _PASSIVE_KEYS = frozenset({
     "max_len", "init_inputs", "full_tokenizer_file", "auto_map", "processor_class", "split_special_tokens",
 })
 
-_TRANSFORMERS_LOCK = threading.Lock()  # AutoTokenizer.from_pretrained is not safe to call from several threads
+# transformers' loading is not thread-safe (AutoTokenizer, and models materialised from the meta device); runners may
+# call DoFn.setup from several threads of one process. Every transformers load of the project takes this one lock.
+TRANSFORMERS_LOCK = threading.RLock()
 
 
 class TokenizerError(ValueError):
@@ -103,7 +105,7 @@ def load_transformers_tokenizer(name_or_path: str):
     """
     from transformers import AutoTokenizer
     try:
-        with _TRANSFORMERS_LOCK:
+        with TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except Exception as error:  # OSError, ValueError, hub errors: all mean "cannot use this name"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")

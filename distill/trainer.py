@@ -82,17 +82,16 @@ def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
 
 
 def load_tokenizer(name_or_path: str):
-    """The fast tokenizer of a hub name or directory.
+    """The fast tokenizer of a hub name or directory (the pipelines' loader: `corpus.tokenizer`).
 
     Raises:
       UserError: none can be loaded.
     """
-    from transformers import AutoTokenizer
+    from corpus.tokenizer import TokenizerError, load_transformers_tokenizer
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-    except (OSError, ValueError, TypeError) as error:
-        raise UserError(f"cannot load a tokenizer from {name_or_path!r} ({describe(error)}); save one beside the "
-                        "model or pass --tokenizer") from error
+        return load_transformers_tokenizer(name_or_path)
+    except TokenizerError as error:
+        raise UserError(f"{error}; save one beside the model or pass --tokenizer") from None
 
 
 def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dtype]:

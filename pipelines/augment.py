@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import tempfile
-import threading
 import time
 import zipfile
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
@@ -94,21 +93,16 @@ def glove_exists(spec: str) -> bool:
     return FileSystems.exists(archive + ".zip" if member else spec)
 
 
-# transformers' loading is not thread-safe (weights are materialised from the meta device); runners may call
-# DoFn.setup from several threads of one process.
-_LOAD_LOCK = threading.Lock()
-
-
 def load_masked_lm(name_or_path: str):
+    """The masked LM, loaded under the project's one transformers lock (`corpus.tokenizer.TRANSFORMERS_LOCK`)."""
     from transformers import AutoModelForMaskedLM
-    with _LOAD_LOCK:
+    with tokenizer_lib.TRANSFORMERS_LOCK:
         return AutoModelForMaskedLM.from_pretrained(name_or_path).eval()
 
 
 def load_tokenizer(name_or_path: str):
-    """The transformers fast tokenizer (the scorer needs its methods), loaded under the same lock as the model."""
-    with _LOAD_LOCK:
-        return tokenizer_lib.load_transformers_tokenizer(name_or_path)
+    """The transformers fast tokenizer (the scorer needs its methods), under the same lock as the model."""
+    return tokenizer_lib.load_transformers_tokenizer(name_or_path)
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")

@@ -123,15 +123,33 @@ def write_glove(path: str, words: List[str], vectors: np.ndarray) -> str:
     return path
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        from contract.errors import UserError
+        raise UserError(f"{message} (see --help)")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: every failure is one `error:` line and exit status 1 (pipelines.cli.run_main)."""
+    root = logging.getLogger()
+    if not root.handlers:  # Beam's import would print a stray warning line (see pipelines/entry.py)
+        root.addHandler(logging.NullHandler())
+    from pipelines import cli
+    cli.run_main(_build, argv)
+
+
+def _build(argv) -> None:
+    parser = _OneLineParser(prog="python -m pipelines.demo_assets", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_assets", help="directory for bert/ and glove.txt")
     parser.add_argument("--text", default=str(SAMPLE_TRAIN), help="SST-2-layout TSV to train the vocab/vectors on")
     parser.add_argument("--vocab", default=None, help="use this WordPiece vocab.txt instead of training one")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not os.path.isfile(args.text):
+        from contract.errors import UserError
+        raise UserError(f"--text {args.text} does not exist; pass an SST-2-layout TSV (sentence<TAB>label, header)")
     with open(args.text, encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     texts = [row[0] for row in rows[1:] if row]
