@@ -27,6 +27,16 @@ scale N = N copies of it under different file names. Each run happens in a fresh
   * peak RSS at each scale and the ratio of the largest to 1x,
   * for reference, the wikipedia-xml format end to end on the dump itself (MB/s of XML and of extracted text).
 The pipeline runs on Beam's DirectRunner with its defaults unless --runner_flags says otherwise.
+
+--reference_dir PATH (the reference TinyBERT folder, holding `pregenerate_training_data.py` and its `transformer`
+package) adds, at --reference_sizes MB of text (default 25,100): the reference script against the whole
+`python -m pipelines.corpus` process on the same file, both as fresh subprocesses taken in turn (reference, ours,
+reference, ours ...), 1 epoch, max_seq_len 128, both with their default masked_lm_prob (0) and the reference with its
+defaults otherwise (in memory, one worker). The file is the 1x text repeated, each copy's documents made distinct (a
+copy number before their first sentence). Prints wall time, MB/s, peak RSS (each child's own, from wait4) of each
+run, best and range, and ours/reference on the best runs and paired run by run. `boto3`, which the reference's
+`transformer` package imports for S3 downloads only, is stubbed in the reference's process where not installed.
+--scales "" skips the scale runs.
 """
 
 import argparse
@@ -181,6 +191,106 @@ def _startup(repeats: int) -> None:
               f"{statistics.median(times['tiny corpus run']) - statistics.median(times['import pipelines.corpus']):+.2f} s")
 
 
+# Runs the reference script in a fresh interpreter: its `transformer` package imports boto3/botocore (S3 downloads,
+# unused here) at import time; empty stand-ins let it load where they are not installed.
+_REFERENCE_LAUNCHER = """
+import os, runpy, sys, types
+try:
+    import boto3, botocore.exceptions
+except ImportError:
+    for name in ("boto3", "botocore", "botocore.exceptions"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["botocore.exceptions"].ClientError = Exception
+script = sys.argv[1]
+sys.path.insert(0, os.path.dirname(script))
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+# Times one command from a small process of its own: a child's ru_maxrss starts from its parent's peak (Linux keeps
+# the peak of the address space that exec replaces), so the benchmark, holding the text and a tokenizer, would mask
+# the peak of anything smaller that it started directly.
+_MEASURER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {seconds} {usage.ru_maxrss}")
+"""
+
+
+def _timed_process(command, cwd, env, log: pathlib.Path):
+    """(wall seconds, peak RSS MiB) of one command in its own process; its output goes to `log`."""
+    figures = log.with_suffix(".figures")
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-c", _MEASURER, str(figures), *command], cwd=cwd, env=env, stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    code, seconds, peak_kib = figures.read_text().split()
+    if int(code):
+        sys.exit(f"{command[:4]} failed ({code}); last output:\n{log.read_text()[-3000:]}")
+    return float(seconds), int(peak_kib) / 1024
+
+
+def _sized_text(base: pathlib.Path, path: pathlib.Path, megabytes: float) -> float:
+    """The 1x text repeated up to `megabytes` MB (whole documents); every copy's documents get their copy number
+    before the first sentence so that no two documents are the same. Returns the size in MB."""
+    documents = [doc for doc in base.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+    written, copy = 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < megabytes * 1e6:
+            for doc in documents:
+                chunk = f"Copy {copy}. {doc}\n\n"
+                out.write(chunk)
+                written += len(chunk.encode("utf-8"))
+                if written >= megabytes * 1e6:
+                    break
+            copy += 1
+    return path.stat().st_size / 1e6
+
+
+def _versus_reference(reference_dir: pathlib.Path, sizes, repeats: int, base: pathlib.Path, tmp: pathlib.Path,
+                      tokenizer: str) -> None:
+    script = reference_dir / "pregenerate_training_data.py"
+    if not script.exists():
+        sys.exit(f"not the reference TinyBERT folder (no pregenerate_training_data.py): {reference_dir}")
+    vocab_dir = tmp / "vocab"  # vocab.txt, made by _make_tokenizer: what the reference's BertTokenizer reads
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    print(f"versus the reference {script} (1 epoch, max_seq_len 128, whole processes, {repeats} runs each, "
+          f"taken in turn)")
+    for megabytes in sizes:
+        text = tmp / f"text-{megabytes}mb.txt"
+        size = _sized_text(base, text, megabytes)
+        raw = _raw_tokenizer_mb_s(base, tokenizer, repeats=3, fast=False)[0]
+        commands = {
+            "reference": [sys.executable, "-c", _REFERENCE_LAUNCHER, str(script), f"--train_corpus={text}",
+                          f"--output_dir={tmp / 'ref-out'}", f"--bert_model={vocab_dir}", "--do_lower_case",
+                          "--epochs_to_generate=1", "--max_seq_len=128"],
+            "ours": [sys.executable, "-m", "pipelines.corpus", f"--input={text}", "--input_format=text",
+                     f"--tokenizer={tokenizer}", "--epochs=1", "--max_seq_len=128", f"--output={tmp / 'our-out'}",
+                     "--overwrite", "--quiet"],
+        }
+        runs = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, command in commands.items():
+                shutil.rmtree(tmp / "ref-out", ignore_errors=True)
+                runs[name].append(_timed_process(command, ROOT, env, tmp / f"{name}.log"))
+        shutil.rmtree(tmp / "ref-out", ignore_errors=True)
+        text.unlink()
+        print(f"{size:.1f} MB of text (raw encode_batch on the 1x text just before: {raw:.2f} MB/s):")
+        for name, results in runs.items():
+            seconds = sorted(run[0] for run in results)
+            print(f"  {name:9s} best {seconds[0]:6.1f} s = {size / seconds[0]:5.2f} MB/s  (range "
+                  f"{size / seconds[-1]:.2f}-{size / seconds[0]:.2f} MB/s; peak RSS "
+                  f"{max(run[1] for run in results):.0f} MiB)")
+        best = min(run[0] for run in runs["reference"]) / min(run[0] for run in runs["ours"])
+        paired = [ref[0] / our[0] for ref, our in zip(runs["reference"], runs["ours"])]
+        print(f"  ours/reference: {best:.2f}x on the best runs; run by run {min(paired):.2f}-{max(paired):.2f}x "
+              f"(goal >= 5x); ours/raw encode_batch {size / min(run[0] for run in runs['ours']) / raw:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="1,4,16")
@@ -188,6 +298,9 @@ def main() -> None:
     parser.add_argument("--runner_flags", default="")
     parser.add_argument("--startup", action="store_true",
                         help="time a tiny run's fixed cost against `import apache_beam` instead")
+    parser.add_argument("--reference_dir", type=pathlib.Path,
+                        help="the reference TinyBERT folder: also time its pregenerate_training_data.py against ours")
+    parser.add_argument("--reference_sizes", default="25,100", help="MB of text for the reference comparison")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input")
     parser.add_argument("--input_format")
@@ -215,8 +328,13 @@ def main() -> None:
         print(f"text: {text_mb:.2f} MB per 1x (real enwiki sample, one sentence per line)")
         print(f"raw tokenizers (before the runs, best of 3): encode_batch {raw_before:.2f} MB/s using {cores:.1f} "
               f"cores; encode_batch_fast {fast_before:.2f} MB/s")
+        if args.reference_dir:
+            _versus_reference(args.reference_dir, [float(s) for s in args.reference_sizes.split(",")],
+                              args.repeats, text_path, tmp, tokenizer)
+            if not args.scales:
+                return
         results = {}
-        for scale in [int(s) for s in args.scales.split(",")]:
+        for scale in [int(s) for s in args.scales.split(",") if s]:
             folder = tmp / f"in-{scale}"
             folder.mkdir()
             for copy in range(scale):
