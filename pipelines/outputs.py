@@ -546,7 +546,6 @@ class FinalizeOutputFn(beam.DoFn):
                  count_names: Sequence[str], named_count_names: Sequence[str] = (), *,
                  quality: Optional["QualityRule"] = None, dataset_card: Optional[Dict[str, Any]] = None,
                  run_id: Optional[str] = None):
-        self._run_id = run_id
         self._quality = quality
         self._dataset_card = dataset_card
         self._output_dir = output_dir
@@ -809,18 +808,6 @@ def dataset_card(*, data_glob: str, label_names: Optional[Sequence[str]] = None,
         lines += ["  - name: replaced_word_indices", "    sequence: int32"]
     lines += ["---", "", "Written by tinybert-data. `datasets.load_dataset(THIS_FOLDER)` gives the rows as the `train` "
               "split; `manifest.json` describes them (inputs, tokenizer, options, counts).", ""]
-    return "\n".join(lines)
-
-
-def summarize(manifest: Mapping[str, Any]) -> str:
-    """One readable paragraph: rows written per output, rejects by reason."""
-    lines = []
-    for name, out in sorted(manifest["outputs"].items()):
-        lines.append(f"{name}: {out['totals'].get('rows', 0)} rows in {out['num_shards']} files under "
-                     f"{out['subdir']}/")
-    for name, counts in sorted(manifest.get("counts", {}).items()):
-        if counts:
-            lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return "\n".join(lines)
 
 
