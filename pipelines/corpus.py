@@ -523,7 +523,7 @@ class ReadDocuments(beam.PTransform):
     """Input files to documents (key, paragraphs, already_split).
 
     Args:
-      files: [{"path", "bytes"}] from `outputs.input_files`.
+      files: [{"path", "bytes"}] from `sources.input_files`.
       input_format: one of INPUT_FORMATS.
       split_bytes: work range size for splittable dumps.
       wiki_markup: one of WIKI_MARKUPS, how wikipedia-xml pages become paragraphs.

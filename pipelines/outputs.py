@@ -809,15 +809,3 @@ def dataset_card(*, data_glob: str, label_names: Optional[Sequence[str]] = None,
     lines += ["---", "", "Written by tinybert-data. `datasets.load_dataset(THIS_FOLDER)` gives the rows as the `train` "
               "split; `manifest.json` describes them (inputs, tokenizer, options, counts).", ""]
     return "\n".join(lines)
-
-
-def input_files(pattern: str) -> List[Dict[str, Any]]:
-    """The files matching a Beam filesystem glob, with their sizes, sorted by path.
-
-    Raises:
-      FileNotFoundError: nothing matches.
-    """
-    metadata = FileSystems.match([pattern])[0].metadata_list
-    if not metadata:
-        raise FileNotFoundError(f"no input file matches {pattern}; check --input")
-    return [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(metadata, key=lambda m: m.path)]

@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from contract.schemas import instance_schema
 from corpus import wiki
-from pipelines import corpus, outputs
+from pipelines import corpus, sources
 
 HEADER = b"""<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" \
 xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="0.10" xml:lang="en">
@@ -203,7 +203,7 @@ def test_iter_pages_splits_multistream_ranges_exactly(tmp_path):
 def test_read_documents_routes_bad_pages_to_rejects(tmp_path):
     path = tmp_path / "dump.xml"
     _write_xml(path, _pages())
-    files = outputs.input_files(str(path))
+    files = sources.input_files(str(path))
     with TestPipeline() as p:
         read = p | corpus.ReadDocuments(files, input_format="wikipedia-xml", split_bytes=700)
         keys = read.documents | beam.Map(lambda doc: doc[0])
@@ -217,7 +217,7 @@ def test_read_documents_routes_bad_pages_to_rejects(tmp_path):
 def test_text_reader_rejects_non_utf8_line(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"One.\nTwo.\n\nBad \xff line.\nThree.\n")
-    files = outputs.input_files(str(path))
+    files = sources.input_files(str(path))
     with TestPipeline() as p:
         read = p | corpus.ReadDocuments(files, input_format="text", split_bytes=1 << 20)
         assert_that(read.documents, equal_to([("corpus.txt#0", ["One.", "Two."], True),
