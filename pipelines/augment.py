@@ -56,7 +56,7 @@ from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from contract.errors import InputError, UserError
-from pipelines.options import IOConfig, IOOptions, option_values
+from pipelines.options import IOConfig, option_values
 from pipelines.runners import resolve_runner
 
 DEFAULT_GLOVE = "glove.6B.300d.txt"  # the default of --word_rule reference; unicode defaults to no GloVe
@@ -997,12 +997,11 @@ def run(argv=None, save_main_session=False):
     Raises:
       UserError: a bad option, input or output (one line); a run whose records were (nearly) all rejected.
     """
-    argv = list(argv or [])
-    if cli.wants_help(argv):
-        cli.print_help("python -m pipelines.augment", __doc__, [IOOptions, AugmentOptions])
-        return None
     started = time.time()
-    options = cli.parse_pipeline_options(argv, [IOOptions, AugmentOptions])
+    options = cli.options_or_help(list(argv or []), prog="python -m pipelines.augment", doc=__doc__,
+                                  pipeline_options=AugmentOptions)
+    if options is None:
+        return None
     options.view_as(SetupOptions).save_main_session = save_main_session
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
     config = AugmentConfig.from_options(options)

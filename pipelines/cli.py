@@ -76,11 +76,22 @@ def parse_pipeline_options(argv: Sequence[str], own: Sequence[type]) -> Pipeline
     return PipelineOptions(argv)
 
 
-def wants_help(argv: Sequence[str]) -> bool:
-    return any(arg in ("-h", "--help") for arg in argv)
+def options_or_help(argv: Sequence[str], *, prog: str, doc: str, pipeline_options: type) -> Optional[PipelineOptions]:
+    """A pipeline's strictly parsed options (its own class and the shared IOOptions), or None after printing its
+    help for -h/--help.
+
+    Raises:
+      UserError: as `parse_pipeline_options`.
+    """
+    from pipelines.options import IOOptions
+    own = [IOOptions, pipeline_options]
+    if any(arg in ("-h", "--help") for arg in argv):
+        _print_help(prog, doc, own)
+        return None
+    return parse_pipeline_options(argv, own)
 
 
-def print_help(prog: str, doc: str, own: Sequence[type]) -> None:
+def _print_help(prog: str, doc: str, own: Sequence[type]) -> None:
     """The pipeline's own options (Beam's are documented by Beam)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      add_help=False)

@@ -51,7 +51,7 @@ from pipelines import cli, outputs, progress, report, sources
 from corpus import tokenizer as tokenizer_lib
 from corpus import wiki
 from contract.errors import InputError, UserError
-from pipelines.options import IOConfig, IOOptions, option_values
+from pipelines.options import IOConfig, option_values
 from pipelines.runners import resolve_runner
 
 INPUT_FORMATS = ("wikipedia-xml", "wikipedia-parquet", "text")
@@ -762,12 +762,11 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
       UserError: one line for unusable options, a missing or damaged input, an unloadable tokenizer, an output
         that is not ours to write, or a run whose records were (nearly) all rejected.
     """
-    argv = list(argv or [])
-    if cli.wants_help(argv):
-        cli.print_help("python -m pipelines.corpus", __doc__, [IOOptions, CorpusOptions])
-        return None
     started = time.time()
-    pipeline_options = cli.parse_pipeline_options(argv, [IOOptions, CorpusOptions])
+    pipeline_options = cli.options_or_help(list(argv or []), prog="python -m pipelines.corpus", doc=__doc__,
+                                           pipeline_options=CorpusOptions)
+    if pipeline_options is None:
+        return None
     # Workers on other machines or in other folders (a Dask worker's cwd) read local paths as absolute ones.
     config = CorpusConfig.from_options(pipeline_options)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session

@@ -4,12 +4,10 @@ Subprocess tests run from a folder outside the source tree, with the installed p
 `pip install .`): the interpreter running the tests is the one whose environment holds it.
 """
 
-import gzip
 import json
 import os
 import pathlib
 import re
-import shlex
 import subprocess
 import sys
 
@@ -19,6 +17,7 @@ import pytest
 
 from pipelines import augment as augment_pipeline
 from pipelines import cli, corpus as corpus_pipeline, outputs
+from pipelines.options import IOOptions
 from contract.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -117,19 +116,19 @@ def test_the_wheel_holds_every_package_and_the_sample(tmp_path):
 ])
 def test_misspelled_or_bad_flags_are_refused_by_name(argv, expected):
     with pytest.raises(UserError) as raised:
-        cli.parse_pipeline_options(argv, [augment_pipeline.IOOptions, augment_pipeline.AugmentOptions])
+        cli.parse_pipeline_options(argv, [IOOptions, augment_pipeline.AugmentOptions])
     assert str(raised.value).startswith(expected)
 
 
 def test_beam_options_still_pass():
     options = cli.parse_pipeline_options(["--runner=DirectRunner", "--direct_num_workers=2", "--num_aug=3",
                                           "--direct_running_mode=multi_threading"],
-                                         [augment_pipeline.IOOptions, augment_pipeline.AugmentOptions])
+                                         [IOOptions, augment_pipeline.AugmentOptions])
     assert options.get_all_options()["direct_num_workers"] == 2
 
 
 def test_corpus_refuses_the_augment_flags_and_bad_values(tmp_path):
-    own = [corpus_pipeline.IOOptions, corpus_pipeline.CorpusOptions]
+    own = [IOOptions, corpus_pipeline.CorpusOptions]
     with pytest.raises(UserError, match="unknown option --max_seq_length; did you mean --max_seq_len"):
         cli.parse_pipeline_options(["--max_seq_length", "64"], own)
     with pytest.raises(UserError, match="unknown option --num_aug"):
