@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import mwparserfromhell
 from mwparserfromhell import nodes as wiki_nodes
 
+from contract.errors import DECOMPRESSION_ERRORS, DamagedStream, damaged_stream
 from corpus import wikimarkup
 
 _CHUNK = 1 << 20
@@ -47,14 +48,6 @@ class Article:
     namespace: str
     redirect: bool
     wikitext: str
-
-
-class DamagedStream(ValueError):
-    """A compressed dump that ends inside a stream (a truncated download); `offset` is the compressed byte."""
-
-    def __init__(self, message: str, offset: int):
-        super().__init__(message)
-        self.offset = offset
 
 
 class MalformedPage(ValueError):
@@ -207,13 +200,8 @@ def _decompressed(stream, raw: BinaryIO) -> Iterator[bytes]:
     while True:
         try:
             data = stream.read(_CHUNK)
-        except (EOFError, OSError) as error:  # EOFError: truncated; OSError: not gzip/bz2 data, a bad CRC
-            try:
-                offset = raw.tell()
-            except (OSError, ValueError):
-                offset = -1
-            cause = "ends before its end-of-stream marker (truncated)" if isinstance(error, EOFError) else str(error)
-            raise DamagedStream(f"the compressed stream {cause} near byte {offset}", offset) from None
+        except DECOMPRESSION_ERRORS as error:
+            raise damaged_stream(error, raw) from None
         if not data:
             return
         yield data

@@ -15,13 +15,12 @@ import csv
 import gzip
 import io
 import os
-import zlib
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from contract.errors import InputError, UserError
+from contract.errors import DECOMPRESSION_ERRORS, InputError, UserError, damaged_stream
 
 CHUNK = 1 << 20
 BOM = codecs.BOM_UTF8
@@ -43,14 +42,10 @@ class _CheckedStream(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         try:
             return self._inner.read(size)
-        except (EOFError, OSError, zlib.error) as error:
-            try:
-                offset = self._raw.tell()
-            except (OSError, ValueError):
-                offset = -1
-            cause = "ends before its end-of-stream marker (truncated)" if isinstance(error, EOFError) else str(error)
-            raise InputError(f"{self._path}: damaged {self._kind} stream near compressed byte {offset}: {cause}; "
-                             "download or copy the file again") from None
+        except DECOMPRESSION_ERRORS as error:
+            damage = damaged_stream(error, self._raw)
+            raise InputError(f"{self._path}: damaged {self._kind} stream near compressed byte {damage.offset}: "
+                             f"{damage.cause}; download or copy the file again") from None
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
