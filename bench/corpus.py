@@ -71,12 +71,8 @@ def _make_tokenizer(directory: pathlib.Path) -> str:
 def _make_text(path: pathlib.Path) -> None:
     from corpus import documents, wiki
     splitter = documents.make_sentence_splitter()
-    size = DUMP.stat().st_size
-    with open(DUMP, "rb") as raw, open(path, "w", encoding="utf-8") as out:
-        for page in wiki.iter_pages(raw, str(DUMP), 0, size, size):
-            article = wiki.parse_page(page.xml)
-            if article.namespace != "0" or article.redirect:
-                continue
+    with open(path, "w", encoding="utf-8") as out:
+        for article in wiki.local_articles(str(DUMP)):
             sentences = documents.split_sentences(splitter, wiki.wikitext_to_paragraphs(article.wikitext))
             if sentences:
                 out.write("\n".join(sentences) + "\n\n")

@@ -40,13 +40,7 @@ DEFAULT_SHARED = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA") or ROOT.par
 def _articles(dump: pathlib.Path):
     """(xml bytes of the whole dump, [(page id, title, wikitext)] of its articles)."""
     from corpus import wiki
-    size = dump.stat().st_size
-    articles = []
-    with open(dump, "rb") as raw:
-        for page in wiki.iter_pages(raw, str(dump), 0, size, size):
-            article = wiki.parse_page(page.xml)
-            if article.namespace == "0" and not article.redirect:
-                articles.append((article.page_id, article.title, article.wikitext))
+    articles = [(article.page_id, article.title, article.wikitext) for article in wiki.local_articles(str(dump))]
     return len(bz2.decompress(dump.read_bytes())), articles
 
 

@@ -349,17 +349,13 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     from corpus import documents, tokenizer
     splitter = documents.make_sentence_splitter()
     dump = shared_data / "enwiki-sample-pages-articles.xml.bz2"
-    size = dump.stat().st_size
     docs = []
-    with open(dump, "rb") as raw:
-        for page in wiki.iter_pages(raw, str(dump), 0, size, size):
-            article = wiki.parse_page(page.xml)
-            if article.namespace == "0" and not article.redirect:
-                sentences = documents.split_sentences(splitter, wiki.wikitext_to_paragraphs(article.wikitext))
-                if sentences:
-                    docs.append((f"doc{len(docs)}", sentences))
-                if len(docs) == 10:
-                    break
+    for article in wiki.local_articles(str(dump)):
+        sentences = documents.split_sentences(splitter, wiki.wikitext_to_paragraphs(article.wikitext))
+        if sentences:
+            docs.append((f"doc{len(docs)}", sentences))
+        if len(docs) == 10:
+            break
     docs.append(("odd", ["\u200b\x00", "Plain words.", "\u3000"]))  # sentences without tokens are left out
     docs.append(("empty", ["\u200b"]))  # a document without tokens is rejected
     backend_json = tokenizer.load(tokenizer_dir).to_json()
