@@ -1025,8 +1025,8 @@ def run(argv=None, save_main_session=False):
     with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
         build_pipeline(pipeline, config, tokenizer, resolved, run_id=run_id)
     manifest = outputs.read_manifest(config.output, require_success=False)
-    hint = diagnose(resolved, manifest["counts"].get("rejects", {}), config)
-    outputs.raise_if_failed(manifest, config.output, hint=hint)
+    outputs.raise_if_failed(manifest, config.output,
+                            hint=lambda: diagnose(resolved, manifest["counts"].get("rejects", {}), config))
     print(outputs.summary("augment", manifest, config.shown_output, time.time() - started, rows_output="data"),
           flush=True)
     return manifest

@@ -648,6 +648,18 @@ def _checked_pages(pages, path: str):
         raise InputError(f"{path}: damaged dump: {error}; download the file again") from None
 
 
+def _diagnose(input_format: str, path: str) -> str:
+    """The likely cause of a run whose records were (nearly) all rejected, as a short clause, or ""."""
+    if input_format != "text":
+        return ""
+    head = sources.sniff(path, 200)
+    if head.startswith(b"PAR1"):
+        return "the input looks like Parquet: pass --input_format wikipedia-parquet"
+    if head.lstrip().startswith(b"<mediawiki"):
+        return "the input looks like a Wikipedia dump: pass --input_format wikipedia-xml"
+    return ""
+
+
 def _check_text_column(path: str, schema: pa.Schema) -> None:
     """A `wikimedia/wikipedia`-layout file has a string `text` column; anything else is the wrong file.
 
@@ -880,12 +892,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
             dataset_card={"data_glob": "epoch-*/*.parquet"}, run_id=run_id, manifest_fields=report_done)
 
     manifest = outputs.read_manifest(config.output, require_success=False)
-    hint = ""
-    if config.input_format == "text" and sources.sniff(files[0]["path"], 4).startswith(b"PAR1"):
-        hint = "the input looks like Parquet: pass --input_format wikipedia-parquet"
-    elif config.input_format == "text" and sources.sniff(files[0]["path"], 200).lstrip().startswith(b"<mediawiki"):
-        hint = "the input looks like a Wikipedia dump: pass --input_format wikipedia-xml"
-    outputs.raise_if_failed(manifest, config.output, hint=hint)
+    outputs.raise_if_failed(manifest, config.output, hint=lambda: _diagnose(config.input_format, files[0]["path"]))
     corpus_counts = manifest["counts"].get(COUNTS_TABLE, {})
     extra = [f"documents {corpus_counts.get('documents', 0):,}, sentences {corpus_counts.get('sentences', 0):,}, "
              f"tokens {corpus_counts.get('tokens', 0):,} -> {corpus_counts.get('instances', 0):,} instances over "

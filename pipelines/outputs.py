@@ -732,14 +732,19 @@ class QualityRule:
                 "max_reject_fraction": self.max_reject_fraction, "top_reasons": dict(top)}
 
 
-def raise_if_failed(manifest: Mapping[str, Any], output_dir: str, *, hint: str = "") -> None:
+def raise_if_failed(manifest: Mapping[str, Any], output_dir: str, *,
+                    hint: Optional[Callable[[], str]] = None) -> None:
     """The one line a failed run ends with: what was rejected, why, the likely cause, where the rejects are.
+
+    Args:
+      hint: gives the likely cause as a clause, or ""; called only for a failed run (it may read the input).
 
     Raises:
       UserError: the manifest says the run failed its QualityRule.
     """
     if manifest.get("status") != "failed":
         return
+    hint = hint() if hint is not None else ""
     failure = manifest["failure"]
     reasons = ", ".join(f"{k} {v}" for k, v in failure["top_reasons"].items())
     if failure["accepted"] == 0 and failure["rejected"] == 0:
