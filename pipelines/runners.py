@@ -2,17 +2,35 @@
 
 `--runner=DaskRunner` (or `dask`, or Beam's class path) means `pipelines.dask_runner.AllLeavesDaskRunner`, Beam's
 DaskRunner with its data-losing defects fixed; it is imported only then, so other runs do not pay for importing
-dask. Every other runner name goes to Beam as given.
+dask. `--runner=DirectRunner` (or `direct`, the default) means Beam's DirectRunner without its Prism attempt (below).
+Every other runner name goes to Beam as given.
+
+Beam's DirectRunner (2.68 and later) first tries to run a pipeline on Prism, a Go runner whose binary it downloads from
+GitHub at run time, and falls back to its in-process FnApiRunner when that fails. For a user that meant: a download
+during a run where the network allows it (and a wait where a firewall drops it), a run on an engine this project does
+not test (Prism names metrics differently and raises other errors, per Beam's own notes on that change), and, where
+the download fails, a `beam-temp*` folder left in the temp directory by every run. Beam's advice for pipelines that
+depend on the local runner's behaviour is to pin the FnApiRunner; `DirectRunner.is_interactive()` does that while
+keeping the DirectRunner's own choice between the FnApiRunner and its bundle-based fallback, and its
+`--direct_num_workers` / `--direct_running_mode` options (it only turns off the Prism attempt).
 """
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
+DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner",
+                       "switchingdirectrunner", "apache_beam.runners.direct.direct_runner.switchingdirectrunner")
 
 
 def resolve_runner(options: PipelineOptions):
-    """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner."""
+    """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner, the DirectRunner
+    without its Prism attempt for any spelling of DirectRunner (or none)."""
     name = options.view_as(StandardOptions).runner
+    if name is None or (isinstance(name, str) and name.lower() in DIRECT_RUNNER_NAMES):
+        from apache_beam.runners.direct.direct_runner import DirectRunner
+        runner = DirectRunner()
+        runner.is_interactive()  # its one effect: the DirectRunner does not try Prism (see the module docstring)
+        return runner
     if isinstance(name, str) and name.lower() in DASK_RUNNER_NAMES:
         from pipelines.dask_runner import AllLeavesDaskRunner
         return AllLeavesDaskRunner()

@@ -254,11 +254,15 @@ def test_corpus_parquet_without_text_is_one_line(tmp_path, tiny_bert):
 # ------------------------------------------------------------------------------------------ progress, summary
 @pytest.mark.slow
 def test_progress_and_summary_from_the_shell(tmp_path, tiny_bert, tiny_glove):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.augment", "--runner=DirectRunner", f"--model={tiny_bert}",
          f"--glove={tiny_glove}", "--output=out", "--num_aug=2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env(TINYBERT_PROGRESS_INTERVAL="0"))
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=_env(TINYBERT_PROGRESS_INTERVAL="0", TMPDIR=str(temp)))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(temp.glob("beam-temp*"))  # no Prism attempt's folder left behind (pipelines.runners)
     assert re.search(r"progress  masked-LM queries  [\d,]+ / [\d,]+ \(\d+%\)", result.stderr), result.stderr[-2000:]
     assert re.search(r"progress  examples augmented  [\d,]+ / 32", result.stderr)
     assert re.search(r"augment finished in [\d.]+ s -> out\n  inputs   1 file", result.stdout), result.stdout

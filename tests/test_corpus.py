@@ -251,7 +251,17 @@ def test_end_to_end_wikipedia_xml(tmp_path, tokenizer_dir):
     assert sorted(r["reason"] for r in rejects) == ["empty_article", "malformed_page", "not_article", "redirect"]
 
 
-def test_end_to_end_text_single_mode_and_rerun_guard(tmp_path, tokenizer_dir):
+def test_end_to_end_text_single_mode_and_rerun_guard(tmp_path, tokenizer_dir, monkeypatch):
+    # The DirectRunner as the pipelines run it never tries Prism (a binary downloaded from GitHub at run time, and a
+    # beam-temp folder left in the temp directory when that fails): pipelines.runners.
+    from apache_beam.runners.portability import prism_runner
+    prism_attempts = []
+
+    def no_prism(self, pipeline, options):
+        prism_attempts.append(pipeline)
+        raise RuntimeError("Prism was tried")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", no_prism)
     path = tmp_path / "corpus.txt"
     _write_text_corpus(path)
     output, manifest = _run(tmp_path, "out", path, "text", tokenizer_dir, "--instance_mode=single",
@@ -261,6 +271,7 @@ def test_end_to_end_text_single_mode_and_rerun_guard(tmp_path, tokenizer_dir):
     assert manifest["counts"]["corpus"]["sentences"] == 14
     for epoch in range(2):
         _check_rows(_read_all(output, manifest, epoch), max_seq_len=16, mode="single")
+    assert prism_attempts == []
     with pytest.raises(UserError, match="--overwrite"):
         _run(tmp_path, "out", path, "text", tokenizer_dir)
     with pytest.raises(UserError, match="no input file"):
