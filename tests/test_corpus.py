@@ -354,10 +354,12 @@ def _tokenize_documents(fn, documents):
             for item in results]
 
 
-def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, tokenizer_dir, shared_data):
-    """Joining a document's sentences by the separator token gives each sentence's own ids (real Wikipedia text:
-    the sample dump's first 10 articles), and a sentence holding a newline falls back to one call per sentence."""
-    from corpus import documents, tokenizer
+def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, tokenizer_dir, shared_data,
+                                                                    monkeypatch):
+    """The three ways TokenizeDocumentsFn tokenizes give the same rows (real Wikipedia text: the sample dump's first
+    10 articles): the cached WordPiece of a BERT tokenizer; for other tokenizers, a document's sentences joined by
+    the separator token; and one call per sentence, where a sentence holds a newline or the join disagrees."""
+    from corpus import documents, tokenizer, wordpiece
     splitter = documents.make_sentence_splitter()
     dump = shared_data / "enwiki-sample-pages-articles.xml.bz2"
     docs = []
@@ -370,9 +372,13 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     docs.append(("odd", ["\u200b\x00", "Plain words.", "\u3000"]))  # sentences without tokens are left out
     docs.append(("empty", ["\u200b"]))  # a document without tokens is rejected
     backend_json = tokenizer.load(tokenizer_dir).to_json()
+    cached = corpus.TokenizeDocumentsFn(backend_json, "H")
+    cached.setup()
+    assert cached._fast is not None and cached._joining is None
+    monkeypatch.setattr(wordpiece.CachedWordPiece, "from_backend", classmethod(lambda cls, backend: None))
     joined = corpus.TokenizeDocumentsFn(backend_json, "H")
     joined.setup()
-    assert joined._joining is not None
+    assert joined._fast is None and joined._joining is not None
     # The vocab travels one token per line inside the DoFn: the tokenizer rebuilt from it is the same.
     assert joined._tokenizer_parts[1] is not None
     assert joined._tokenizer.to_str() == tokenizer.load(tokenizer_dir).backend.to_str()
@@ -382,10 +388,12 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     expected = _tokenize_documents(alone, docs)
     assert sum(len(sentences) for _, sentences in docs) > 2000
     assert _tokenize_documents(joined, docs) == expected
+    assert _tokenize_documents(cached, docs) == expected
     assert ("rejects", schemas.reject("empty", 0, "no_tokens", ["\u200b"])) in expected
     # A newline inside a sentence (no reader of this pipeline makes one) must not split it.
     newline = [("nl", ["First line\nstill the first sentence.", "Second."])]
     assert _tokenize_documents(joined, newline) == _tokenize_documents(alone, newline)
+    assert _tokenize_documents(cached, newline) == _tokenize_documents(alone, newline)
 
 
 def test_end_to_end_whole_word_masking_rows(tmp_path, tokenizer_dir):
