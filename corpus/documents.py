@@ -36,7 +36,7 @@ _CJK_SENTENCE_END = re.compile("[\u3002\uff01\uff1f\uff61\uff0e]+[\u300d\u300f\u
 
 def split_cjk(text: str) -> List[str]:
     """`text` cut after each CJK sentence end (see the module docstring); `[text]` when it holds none."""
-    if _CJK_SENTENCE_END.search(text) is None:
+    if text.isascii() or _CJK_SENTENCE_END.search(text) is None:  # every sentence end it knows is non-ASCII
         return [text]
     pieces = []
     start = 0
