@@ -30,7 +30,7 @@ class IOOptions(PipelineOptions):
                             help="fail the run (no _SUCCESS, exit 1) when more than this fraction of the input "
                             "records is rejected (default 0.1); a run with no usable record always fails")
         parser.add_argument("--no_report", action="store_true",
-                            help="write no report/ (PNG figures and report.md drawn from the run's counts)")
+                            help="write no report/ (SVG figures and report.md drawn from the run's counts)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines (the summary is still printed)")
 
 

@@ -1,4 +1,4 @@
-"""`report/`: PNG figures and a short report.md that a person can look at, for every output of both pipelines.
+"""`report/`: SVG figures and a short report.md that a person can look at, for every output of both pipelines.
 
 augment: rows per example, replacement rate by source (masked LM / GloVe / none), candidate list lengths, the most
 replaced words, rejects by reason. corpus: instance lengths, random-next share per epoch, tokens per document,
@@ -13,16 +13,15 @@ Memory stays flat at any scale, by design: nothing here ever holds rows.
     spread over the workers by the runner; distinct words are bounded by the candidate vocabularies), then
     `TopWordsFn`, a bounded top-k combiner: every accumulator holds at most k pairs, merged and truncated.
   * `WriteReportFn` runs once, after those combines, on their outputs and the manifest's count tables (side inputs
-    of a few hundred values), draws the figures with matplotlib's Agg canvas (imported inside it; no pyplot, no global
-    backend), writes them through `FileSystems` (any runner, any filesystem) and yields the manifest field that
-    `FinalizeOutput` waits for, so the report is complete before `_SUCCESS`.
-Only integers are summed and ties are broken by the word, so the report is the same on every runner; PNGs carry no
-"Software" or date metadata, so equal figures are equal bytes.
+    of a few hundred values), draws the figures as hand-written SVG (`charts`: milliseconds a figure, no plotting
+    library to import), writes them through `FileSystems` (any runner, any filesystem) and yields the manifest
+    field that `FinalizeOutput` waits for, so the report is complete before `_SUCCESS`.
+Only integers are summed and ties are broken by the word, so the report is the same on every runner; the SVGs carry
+no date or generated id, so equal figures are equal bytes.
 """
 
 import dataclasses
 import heapq
-import io
 import itertools
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -34,7 +33,7 @@ import pyarrow.compute as pc
 
 from contract import layout
 from contract.layout import AUGMENTED_KIND
-from pipelines import outputs
+from pipelines import charts, outputs
 
 REPORT_SUBDIR = "report"
 REPORT_NAME = "report.md"
@@ -257,82 +256,29 @@ def document_stats(element: Tuple[str, Tuple[bytes, bytes]], *, itemsize: int, t
 
 
 # ------------------------------------------------------------------------------------------------- drawing
-def _figure(height: float = 3.4):
-    """A figure on matplotlib's Agg canvas, without pyplot (no global backend, safe in a worker thread)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(7.0, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    # No "Software" entry (matplotlib's version) and no date: equal figures are equal bytes.
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
-
-
-_BAR = "#4C72B0"
-
-
 def draw_histogram(histogram: Histogram, bins: Mapping[int, int], *, note: str = "") -> bytes:
-    """A bar per bin from the first to the last non-empty one."""
-    figure = _figure()
-    axes = figure.subplots()
+    """SVG: a bar per bin from the first to the last non-empty one."""
     used = sorted(int(b) for b, n in bins.items() if n)
+    positions: List[int] = []
     if used:
         # One empty bin each side (where there is one), so a single bar does not fill the plot.
         positions = list(range(max(0, used[0] - 1), min(histogram.num_bins - 1, used[-1] + 1) + 1))
-        heights = [bins.get(p, 0) for p in positions]
-        axes.bar(positions, heights, width=0.85, color=_BAR)
-        step = max(1, math.ceil(len(positions) / 14))
-        ticks = positions[::step]
-        axes.set_xticks(ticks, [histogram.label(p) for p in ticks],
-                        rotation=30 if histogram.kind == "log2" or histogram.width > 1 else 0)
-    else:
-        axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-    axes.set_title(histogram.title, loc="left")
-    if note:
-        axes.set_title(note, loc="right", fontsize=9)
-    axes.set_xlabel(histogram.xlabel)
-    axes.set_ylabel("count")
-    axes.spines[["top", "right"]].set_visible(False)
-    return _png(figure)
+    step = max(1, math.ceil(len(positions) / 14))  # at most 14 tick labels
+    return charts.bar_chart([bins.get(p, 0) for p in positions],
+                            [histogram.label(p) if i % step == 0 else "" for i, p in enumerate(positions)],
+                            title=histogram.title, title_left=True, note=note, height=340,
+                            category_label=histogram.xlabel, value_label="count", bar_width=0.85,
+                            rotate_labels=histogram.kind == "log2" or histogram.width > 1)
 
 
 def draw_bars(title: str, labels: Sequence[str], values: Sequence[float], *, xlabel: str,
               annotations: Optional[Sequence[str]] = None, horizontal: bool = True, limit: Optional[float] = None,
               reference: Optional[float] = None) -> bytes:
-    """Horizontal bars, the first label on top (or vertical bars, left to right)."""
-    height = max(2.4, 0.32 * len(labels) + 1.2) if horizontal else 3.4
-    figure = _figure(height)
-    axes = figure.subplots()
-    positions = list(range(len(labels)))
-    if horizontal:
-        axes.barh(positions, values, color=_BAR)
-        axes.set_yticks(positions, labels)
-        axes.invert_yaxis()
-        axes.set_xlabel(xlabel)
-        if limit is not None:
-            axes.set_xlim(0, limit)
-    else:
-        axes.bar(positions, values, color=_BAR, width=0.6)
-        axes.set_xticks(positions, labels)
-        axes.set_ylabel(xlabel)
-        if limit is not None:
-            axes.set_ylim(0, limit)
-        if reference is not None:
-            axes.axhline(reference, color="#C44E52", linestyle="--", linewidth=1)
-    for position, value, text in zip(positions, values, annotations or [None] * len(labels)):
-        if text:
-            if horizontal:
-                axes.text(value, position, " " + text, va="center", fontsize=8)
-            else:
-                axes.text(position, value, text, ha="center", va="bottom", fontsize=8)
-    axes.set_title(title)
-    axes.spines[["top", "right"]].set_visible(False)
-    return _png(figure)
+    """SVG: horizontal bars, the first label on top (or vertical bars, left to right, with a dashed `reference`)."""
+    height = max(2.4, 0.32 * len(labels) + 1.2) if horizontal else 3.4  # inches, 100 px each
+    return charts.bar_chart(values, labels, title=title, height=round(100 * height), value_label=xlabel,
+                            horizontal=horizontal, bar_width=0.8 if horizontal else 0.6, limit=limit,
+                            reference=reference, annotations=annotations)
 
 
 # ---------------------------------------------------------------------------------------------------- report.md
@@ -356,17 +302,17 @@ def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> L
     if not rejects:
         return lines + ["No input record was rejected.", ""]
     ordered = sorted(rejects.items(), key=lambda kv: (-kv[1], kv[0]))
-    figures["rejects_by_reason.png"] = draw_bars("Rejects by reason", [k for k, _ in ordered],
+    figures["rejects_by_reason.svg"] = draw_bars("Rejects by reason", [k for k, _ in ordered],
                                                  [v for _, v in ordered], xlabel="records",
                                                  annotations=[f"{v:,}" for _, v in ordered])
-    return lines + ["![Rejects by reason](rejects_by_reason.png)", ""] + _table(
+    return lines + ["![Rejects by reason](rejects_by_reason.svg)", ""] + _table(
         [(reason, f"{count:,}") for reason, count in ordered], ("reason", "records")) + [
         "", f"Every rejected record is in `{layout.REJECTS_SUBDIR}/` with its reason.", ""]
 
 
 def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Mapping[str, Mapping[str, int]], *,
                    settings: Mapping[str, Any], histograms: Sequence[Histogram]) -> Tuple[str, Dict[str, bytes]]:
-    """(report.md, {file name: PNG bytes}) of an augmentation output."""
+    """(report.md, {file name: SVG bytes}) of an augmentation output."""
     rows_hist, length_hist = histograms
     run_counts = counts.get("stats", {})
     rejects = counts.get("rejects", {})
@@ -374,14 +320,14 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
     examples, rows = int(run_counts.get("examples", 0)), int(run_counts.get("rows", 0))
     figures: Dict[str, bytes] = {}
     rows_bins = stats["hist"].get(rows_hist.name, {})
-    figures["rows_per_example.png"] = draw_histogram(
+    figures["rows_per_example.svg"] = draw_histogram(
         rows_hist, rows_bins, note=f"{examples:,} examples, mean {_mean(rows_bins, rows):.2f} rows")
     source_rows = []
     for source in SOURCES:
         words, slots = extra.get(f"words_{source}", 0), extra.get(f"slots_{source}", 0)
         replaced = extra.get(f"replaced_{source}", 0)
         source_rows.append((SOURCE_NAMES[source], words, slots, replaced))
-    figures["replacement_rate_by_source.png"] = draw_bars(
+    figures["replacement_rate_by_source.svg"] = draw_bars(
         "Replacement rate by candidate source", [r[0] for r in source_rows],
         [100 * r[3] / r[2] if r[2] else 0.0 for r in source_rows], xlabel="% of word slots replaced",
         annotations=[f"{_percent(r[3], r[2])} ({r[3]:,} / {r[2]:,})" for r in source_rows], horizontal=False,
@@ -389,7 +335,7 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
         reference=100 * float(settings.get("replace_prob", 0)))
     length_bins = stats["hist"].get(length_hist.name, {})
     candidate_words = sum(length_bins.values())
-    figures["candidate_list_lengths.png"] = draw_histogram(
+    figures["candidate_list_lengths.svg"] = draw_histogram(
         length_hist, length_bins, note=f"{candidate_words:,} candidate words, top_k {settings.get('top_k')}")
     head = ", ".join(f"{k} {settings[k]}" for k in ("task", "num_aug", "replace_prob", "top_k", "seed")
                      if k in settings)
@@ -398,10 +344,10 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
              f"| examples | {examples:,} |", f"| rows | {rows:,} |",
              f"| rows per example (mean) | {rows / examples if examples else 0:.2f} |",
              f"| rejected records | {sum(rejects.values()):,} |", "",
-             "## Rows per example", "", "![Rows per example](rows_per_example.png)", "",
+             "## Rows per example", "", "![Rows per example](rows_per_example.svg)", "",
              "The original row plus the distinct augmentations of each text field; fewer than "
              f"1 + {settings.get('num_aug')} x fields when draws repeat a sentence or a field has no candidate word.",
-             "", "## Replacement rate by source", "", "![Replacement rate by source](replacement_rate_by_source.png)",
+             "", "## Replacement rate by source", "", "![Replacement rate by source](replacement_rate_by_source.svg)",
              ""]
     lines += _table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", _percent(replaced, slots))
                      for name, words, slots, replaced in source_rows],
@@ -409,13 +355,13 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
     lines += ["", "A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
               f"found nothing (it keeps itself). Words that are never candidates (stop words, punctuation): "
               f"{extra.get('other_words', 0):,}. The dashed line is --replace_prob.", "",
-              "## Candidate list lengths", "", "![Candidate list lengths](candidate_list_lengths.png)", "",
+              "## Candidate list lengths", "", "![Candidate list lengths](candidate_list_lengths.svg)", "",
               f"## Most replaced words (top {len(top_words)})", ""]
     if top_words:
-        figures["most_replaced_words.png"] = draw_bars(
+        figures["most_replaced_words.svg"] = draw_bars(
             f"Most replaced words (top {len(top_words)})", [w for w, _ in top_words], [n for _, n in top_words],
             xlabel="times replaced", annotations=[f"{n:,}" for _, n in top_words])
-        lines += ["![Most replaced words](most_replaced_words.png)", ""]
+        lines += ["![Most replaced words](most_replaced_words.svg)", ""]
         lines += _table([(f"`{w}`", f"{n:,}") for w, n in top_words], ("word", "times replaced"))
         lines.append("")
     else:
@@ -427,7 +373,7 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
 def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, settings: Mapping[str, Any],
                   histograms: Sequence[Histogram], corpus_table: str = "corpus", rejects_table: str = "rejects"
                   ) -> Tuple[str, Dict[str, bytes]]:
-    """(report.md, {file name: PNG bytes}) of a general-distillation output."""
+    """(report.md, {file name: SVG bytes}) of a general-distillation output."""
     length_hist, tokens_hist = histograms
     run_counts = counts.get(corpus_table, {})
     rejects = counts.get(rejects_table, {})
@@ -438,17 +384,17 @@ def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, sett
     random_next = sum(extra.get(f"random_next_epoch_{e}", 0) for e in range(epochs))
     figures: Dict[str, bytes] = {}
     length_bins = stats["hist"].get(length_hist.name, {})
-    figures["instance_length.png"] = draw_histogram(
+    figures["instance_length.svg"] = draw_histogram(
         length_hist, length_bins, note=f"{instances:,} instances, mean {_mean(length_bins, instance_tokens):.1f} "
                                        f"tokens, max_seq_len {settings.get('max_seq_len')}")
     per_epoch = [(extra.get(f"random_next_epoch_{e}", 0), extra.get(f"instances_epoch_{e}", 0)) for e in range(epochs)]
-    figures["random_next_share.png"] = draw_bars(
+    figures["random_next_share.svg"] = draw_bars(
         "Random-next share per epoch", [f"epoch {e}" for e in range(epochs)],
         [100 * r / n if n else 0.0 for r, n in per_epoch], xlabel="% of instances with a random-next B",
         annotations=[f"{_percent(r, n)} ({r:,} / {n:,})" for r, n in per_epoch], horizontal=False, limit=100,
         reference=50 if settings.get("instance_mode") == "pairs" else None)
     token_bins = stats["hist"].get(tokens_hist.name, {})
-    figures["tokens_per_document.png"] = draw_histogram(
+    figures["tokens_per_document.svg"] = draw_histogram(
         tokens_hist, token_bins, note=f"{documents:,} documents, mean {_mean(token_bins, tokens):.1f} tokens")
     lines = ["# General-distillation corpus report", "",
              f"instance_mode {settings.get('instance_mode')}, max_seq_len {settings.get('max_seq_len')}, epochs "
@@ -458,11 +404,11 @@ def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, sett
              f"| tokens | {tokens:,} |", f"| instances | {instances:,} |",
              f"| random-next instances | {random_next:,} ({_percent(random_next, instances)}) |",
              f"| rejected records | {sum(rejects.values()):,} |", "",
-             "## Instance length", "", "![Instance length](instance_length.png)", "",
-             "## Random-next share", "", "![Random-next share](random_next_share.png)", "",
+             "## Instance length", "", "![Instance length](instance_length.svg)", "",
+             "## Random-next share", "", "![Random-next share](random_next_share.svg)", "",
              "Pairs mode draws a random-next B for about half the instances (the dashed line); always when a chunk "
              "holds one sentence.", "",
-             "## Tokens per document", "", "![Tokens per document](tokens_per_document.png)", "",
+             "## Tokens per document", "", "![Tokens per document](tokens_per_document.svg)", "",
              "Bins double in width (log scale).", ""]
     lines += _rejects_section(rejects, figures)
     return "\n".join(lines), figures
