@@ -44,13 +44,15 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def wordpiece_tokenizer(*, vocab: Optional[Dict[str, int]] = None, texts: Iterable[str] = (), vocab_size: int = 600,
-                        lowercase: bool = True):
+                        lowercase: bool = True, whole_word_share: float = 1.0):
     """A BERT fast tokenizer: from `vocab`, or a vocabulary made from `texts`.
 
     The vocabulary made from texts is deterministic (the `tokenizers` WordPiece trainer breaks ties between equally
     frequent merges differently from one process to the next, so its vocabulary, and every output made with it,
     would change between runs): the special tokens, every character alone and as a `##` continuation (so any word
-    of the texts can be written), then whole words by frequency (ties by the word), up to `vocab_size`.
+    of the texts can be written), then whole words by frequency (ties by the word), up to `vocab_size` and at most
+    `whole_word_share` of the texts' words of two or more characters. The rest are written in pieces: as in a real
+    vocabulary, where rare words are, and those are the words the augmentation replaces by GloVe neighbours.
     """
     from transformers import BertTokenizer
     if vocab is None:
@@ -63,7 +65,7 @@ def wordpiece_tokenizer(*, vocab: Optional[Dict[str, int]] = None, texts: Iterab
         chars = sorted({char for word in counts for char in word})
         tokens = SPECIAL_TOKENS + chars + ["##" + char for char in chars]
         words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
-        tokens += words[:max(0, vocab_size - len(tokens))]
+        tokens += words[:max(0, min(vocab_size - len(tokens), int(len(words) * whole_word_share)))]
         vocab = {token: index for index, token in enumerate(tokens)}
     return BertTokenizer(vocab=dict(vocab), do_lower_case=lowercase)
 
@@ -153,7 +155,10 @@ def _build(argv) -> None:
     with open(args.text, encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     texts = [row[0] for row in rows[1:] if row]
-    tokenizer = wordpiece_tokenizer(vocab=read_vocab(args.vocab) if args.vocab else None, texts=texts)
+    # Half the sample's words whole: the other half are rare words in pieces, so the demo's augmentation uses both
+    # of its sources (masked-LM candidates for whole words, GloVe neighbours for words in pieces).
+    tokenizer = wordpiece_tokenizer(vocab=read_vocab(args.vocab) if args.vocab else None, texts=texts,
+                                    whole_word_share=0.5)
     os.makedirs(args.output, exist_ok=True)
     model_dir = build_masked_lm(os.path.join(args.output, "bert"), tokenizer, layers=args.layers, hidden=args.hidden)
     from augment.words import WordSplitter

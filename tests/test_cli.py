@@ -67,6 +67,11 @@ def test_readme_quick_start_as_typed(tmp_path):
     out = tmp_path / "out" / "augment"
     assert (out / "_SUCCESS").exists() and (out / "train_aug.tsv").exists()
     assert "augment finished in" in result.stdout and "rows" in result.stdout
+    # The demo exercises both candidate sources: words in pieces get GloVe neighbours, whole words masked-LM ones.
+    report = (out / "report" / "report.md").read_text(encoding="utf-8")
+    for source in ("masked LM", "GloVe"):
+        row = re.search(r"^\| %s \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \|" % source, report, re.M)
+        assert row and all(int(value.replace(",", "")) > 0 for value in row.groups()), report
 
 
 @pytest.mark.slow
