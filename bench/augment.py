@@ -8,8 +8,10 @@ Usage:
 
 Both sides use the same randomly initialised (seeded) BERT-base-shaped masked LM with the real bert-base-uncased
 vocabulary, the same GloVe file and the same sentences, in this process. Prints sentences/s of each, the ratio, how
-many candidate lists are identical, the top-k overlap of --precision bf16 and int8 against fp32, and peak RSS of a pipeline
-run at 1x and 4x the examples (each in a fresh subprocess). With --device cuda the reference procedure runs its
+many candidate lists are identical, the split of the fp32 run's wall time (model loading, GloVe loading, GloVe
+neighbours, masked-LM scoring and the encoder's forwards within it, everything else: `_Split`), the top-k overlap
+of --precision bf16 and int8 against fp32, and peak RSS of a pipeline run at 1x and 4x the examples (each in a
+fresh subprocess). With --device cuda the reference procedure runs its
 forwards on the same GPU, and the pipeline runs get --device (the GPU default of 65536 tokens per forward applies).
 """
 
@@ -100,13 +102,70 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
     return time.perf_counter() - start, candidates, produced
 
 
-def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str):
+class _Split:
+    """Wall seconds spent inside chosen functions while a run goes on in this process (the DirectRunner runs its
+    one worker here): each function is wrapped at its owner for the duration, nested calls counted once."""
+
+    def __init__(self):
+        import transformers.models.bert.modeling_bert as bert
+        from augment.glove import GloveIndex
+        from augment.mlm import MaskedLMScorer
+        from pipelines import augment as augment_pipeline
+        self._targets = {  # name: (owner, attribute)
+            "model loading": (augment_pipeline, "load_masked_lm"),
+            "GloVe loading": (GloveIndex, "from_lines"),
+            "GloVe neighbours": (GloveIndex, "neighbours"),
+            "masked-LM scoring": (MaskedLMScorer, "candidates"),
+            "  of which the encoder": (bert.BertModel, "forward"),
+        }
+        self.seconds = {name: 0.0 for name in self._targets}
+
+    def _wrap(self, name, function, is_classmethod):
+        depth = [0]
+
+        def timed(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    self.seconds[name] += time.perf_counter() - start
+        return classmethod(lambda cls, *a, **k: timed(*a, **k)) if is_classmethod else timed
+
+    def __enter__(self):
+        self._saved = []
+        for name, (owner, attribute) in self._targets.items():
+            raw = owner.__dict__[attribute]
+            self._saved.append((owner, attribute, raw))
+            is_classmethod = isinstance(raw, classmethod)
+            function = getattr(owner, attribute) if is_classmethod else raw
+            setattr(owner, attribute, self._wrap(name, function, is_classmethod))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attribute, raw in self._saved:
+            setattr(owner, attribute, raw)
+
+    def describe(self, total: float) -> str:
+        parts = [f"{name.strip()} {seconds:.1f} s" if not name.startswith(" ") else f"(encoder {seconds:.1f} s)"
+                 for name, seconds in self.seconds.items()]
+        own = sum(seconds for name, seconds in self.seconds.items() if not name.startswith(" "))
+        return (f"  split of the wall time: {', '.join(parts)}; everything else (Beam, reading, planning, "
+                f"augmenting, writing, report) {total - own:.1f} s of {total:.1f} s")
+
+
+def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str,
+              split: "_Split" = None):
+    import contextlib
     import pyarrow.parquet as pq
     from pipelines import augment as augment_pipeline
     start, cpu_start = time.perf_counter(), time.process_time()
-    manifest = augment_pipeline.run([
-        "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
-        f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
+    with split if split is not None else contextlib.nullcontext():
+        manifest = augment_pipeline.run([
+            "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
+            f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
     elapsed = time.perf_counter() - start
     _CPU_SECONDS.append(time.process_time() - cpu_start)
     candidates = {}
@@ -171,7 +230,10 @@ def main(argv=None):
         print(f"reference procedure (unbatched, {args.device}): {base_s:7.1f} s  {len(rows) / base_s:7.2f} sentences/s  "
               f"({produced} sentences out)")
 
-        ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32", *device_flags)
+        split = _Split()
+        ours_s, ours, manifest = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / "fp32", *device_flags,
+                                           split=split)
+        figures["fp32_split_s"] = {name.strip(): seconds for name, seconds in split.seconds.items()}
         same = sum(1 for k, c in base_cands.items() if k in ours and ours[k][1] == c)
         figures["fp32"] = {"seconds": ours_s, "ratio": base_s / ours_s, "identical_lists": same,
                            "lists": len(base_cands), "cpu_s": _CPU_SECONDS[-1], "cpu_ratio": base_cpu / _CPU_SECONDS[-1]}
@@ -181,6 +243,7 @@ def main(argv=None):
               f"{base_cpu / _CPU_SECONDS[-1]:.2f}x")
         print(f"  candidate lists identical to the reference procedure: {same}/{len(base_cands)} "
               f"({100.0 * same / max(1, len(base_cands)):.1f}%)")
+        print(split.describe(ours_s))
 
         for precision in [] if args.skip_two_workers else args.two_workers_precisions.split(","):
             # Two processes of one thread each: on a shared machine a stolen core stalls only its own process,
