@@ -33,6 +33,7 @@ from corpus import wikimarkup
 _CHUNK = 1 << 20
 _PAGE_OPEN = b"<page>"
 _PAGE_CLOSE = b"</page>"
+_DUMP_CLOSE = b"</mediawiki>"
 _BZ2_STREAM_MAGIC = re.compile(rb"BZh[1-9]\x31\x41\x59\x26\x53\x59")
 
 
@@ -82,8 +83,9 @@ def plan_ranges(path: str, size: int, *, split_bytes: int, open_fn) -> List[Tupl
     return [(path, start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)]
 
 
-def _bz2_range(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    """Decompressed bytes of the bz2 streams that start in [start, end)."""
+def _bz2_range(handle: BinaryIO, start: int, end: int, at_end: List[bool]) -> Iterator[bytes]:
+    """Decompressed bytes of the bz2 streams that start in [start, end); appends True to `at_end` once the streams
+    it decompressed run to the end of the file (the range that holds the dump's last stream)."""
     handle.seek(start)
     buffer = b""
     position = start  # file offset of buffer[0]
@@ -130,6 +132,8 @@ def _bz2_range(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
         position += consumed
         if not buffer:
             buffer = handle.read(_CHUNK)
+            if not buffer:
+                at_end.append(True)
 
 
 def _is_stream_start(data: bytes) -> bool:
@@ -155,9 +159,16 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
 
     A `<page>` without its `</page>` before the next `<page>` (or the end of the data) comes out as it is, so
     that parsing it fails and it becomes a reject.
+
+    Raises:
+      DamagedStream: the range that holds the end of the file finds no `</mediawiki>` after its last page. A dump
+        cut exactly between two pages (plain XML) or two bz2 streams (multistream) decompresses without an error
+        and would silently lose every page after the cut; the closing tag is the only sign left that it was cut.
     """
-    if path.endswith(".bz2") and (start > 0 or end < size):
-        chunks, owns_all = _bz2_range(raw, start, end), True
+    at_end: List[bool] = []  # filled by a bz2 range that decompresses through the file's last stream
+    ranged_bz2 = path.endswith(".bz2") and (start > 0 or end < size)
+    if ranged_bz2:
+        chunks, owns_all = _bz2_range(raw, start, end, at_end), True
     elif path.endswith(".bz2"):
         chunks, owns_all = _decompressed(bz2.BZ2File(raw), raw), True
     elif path.endswith(".gz"):
@@ -166,17 +177,22 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
         chunks, owns_all = _plain_bytes(raw, start, end), False
     buffer = b""
     base = start if not owns_all else 0  # stream offset of buffer[0]
+    closed = False  # whether `</mediawiki>` came after the last page so far
+    owned_page = False
     for chunk in chunks:
         buffer += chunk
         while True:
             open_at = buffer.find(_PAGE_OPEN)
             if open_at < 0:
-                keep = len(_PAGE_OPEN) - 1
+                closed = closed or _DUMP_CLOSE in buffer
+                keep = len(_DUMP_CLOSE) - 1  # a tag may straddle two chunks
                 base += max(0, len(buffer) - keep)
                 buffer = buffer[-keep:] if len(buffer) > keep else buffer
                 break
+            closed = False
             if not owns_all and base + open_at >= end:
                 return
+            owned_page = True
             close_at = buffer.find(_PAGE_CLOSE, open_at)
             next_open = buffer.find(_PAGE_OPEN, open_at + 1)
             if close_at < 0 and next_open < 0:
@@ -195,6 +211,13 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
     open_at = buffer.find(_PAGE_OPEN)
     if open_at >= 0 and (owns_all or base + open_at < end):
         yield Page(base + open_at, buffer[open_at:])  # truncated at the end of the data
+    # Here every chunk is consumed. Which range checks the end: a whole file; a bz2 range that decompressed the
+    # file's last stream; a plain range that owns a page and read on to the end of the file (it owns the last page:
+    # a range with a page after it returned above; a later range may start inside the closing tag).
+    elif (bool(at_end) if ranged_bz2 else owns_all or owned_page) and not (closed or _DUMP_CLOSE in buffer):
+        raise DamagedStream(f"the XML ends at byte {base + len(buffer)} without the dump's closing </mediawiki> "
+                            f"tag: the file was cut short (between two pages or two bz2 streams, so nothing failed "
+                            f"to decompress, but every page after the cut is missing)", -1)
 
 
 def _decompressed(stream, raw: BinaryIO) -> Iterator[bytes]:

@@ -15,6 +15,7 @@ import pytest
 from contract import layout
 from contract.errors import UserError
 from pipelines import augment as augment_pipeline
+from corpus import wiki
 from pipelines import cli, corpus as corpus_pipeline, sources
 from tests.test_corpus import FOOTER, HEADER, _pages, _write_multistream
 
@@ -81,6 +82,53 @@ def test_truncated_multistream_dump_stops_with_the_offset(tmp_path, tiny_bert, s
     argv = ["--input_format=wikipedia-xml"] + ([split] if split else [])
     line = _fails_with(tmp_path, lambda: _corpus(tmp_path, tiny_bert, path, *argv), str(path), "damaged dump")
     assert "byte" in line
+
+
+def _cut_dumps(tmp_path):
+    """Dumps cut exactly between two pages or two bz2 streams: every byte left decompresses and parses."""
+    pages = _pages()
+    xml = HEADER + b"".join(pages)  # no </mediawiki>: cut after the last page
+    cuts = {}
+    cuts["plain.xml"] = xml
+    cuts["mid.xml"] = HEADER + b"".join(pages[:3])  # cut after the third page
+    cuts["gzip.xml.gz"] = gzip.compress(HEADER + b"".join(pages[:4]))
+    cuts["single.xml.bz2"] = bz2.compress(xml)
+    whole = tmp_path / "whole-multistream.xml.bz2"
+    _write_multistream(whole, pages)
+    data = whole.read_bytes()
+    footer = data.rindex(b"BZh9")
+    cuts["no-footer-multistream.xml.bz2"] = data[:footer]  # the last stream (</mediawiki>) is gone
+    cuts["two-streams-short-multistream.xml.bz2"] = data[:data.rindex(b"BZh9", 0, footer)]
+    return cuts
+
+
+@pytest.mark.parametrize("split", [None, "--split_bytes=150"])
+def test_dump_cut_between_pages_or_streams_stops(tmp_path, tiny_bert, split):
+    """Nothing fails to decompress in such a dump; only the missing closing tag shows that pages are gone."""
+    for name, data in _cut_dumps(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        argv = ["--input_format=wikipedia-xml", "--max_reject_fraction=0.9"] + ([split] if split else [])
+        line = _fails_with(tmp_path, lambda: _corpus(tmp_path, tiny_bert, path, *argv, name=f"out-{name}"),
+                           str(path), "damaged dump", "</mediawiki>", "cut short", name=f"out-{name}")
+        assert "download the file again" in line
+
+
+def test_complete_dumps_split_anywhere_keep_every_page(tmp_path):
+    """The closing-tag check never fires on a complete dump, wherever the work ranges fall (inside the tag too)."""
+    pages = _pages()
+    plain = tmp_path / "dump.xml"
+    plain.write_bytes(HEADER + b"".join(pages) + FOOTER)
+    multistream = tmp_path / "dump-multistream.xml.bz2"
+    _write_multistream(multistream, pages)
+    for path in (plain, multistream):
+        size = path.stat().st_size
+        for split_bytes in list(range(20, 400, 7)) + [size - 5, size - 1]:
+            ranges = wiki.plan_ranges(str(path), size, split_bytes=split_bytes, open_fn=lambda p: open(p, "rb"))
+            with open(path, "rb") as handle:
+                found = [page.xml.strip() for _, start, end in ranges
+                         for page in wiki.iter_pages(handle, str(path), start, end, size)]
+            assert found == [page.strip() for page in pages], (path.name, split_bytes)
 
 
 def test_a_corrupt_gzip_is_one_line(tmp_path, tiny_bert, tiny_glove):
