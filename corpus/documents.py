@@ -4,7 +4,8 @@ Sentence splitting uses NLTK's Punkt algorithm without downloading a model: `Pun
 parameters, namely the untrained defaults plus a fixed list of English abbreviations (`ENGLISH_ABBREVIATIONS`). A
 model trained on the run's own corpus would need a global pass over the corpus before any splitting and would make
 the output depend on which documents are in the run; fixed parameters split a sentence the same way whatever else
-is in the corpus, on every worker, with nothing to install.
+is in the corpus, on every worker, with nothing to install. `corpus.fast_punkt.FastPunkt` is that tokenizer with its
+common decisions made by a short rule instead of NLTK's token objects (the same sentences, tested; twice as fast).
 
 Punkt only ends a sentence at `.`, `!` or `?` followed by whitespace, so Chinese and Japanese text (no spaces, its own
 sentence-final marks) would come out as one sentence per paragraph. `split_cjk` splits after `。！？｡．` (ideographic
@@ -54,10 +55,11 @@ def split_cjk(text: str) -> List[str]:
 def make_sentence_splitter() -> "PunktSentenceTokenizer":
     """Punkt with fixed parameters (see the module docstring); deterministic and download-free."""
     # Imported here: `import nltk` pulls in scipy (seconds), and text input, already split, never needs Punkt.
-    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from nltk.tokenize.punkt import PunktParameters
+    from corpus.fast_punkt import FastPunkt  # Punkt's own sentences, its common decisions made faster
     params = PunktParameters()
     params.abbrev_types = set(ENGLISH_ABBREVIATIONS)
-    return PunktSentenceTokenizer(params)
+    return FastPunkt(params)
 
 
 def normalize_text(text: str) -> str:

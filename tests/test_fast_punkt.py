@@ -1,0 +1,65 @@
+"""corpus.fast_punkt.FastPunkt splits exactly as NLTK's PunktSentenceTokenizer with the same parameters."""
+
+import random
+
+import pytest
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+from corpus import documents, wiki
+from corpus.fast_punkt import FastPunkt
+
+PIECES = [
+    "The", "the", "It's", "it", "acting", "Acting", "well-known", "co-op", "Mr.", "Dr.", "mr.", "U.S.", "U.S", "u.s.",
+    "e.g.", "i.e.", "etc.", "No.", "no.", "Fig.", "J.", "A.", "a.", "x.", "1990.", "3.", "3", "1,000.", "-5.", "9%.",
+    "(see", "below).", "(", ")", "\"", "\"Quoted.\"", "'", "'single.'", "...", "..", "?", "!", "!!!", "?!", ",", ";",
+    ":", "--", "\u2014", "\u201cCurly.\u201d", "\u00abGuillemet.\u00bb", "Ångström.", "é.", "x.y.", "Gen.", "St.",
+    "vs.", "approx.", "p.m.", "pp.", "Inc.", "Ltd.", "2nd.", "B.C.", "ex-Gen.", "Lt-Col.", "non-Dr.", "said.", "said,", "said:", "[1].", "{x}.",
+    "end.)", "end.\"", "again?", "Really!", "Wow!\"", "word.word", "a.b.c.", "ABC.", "abc.def", "\n", "\n\n", "  ",
+]
+
+
+def _pair():
+    params = PunktParameters()
+    params.abbrev_types = set(documents.ENGLISH_ABBREVIATIONS)
+    return PunktSentenceTokenizer(params), FastPunkt(params)
+
+
+def test_every_paragraph_of_the_real_sample(shared_data):
+    nltk_punkt, fast = _pair()
+    paragraphs = [paragraph for article in wiki.local_articles(str(shared_data / "enwiki-sample-pages-articles.xml.bz2"))
+                  for paragraph in wiki.wikitext_to_paragraphs(article.wikitext)]
+    assert len(paragraphs) > 5000
+    assert [fast.tokenize(p) for p in paragraphs] == [nltk_punkt.tokenize(p) for p in paragraphs]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_soups_of_the_hard_cases(seed):
+    nltk_punkt, fast = _pair()
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(3000):
+        words = [rng.choice(PIECES) for _ in range(rng.randrange(1, 12))]
+        texts.append("".join(word + rng.choice([" ", " ", " ", "", "  ", "\t"]) for word in words))
+    assert [fast.tokenize(t) for t in texts] == [nltk_punkt.tokenize(t) for t in texts]
+
+
+def test_the_rule_answers_most_contexts_and_the_splitter_uses_it():
+    """The rule is not dead code: it decides the plain cases itself (NLTK is not asked)."""
+    _, fast = _pair()
+    asked = []
+    original = PunktSentenceTokenizer.text_contains_sentbreak
+    try:
+        PunktSentenceTokenizer.text_contains_sentbreak = lambda self, text: asked.append(text) or original(self, text)
+        sentences = fast.tokenize("He left. The end came in 1990. It rained! Then Mr. Smith left etc. and so on.")
+    finally:
+        PunktSentenceTokenizer.text_contains_sentbreak = original
+    assert sentences == ["He left.", "The end came in 1990.", "It rained!", "Then Mr. Smith left etc. and so on."]
+    assert asked == []
+    assert isinstance(documents.make_sentence_splitter(), FastPunkt)
+
+
+def test_refuses_parameters_the_rule_does_not_hold_for():
+    params = PunktParameters()
+    params.collocations = {("a", "b")}
+    with pytest.raises(ValueError):
+        FastPunkt(params)
