@@ -15,6 +15,7 @@ to fp32 and the top-15 overlap with fp32; then which GPU two worker processes cl
 
 import argparse
 import csv
+import functools
 import json
 import os
 import pathlib
@@ -133,7 +134,7 @@ def main(argv=None):
         scorer = MaskedLMScorer(model, tokenizer, top_k=15, precision=name[:4], device=args.device,
                                 max_batch_tokens=batch_tokens, bf16_autocast=autocast)
         scorer.candidates(queries[:20])  # warm-up
-        times, answers = _timed(lambda: scorer.candidates(queries), args.device, args.repeats)
+        times, answers = _timed(functools.partial(scorer.candidates, queries), args.device, args.repeats)
         rates = [len(queries) / t for t in times]
         exact = exact or answers
         identical = sum(answers[q] == exact[q] for q in exact)

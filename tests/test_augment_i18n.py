@@ -15,7 +15,6 @@ from augment.algorithm import augment_sentence
 from augment.words import STOP_WORDS, WordRule, WordSplitter, is_candidate_word, is_letter_word
 from pipelines import augment as augment_pipeline
 from pipelines import demo_assets
-from pipelines import outputs
 
 # Written for this project: German and French sentences with umlauts, eszett, accents and French punctuation spacing.
 EUROPEAN_TEXTS = [

@@ -1,5 +1,6 @@
 """Device choice for the masked-LM workers (no GPU needed: torch.cuda is monkeypatched), and the precision probe."""
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,19 @@ def test_precision_paths_from_cpu_flags():
     assert mlm.describe_precisions(["avx2", "fma"]) == {
         "fp32": "native", "bf16": "emulated", "int8": "no VNNI (slower int8 GEMMs)"}
     assert set(mlm.describe_precisions()) == {"fp32", "bf16", "int8"}  # this machine, whatever it has
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_in_smoke_mode(tmp_path, shared_data):
+    """bench/gpu_check.sh is what a lent GPU machine runs, once, in a short budget: every step must work, so its
+    --smoke mode (tiny sizes, on the CPU) runs here as a GPU session would start it."""
+    env = {**os.environ, "OUT": str(tmp_path / "gpu-check"), "PYTHON": sys.executable,
+           "TINYBERT_SHARED_DATA": str(shared_data)}
+    result = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--smoke"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu-check" / "results.json").read_text())
+    assert [step[:2] for step in results["steps"]] == [["env", "rc=0"], ["test_devices", "rc=0"],
+                                                      ["scorer", "rc=0"], ["pipeline", "rc=0"]], results["steps"]
+    assert results["scorer"]["rates"] and results["pipeline"]["fp32"]["identical_lists"] > 0
+    assert results["pipeline"]["fp32_split_s"]["of which the encoder"] >= 0
