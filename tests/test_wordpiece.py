@@ -23,10 +23,10 @@ ADVERSARIAL = [
 ]
 
 
-def _rust(vocab, *, lowercase=True, max_chars=100, prefix="##", specials=SPECIALS):
+def _rust(vocab, *, lowercase=True, max_chars=100, prefix="##", specials=SPECIALS, **normalizer):
     tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=max_chars,
                                     continuing_subword_prefix=prefix))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, **normalizer)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.add_special_tokens(specials)
     return tokenizer
@@ -103,3 +103,27 @@ def test_other_pipelines_are_left_to_rust():
     no_normalizer = _rust(vocab)
     no_normalizer.normalizer = None
     _assert_same(no_normalizer, ["a ab b", "A AB", "a\tb!"])
+
+
+LATIN = [chr(code) for low, high in wordpiece.LATIN_RANGES for code in range(low, high + 1)]
+OTHERS = ["\u0301", "\u0307", "\u03a3", "\u03c3", "\u00df", "\u0130", "\u4e2d", "\u200b", "\x0b", "\x1c", "\x7f",
+          "\u2028", "\u3000", "\ufffd", "\x00"]
+
+
+@pytest.mark.parametrize("settings", [
+    {"lowercase": True}, {"lowercase": False}, {"lowercase": True, "strip_accents": False},
+    {"lowercase": False, "strip_accents": True}, {"lowercase": True, "clean_text": False},
+])
+def test_latin_text_in_python_equals_rust(shared_data, settings):
+    """Accented letters, NBSP, soft hyphens, dashes, quotes: every character of the Latin ranges, among ASCII and
+    characters the Python path must leave to Rust (combining marks, Greek sigma, CJK, controls)."""
+    vocab = _bert_vocab(shared_data)
+    tokenizer = _rust(vocab, **settings)
+    rng = random.Random(7)
+    alphabet = LATIN + OTHERS + list(string.ascii_letters + string.digits + " .,-'\t") * 3
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 60))) for _ in range(3000)]
+    texts += ["".join(rng.choice(LATIN + [" "] * 40) for _ in range(rng.randrange(1, 60))) for _ in range(3000)]
+    texts += ["Café déjà vu — «naïve» Straße", "ÉCOLE\u00a0NORMALE", "co\u00adop", "İstanbul ıi", "e\u0301te",
+              "Ǆemal ǅ ǆ", "ﬁ \u00b2 \u00bd", "x\u2026y \u2018q\u2019 \u2013 \u2014", "ΑΣ ας"]
+    fast = _assert_same(tokenizer, texts)
+    assert len(fast._latin_safe) > 300  # the Latin path took these texts, not only the Rust fallback
