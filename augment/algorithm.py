@@ -4,9 +4,6 @@ import dataclasses
 import random
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-# Augmented sentences per example, per GLUE task, as the paper and reference use them.
-DEFAULT_NUM_AUG = {"CoLA": 30, "MNLI": 10, "MRPC": 30, "SST-2": 20, "STS-B": 30, "QQP": 10, "QNLI": 20, "RTE": 30}
-
 
 @dataclasses.dataclass(frozen=True)
 class AugmentedSentence:

@@ -8,7 +8,6 @@ import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from augment.algorithm import DEFAULT_NUM_AUG
 from contract import tasks as task_table
 
 
@@ -47,7 +46,8 @@ class TaskFormat:
 
     @property
     def default_num_aug(self) -> int:
-        return DEFAULT_NUM_AUG.get(self.name, 20)
+        spec = task_table.GLUE_TASKS.get(self.name)
+        return spec.num_aug if spec is not None else task_table.GlueTaskSpec.num_aug
 
 
 # The GLUE tasks' formats, from the one task table.

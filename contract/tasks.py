@@ -29,6 +29,7 @@ class GlueTaskSpec:
       hub_text_columns: the text columns of the hub's `nyu-mll/glue` Parquet files.
       hub_label_names: the hub's ClassLabel names in the order of their integer labels (None: regression).
       glue_header: train.tsv's header, for writing a hub input's train_aug.tsv in the reference layout.
+      num_aug: augmented sentences per example (N) that the paper and the reference's data_augmentation.py use.
     """
     name: str
     text_fields: Tuple[str, ...]
@@ -43,6 +44,7 @@ class GlueTaskSpec:
     has_header: bool = True
     num_columns: Optional[int] = None
     max_seq_len: int = 128
+    num_aug: int = 20
 
     @property
     def regression(self) -> bool:
@@ -51,26 +53,28 @@ class GlueTaskSpec:
 
 GLUE_TASKS: Dict[str, GlueTaskSpec] = {spec.name: spec for spec in (
     GlueTaskSpec("CoLA", ("sentence",), (3,), 1, None, _BINARY, ("mcc",), ("sentence",),
-                 ("unacceptable", "acceptable"), None, has_header=False, num_columns=4, max_seq_len=64),
+                 ("unacceptable", "acceptable"), None, has_header=False, num_columns=4, max_seq_len=64,
+                 num_aug=30),
     GlueTaskSpec("SST-2", ("sentence",), (0,), 1, None, _BINARY, ("acc",), ("sentence",), ("negative", "positive"),
                  ("sentence", "label"), max_seq_len=64),
     GlueTaskSpec("MRPC", ("sentence1", "sentence2"), (3, 4), 0, None, _BINARY, ("acc", "f1"),
                  ("sentence1", "sentence2"), ("not_equivalent", "equivalent"),
-                 ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")),
+                 ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), num_aug=30),
     GlueTaskSpec("STS-B", ("sentence1", "sentence2"), (7, 8), -1, 0, None, ("pearson", "spearmanr"),
                  ("sentence1", "sentence2"), None,
                  ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-                  "score")),
+                  "score"), num_aug=30),
     GlueTaskSpec("QQP", ("question1", "question2"), (3, 4), 5, 0, _BINARY, ("acc", "f1"), ("question1", "question2"),
-                 ("not_duplicate", "duplicate"), ("id", "qid1", "qid2", "question1", "question2", "is_duplicate")),
+                 ("not_duplicate", "duplicate"), ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+                 num_aug=10),
     GlueTaskSpec("MNLI", ("sentence1", "sentence2"), (8, 9), -1, 0, ("contradiction", "entailment", "neutral"),
                  ("acc",), ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
                  ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                  "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label")),
+                  "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"), num_aug=10),
     GlueTaskSpec("QNLI", ("question", "sentence"), (1, 2), -1, 0, _NLI2, ("acc",), ("question", "sentence"),
                  _NLI2, ("index", "question", "sentence", "label")),
     GlueTaskSpec("RTE", ("sentence1", "sentence2"), (1, 2), -1, 0, _NLI2, ("acc",), ("sentence1", "sentence2"),
-                 _NLI2, ("index", "sentence1", "sentence2", "label")),
+                 _NLI2, ("index", "sentence1", "sentence2", "label"), num_aug=30),
 )}
 
 # Names people type for the same tasks: any case, with or without "-" or "_", and MNLI's two dev splits.

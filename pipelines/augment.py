@@ -43,13 +43,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.utils import shared
 
 from contract import fingerprint, layout, schemas, seeds
-from augment.algorithm import DEFAULT_NUM_AUG
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
 from augment.mlm import (MAX_POSITIONS, PRECISIONS, WINDOW_PIECES, MaskedLMScorer, describe_precisions,
                          window_queries)
-from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
-                           generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells, resolve_task)
+from augment.tasks import (GLUE_HEADERS, GLUE_TASKS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord,
+                           TaskFormat, generic_task, parse_glue_row, parse_hub_row, parse_named_row, replace_cells,
+                           resolve_task)
 from augment.words import WORD_RULES, WordRule, WordSplitter, is_letter_word
 from contract.layout import AUGMENTED_KIND
 from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
@@ -635,7 +635,7 @@ class AugmentOptions(PipelineOptions):
         parser.add_argument("--glove_vocab", type=int, default=100_000, help="use the first N GloVe words")
         parser.add_argument("--num_aug", type=int, default=None,
                             help="draws per sentence (N); default per task: " + ", ".join(
-                                f"{k} {v}" for k, v in DEFAULT_NUM_AUG.items()) + ", generic 20")
+                                f"{name} {task.default_num_aug}" for name, task in GLUE_TASKS.items()) + ", generic 20")
         parser.add_argument("--top_k", type=int, default=15, help="candidates per word (M)")
         parser.add_argument("--replace_prob", type=float, default=0.4, help="replacement probability (p)")
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,

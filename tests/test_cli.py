@@ -132,6 +132,22 @@ def test_beam_options_still_pass():
     assert options.get_all_options()["direct_num_workers"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command, expected", [
+    ("tinybert-augment --help", ["--num_aug", "default per task: CoLA 30, SST-2 20", "MNLI 10", "--precision",
+                                 "Beam's runner options"]),
+    ("tinybert-corpus --help", ["--input_format", "--wiki_markup", "--max_seq_len", "Beam's runner options"]),
+    ("tinybert-distill --help", ["general", "task", "eval"]),
+])
+def test_help_as_typed(tmp_path, command, expected):
+    result = _shell(command, tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error:" not in result.stderr and "Traceback" not in result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for piece in expected:
+        assert piece in text, (piece, result.stdout[-3000:])
+
+
 def test_corpus_refuses_the_augment_flags_and_bad_values(tmp_path):
     own = [IOOptions, corpus_pipeline.CorpusOptions]
     with pytest.raises(UserError, match="unknown option --max_seq_length; did you mean --max_seq_len"):
