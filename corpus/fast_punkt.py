@@ -25,7 +25,6 @@ contexts and Punkt takes 0.20 s instead of 0.42 s.
 """
 
 import re
-from typing import FrozenSet
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
@@ -37,7 +36,6 @@ class FastPunkt(PunktSentenceTokenizer):
 
     def __init__(self, params: PunktParameters):
         super().__init__(params)
-        self._abbreviations: FrozenSet[str] = frozenset(params.abbrev_types)
         if params.collocations or params.sent_starters or params.ortho_context:
             raise ValueError("FastPunkt's rule holds only for parameters without collocations, sentence starters "
                              "or orthographic context")
@@ -52,5 +50,6 @@ class FastPunkt(PunktSentenceTokenizer):
                 return not next_first.islower()
             if len(word) > 1:
                 lower = word.lower()
-                return not (lower in self._abbreviations or lower.split("-")[-1] in self._abbreviations)
+                abbreviations = self._params.abbrev_types
+                return not (lower in abbreviations or lower.split("-")[-1] in abbreviations)
         return super().text_contains_sentbreak(text)

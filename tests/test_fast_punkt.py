@@ -13,7 +13,8 @@ PIECES = [
     "e.g.", "i.e.", "etc.", "No.", "no.", "Fig.", "J.", "A.", "a.", "x.", "1990.", "3.", "3", "1,000.", "-5.", "9%.",
     "(see", "below).", "(", ")", "\"", "\"Quoted.\"", "'", "'single.'", "...", "..", "?", "!", "!!!", "?!", ",", ";",
     ":", "--", "\u2014", "\u201cCurly.\u201d", "\u00abGuillemet.\u00bb", "Ångström.", "é.", "x.y.", "Gen.", "St.",
-    "vs.", "approx.", "p.m.", "pp.", "Inc.", "Ltd.", "2nd.", "B.C.", "ex-Gen.", "Lt-Col.", "non-Dr.", "said.", "said,", "said:", "[1].", "{x}.",
+    "vs.", "approx.", "p.m.", "pp.", "Inc.", "Ltd.", "2nd.", "B.C.", "ex-Gen.", "Lt-Col.", "non-Dr.", "said.",
+    "said,", "said:", "[1].", "{x}.",
     "end.)", "end.\"", "again?", "Really!", "Wow!\"", "word.word", "a.b.c.", "ABC.", "abc.def", "\n", "\n\n", "  ",
 ]
 
@@ -26,7 +27,8 @@ def _pair():
 
 def test_every_paragraph_of_the_real_sample(shared_data):
     nltk_punkt, fast = _pair()
-    paragraphs = [paragraph for article in wiki.local_articles(str(shared_data / "enwiki-sample-pages-articles.xml.bz2"))
+    dump = shared_data / "enwiki-sample-pages-articles.xml.bz2"
+    paragraphs = [paragraph for article in wiki.local_articles(str(dump))
                   for paragraph in wiki.wikitext_to_paragraphs(article.wikitext)]
     assert len(paragraphs) > 5000
     assert [fast.tokenize(p) for p in paragraphs] == [nltk_punkt.tokenize(p) for p in paragraphs]
