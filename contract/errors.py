@@ -1,22 +1,58 @@
-"""The one user-error type: a problem a person can fix, printed as one line by every entry point."""
+"""The one user-error type: a problem a person can fix, printed as one line by every entry point.
 
+A UserError travels as a value, never as text to search for: in one process (and through runners that pickle
+exceptions, like Dask) it is found in the raised exception's cause chain (`find_user_error`); where a runner
+carries a worker's failure only as text (Beam's multi-processing DirectRunner, portable runners), the worker
+records it as a small JSON record (`error_record`) in the run's output folder before it fails, and the launcher
+reads it back (`message_of_record`).
+"""
+
+import json
 import zlib
+from typing import Optional
 
-ERROR_MARKER = "[tinybert-error] "
+ERRORS_SUBDIR = "_errors"  # a running pipeline's error records: OUTPUT/_errors/<uuid>.json
 
 
 class UserError(ValueError):
     """An option, input or output a person can fix; the entry point prints it as one line and exits 1."""
 
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 class InputError(UserError):
-    """A damaged or wrongly laid out input file, found while reading it (possibly on a worker).
+    """A damaged or wrongly laid out input file, found while reading it (possibly on a worker)."""
 
-    The message starts with ERROR_MARKER so that the launcher finds it inside whatever the runner wraps it in.
-    """
 
-    def __init__(self, message: str):
-        super().__init__(ERROR_MARKER + message)
+def find_user_error(error: Optional[BaseException]) -> Optional[UserError]:
+    """The UserError that `error` is or was raised from (its `__cause__`/`__context__` chain), or None."""
+    seen, pending = set(), [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            return current
+        pending.extend([current.__cause__, current.__context__])
+    return None
+
+
+def error_record(error: UserError) -> bytes:
+    """A worker's UserError as the record the launcher reads back."""
+    return json.dumps({"error": type(error).__name__, "message": error.message}).encode("utf-8")
+
+
+def message_of_record(data: bytes) -> Optional[str]:
+    """The message of an `error_record`, or None for anything else (a partial write)."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    message = record.get("message") if isinstance(record, dict) else None
+    return message if isinstance(message, str) and message else None
 
 
 class DamagedStream(ValueError):

@@ -1,15 +1,17 @@
 """Frozen, typed configuration for distillation runs, grouped by concern, and its command-line form.
 
-Each field's help text lives in its metadata; `add_arguments` turns a dataclass into argparse options and
-`from_namespace` back, so the CLI and the config never drift apart. Validation happens in `__post_init__`.
+Options are declared once, as the fields below (contract.options: help in the metadata, checks in `__post_init__`);
+`add_arguments` turns a group into argparse options and `from_namespace` builds the config back.
 """
 
 import argparse
 import dataclasses
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from contract.errors import UserError
+from contract.options import add_arguments  # noqa: F401  (distill.run builds its parser with it)
+from contract.options import from_namespace as _group_from_namespace
+from contract.options import option as _field, require as _require, require_choice as _require_choice
 
 GENERAL, TASK, FINETUNE = "general", "task", "finetune"
 INTERMEDIATE, PREDICTION = "intermediate", "prediction"
@@ -30,22 +32,6 @@ REPORT_TO = ("none", "tensorboard")
 # Fixed choices that match the reference, recorded in every resolved config.
 FIT_DENSE_INIT = {"weight": "normal", "mean": 0.0, "std": "student initializer_range (0.02)", "bias": 0.0}
 PAIR_TRUNCATION = "reference: pop a token from the longer text, from the second on a tie"
-
-
-
-
-def _field(default=dataclasses.MISSING, *, help: str, cli: bool = True, **kwargs):  # pylint: disable=redefined-builtin
-    return dataclasses.field(default=default, metadata={"help": help, "cli": cli, **kwargs})
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-def _require_choice(option: str, value: str, choices: Tuple[str, ...]) -> None:
-    _require(value in choices, f"--{option} must be one of {', '.join(choices)}, not {value!r}")
-
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -197,38 +183,7 @@ class TrainConfig:
 GROUPS = {"distill": DistillConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_class, *, skip=()) -> None:
-    """Adds one `--name` option per CLI field of `config_class`."""
-    for field in dataclasses.fields(config_class):
-        if not field.metadata.get("cli", True) or field.name in skip:
-            continue
-        required = field.default is dataclasses.MISSING
-        kwargs: Dict[str, Any] = {"help": field.metadata["help"], "dest": field.name}
-        if field.type in (bool, "bool"):
-            kwargs["action"] = "store_true"
-        else:
-            kwargs["type"] = _parse_type(field.type)
-            kwargs["required"] = required
-            if not required:
-                kwargs["default"] = field.default
-            if "choices" in field.metadata:
-                kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(f"--{field.name}", **kwargs)
-
-
-def _parse_type(annotation):
-    text = str(annotation)
-    for name, kind in (("int", int), ("float", float)):
-        if annotation is kind or text in (name, f"Optional[{name}]", f"typing.Optional[{name}]"):
-            return kind
-    return str
-
-
 def from_namespace(namespace: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """Builds a TrainConfig from parsed options plus fixed values (e.g. mode="task")."""
-    values = {**vars(namespace), **fixed}
-    groups = {}
-    for group, config_class in GROUPS.items():
-        names = [f.name for f in dataclasses.fields(config_class)]
-        groups[group] = config_class(**{n: values[n] for n in names if n in values})
-    return TrainConfig(**groups)
+    return TrainConfig(**{group: _group_from_namespace(namespace, config_class, **fixed)
+                          for group, config_class in GROUPS.items()})

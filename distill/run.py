@@ -23,16 +23,10 @@ from typing import List, Optional
 
 from distill import config as config_lib
 from contract.errors import UserError, describe
+from contract.options import StrictParser
 from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
 
 logger = logging.getLogger("distill")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, with a bad or unknown flag as a UserError (one line) instead of usage text and exit 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 CONFIG_OPTION_HELP = ("a distill_config.json a run wrote: its options are the defaults, flags given here override "
@@ -40,7 +34,7 @@ CONFIG_OPTION_HELP = ("a distill_config.json a run wrote: its options are the de
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
+    parser = StrictParser(prog="python -m distill.run", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     general = commands.add_parser("general", help="general distillation on corpus shards")
     task = commands.add_parser("task", help="task-specific distillation on augmented data")

@@ -1,42 +1,33 @@
 """What both pipelines do at the command line: strict options, one-line errors, logging set-up.
 
-- Options are parsed strictly: Beam's own parser keeps going past an unknown flag ("Discarding unparseable args"),
-  so `--num_augs 5` would run with the default. Here every flag must belong to Beam or to the pipeline, and a
-  misspelt one stops the run with one line that names the closest valid flag.
+- A pipeline declares its options once, as frozen dataclass fields (contract.options). `parse_args` parses those
+  with argparse and hands the rest to Beam's `PipelineOptions`, strictly: Beam's own parser keeps going past an
+  unknown flag ("Discarding unparseable args"), so `--num_augs 5` would run with the default. Here every flag must
+  belong to Beam or to the pipeline, and a misspelt one stops the run with one line naming the closest valid flag.
 - A `UserError` (an option, input or output a person can fix) becomes `error: <one line>` on stderr and exit
-  status 1. An error raised inside a worker reaches the launcher wrapped by the runner; its line is found again by
-  the marker `InputError` puts in front of it. Anything else is one line too (set TINYBERT_TRACEBACK=1 to see the
-  traceback).
+  status 1. One raised inside a worker reaches the launcher as a value: in the exception's cause chain where the
+  runner keeps it, else as the record the failing DoFn wrote (`reports_user_errors`) into OUTPUT/_errors/, which
+  `worker_errors` reads back. Anything else is one line too (TINYBERT_TRACEBACK=1 shows the traceback).
 """
 
 import argparse
-import difflib
+import contextlib
+import functools
+import inspect
 import logging
 import os
 import sys
 import time
-from typing import Callable, Iterable, List, Optional, Sequence
+import uuid
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from contract.errors import ERROR_MARKER, UserError
+from contract import options as options_lib
+from contract.errors import ERRORS_SUBDIR, UserError, error_record, find_user_error, message_of_record
 
-
-class _StrictParser(_BeamArgumentParser):
-    def error(self, message):  # argparse would print usage and exit 2
-        raise UserError(message)
-
-
-def _option_classes(own: Sequence[type]) -> List[type]:
-    """Beam's option classes (those its runners read) and the pipeline's own, each once."""
-    seen, classes = set(), []
-    for cls in list(PipelineOptions.__subclasses__()) + list(own):
-        if cls in seen:
-            continue
-        if cls in own or cls.__module__.startswith("apache_beam."):
-            seen.add(cls)
-            classes.append(cls)
-    return classes
+BEAM_OPTIONS_NOTE = ("Beam's runner options (--runner, --direct_num_workers, --direct_running_mode, "
+                     "--dask_client_address, --project, ...) pass through to Beam.")
 
 
 def _runner_name(argv: Sequence[str]) -> str:
@@ -48,88 +39,165 @@ def _runner_name(argv: Sequence[str]) -> str:
     return ""
 
 
-def parse_pipeline_options(argv: Sequence[str], own: Sequence[type]) -> PipelineOptions:
-    """`PipelineOptions(argv)` after checking that every flag is Beam's or the pipeline's.
+def _beam_parser() -> argparse.ArgumentParser:
+    """The parser Beam builds from every PipelineOptions class it knows (through get_all_options' public hook)."""
+    captured = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=captured.append)
+    parser = captured[0]
+
+    def error(message):  # Beam's parser would print usage and exit 2
+        raise UserError(f"{message} (see --help)")
+    parser.error = error
+    return parser
+
+
+def beam_options(args: Sequence[str], *, own_flags: Sequence[str] = ()) -> PipelineOptions:
+    """`PipelineOptions(args)` after checking that every flag in `args` is one of Beam's.
 
     Raises:
-      UserError: an unknown or misspelt flag (naming the closest valid one), a stray argument, or a value argparse
-        cannot convert.
+      UserError: an unknown or misspelt flag (naming the closest of Beam's and `own_flags`), a stray argument, or
+        a value Beam's parser cannot convert.
     """
-    argv = list(argv)
-    if not _runner_name(argv):
-        argv.append("--runner=DirectRunner")  # Beam's default, said here so that Beam does not log that it chose it
-    if "dask" in _runner_name(argv).lower():
+    args = list(args)
+    if not _runner_name(args):
+        args.append("--runner=DirectRunner")  # Beam's default, said here so that Beam does not log that it chose it
+    if "dask" in _runner_name(args).lower():
         import apache_beam.runners.dask.dask_runner  # noqa: F401  (declares --dask_client_address and friends)
-    parser = _StrictParser(allow_abbrev=False, add_help=False)
-    for cls in _option_classes(own):
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    _, unknown = parser.parse_known_args(argv)
+    parser = _beam_parser()
+    _, unknown = parser.parse_known_args(args)
     if unknown:
-        known = sorted({flag for action in parser._actions for flag in action.option_strings})  # pylint: disable=protected-access
-        arg = unknown[0]
-        if arg.startswith("-"):
-            name = arg.split("=", 1)[0]
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else "; see --help for the options"
-            raise UserError(f"unknown option {name}{hint}")
-        raise UserError(f"unexpected argument {arg!r}: options are written --name value or --name=value")
-    return PipelineOptions(argv)
+        raise options_lib.unknown_option_error(unknown[0], [*options_lib.option_names(parser), *own_flags])
+    return PipelineOptions(args)
 
 
-def options_or_help(argv: Sequence[str], *, prog: str, doc: str, pipeline_options: type) -> Optional[PipelineOptions]:
-    """A pipeline's strictly parsed options (its own class and the shared IOOptions), or None after printing its
-    help for -h/--help.
+def parse_args(argv: Sequence[str], *, prog: str, doc: str,
+               settings: Sequence[type]) -> Optional[Tuple[argparse.Namespace, PipelineOptions]]:
+    """The pipeline's own options (the CLI fields of the `settings` dataclasses) and Beam's, or None after printing
+    the help for -h/--help.
 
     Raises:
-      UserError: as `parse_pipeline_options`.
+      UserError: as `beam_options`, or a value of the pipeline's own options that argparse cannot convert.
     """
-    from pipelines.options import IOOptions
-    own = [IOOptions, pipeline_options]
+    parser = options_lib.strict_parser(prog=prog, description=doc, add_help=False)
+    for settings_class in settings:
+        options_lib.add_arguments(parser, settings_class)
     if any(arg in ("-h", "--help") for arg in argv):
-        _print_help(prog, doc, own)
+        parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+        parser.print_help()
+        print("\n" + BEAM_OPTIONS_NOTE)
         return None
-    return parse_pipeline_options(argv, own)
+    namespace, rest = parser.parse_known_args(list(argv))
+    return namespace, beam_options(rest, own_flags=options_lib.option_names(parser))
 
 
-def _print_help(prog: str, doc: str, own: Sequence[type]) -> None:
-    """The pipeline's own options (Beam's are documented by Beam)."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     add_help=False)
-    for cls in own:
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    parser.print_help()
-    print("\nBeam's runner options (--runner, --direct_num_workers, --dask_client_address, --project, ...) pass "
-          "through to Beam.")
+# ---------------------------------------------------------------------------------------------- worker errors
+def errors_dir(output_dir: str) -> str:
+    """Where a run's workers record the UserErrors they fail with."""
+    from pipelines.outputs import join_path
+    return join_path(output_dir, ERRORS_SUBDIR)
 
 
-def user_error_line(error: BaseException) -> Optional[str]:
-    """The one line a UserError raised anywhere (also on a worker, wrapped by the runner) carries, or None."""
-    seen = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
+def _record_error(directory: Optional[str], error: UserError) -> None:
+    if not directory:
+        return
+    from apache_beam.io.filesystems import FileSystems
+    from pipelines.outputs import join_path
+    try:
+        FileSystems.mkdirs(directory)
+    except OSError:
+        pass  # it exists (another worker made it)
+    try:
+        with FileSystems.create(join_path(directory, f"{uuid.uuid4().hex}.json")) as handle:
+            handle.write(error_record(error))
+    except OSError:
+        pass  # best effort: the runner still fails the run, with the error as text
+
+
+def reports_user_errors(process: Callable) -> Callable:
+    """Decorates a DoFn's `process` (a generator or a function): a UserError it raises is first recorded in
+    `self.errors_dir` (set from the output folder; None records nothing), so that the launcher can print it
+    whatever the runner does with the exception. Beam sees the original signature."""
+    if inspect.isgeneratorfunction(process):
+        @functools.wraps(process)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from process(self, *args, **kwargs)
+            except UserError as error:
+                _record_error(getattr(self, "errors_dir", None), error)
+                raise
+        return generator
+
+    @functools.wraps(process)
+    def function(self, *args, **kwargs):
+        try:
+            return process(self, *args, **kwargs)
+        except UserError as error:
+            _record_error(getattr(self, "errors_dir", None), error)
+            raise
+    return function
+
+
+def _recorded_error(directory: str) -> Optional[str]:
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        matches = FileSystems.match([directory.rstrip("/") + "/*.json"])[0].metadata_list
+    except Exception:  # pylint: disable=broad-except  (no folder: nothing was recorded)
+        return None
+    for metadata in sorted(matches, key=lambda m: m.path):
+        try:
+            with FileSystems.open(metadata.path) as handle:
+                message = message_of_record(handle.read())
+        except OSError:
             continue
-        seen.add(id(current))
-        if isinstance(current, UserError):
-            text = str(current)
-            return text[len(ERROR_MARKER):] if text.startswith(ERROR_MARKER) else text
-        pending.extend([current.__cause__, current.__context__])
-    text = str(error)
-    at = text.find(ERROR_MARKER)
-    if at >= 0:
-        line = text[at + len(ERROR_MARKER):].splitlines()[0]
-        return line.rstrip("'\")]} ").replace("\\'", "'")
+        if message:
+            return message
     return None
 
 
+def clear_recorded_errors(directory: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        if FileSystems.exists(directory):
+            FileSystems.delete([directory])
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def worker_errors(output_dir: str) -> Iterator[None]:
+    """Runs a pipeline: a failure caused by a UserError (here or on a worker) leaves as that UserError."""
+    directory = errors_dir(output_dir)
+    clear_recorded_errors(directory)
+    try:
+        yield
+    except Exception as error:  # pylint: disable=broad-except
+        found = find_user_error(error)
+        message = found.message if found is not None else _recorded_error(directory)
+        if message is None or os.environ.get("TINYBERT_TRACEBACK"):
+            raise
+        raise UserError(message) from None
+    finally:
+        clear_recorded_errors(directory)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+class _NoWorkerTracebacks(logging.Filter):
+    """Beam logs a failed bundle's traceback at ERROR before the launcher sees the failure; the launcher prints
+    the one line (TINYBERT_TRACEBACK=1 keeps Beam's log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
 def configure_logging(quiet: bool = False) -> None:
-    """INFO lines with a time stamp on stderr; Beam's own chatter only from WARNING."""
+    """INFO lines with a time stamp on stderr; Beam's own chatter only from WARNING, its failure tracebacks not."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("apache_beam", "transformers", "httpx", "urllib3", "distributed", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not os.environ.get("TINYBERT_TRACEBACK"):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_NoWorkerTracebacks())
 
 
 def run_main(run: Callable[[List[str]], object], argv: Optional[Iterable[str]]) -> None:
@@ -147,10 +215,12 @@ def run_main(run: Callable[[List[str]], object], argv: Optional[Iterable[str]]) 
     except Exception as error:  # pylint: disable=broad-except
         if os.environ.get("TINYBERT_TRACEBACK"):
             raise
-        line = user_error_line(error)
-        if line is None:
+        found = find_user_error(error)
+        if found is not None:
+            line = found.message
+        else:
             first = (str(error).strip().splitlines() or [""])[0][:300]
             line = (f"unexpected failure after {time.time() - started:.0f} s ({type(error).__name__}: {first}); "
                     "set TINYBERT_TRACEBACK=1 to see the traceback")
-        sys.stderr.write(f"error: {line}\n")
+        sys.stderr.write(f"error: {' '.join(line.split())}\n")
         raise SystemExit(1) from None

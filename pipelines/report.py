@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 
 from contract import layout
 from contract.layout import AUGMENTED_KIND
-from pipelines import charts, outputs
+from contract import charts
+from pipelines import outputs
 
 REPORT_SUBDIR = "report"
 REPORT_NAME = "report.md"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from contract import layout
-from pipelines import charts, report
+from contract import charts
+from pipelines import report
 from tests.test_reliability import SENTENCES, _augment, _corpus, _tsv
 
 SVG = "{http://www.w3.org/2000/svg}"
