@@ -2,13 +2,15 @@
 
 No Beam here; `pipelines.corpus` wraps these in DoFns.
 
+Compression is told by the file's first bytes (bz2, gzip, xz), never by its name.
+
 Splitting (so that a large dump spreads over workers):
-* `*.xml` (uncompressed): byte ranges; a range owns the pages whose `<page>` tag starts inside it.
-* `*.xml.bz2` written as a *multistream* dump (what Wikimedia publishes as `pages-articles-multistream*.xml.bz2`,
+* uncompressed XML: byte ranges; a range owns the pages whose `<page>` tag starts inside it.
+* bz2 written as a *multistream* dump (what Wikimedia publishes as `pages-articles-multistream*.xml.bz2`,
   100 pages per bz2 stream): byte ranges; a range owns the bz2 streams that start inside it. A stream start is found
   by its byte-aligned magic (`BZh` + level + the block magic 0x314159265359) and confirmed by decompressing it, so
   the companion index file is not needed. Pages never straddle streams in these dumps.
-* a single-stream `.bz2` (or `.gz`) cannot be entered in the middle: it is one range, still streamed.
+* a single-stream bz2 (or gzip, xz) cannot be entered in the middle: it is one range, still streamed.
 
 Pages are cut out of the decompressed byte stream one at a time and each is parsed on its own with ElementTree, so
 memory holds one page, and a malformed page is one reject rather than the end of the file (a whole-document
@@ -18,6 +20,7 @@ memory holds one page, and a malformed page is one reject rather than the end of
 import bz2
 import dataclasses
 import gzip
+import lzma
 import os
 import re
 import unicodedata
@@ -27,7 +30,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import mwparserfromhell
 from mwparserfromhell import nodes as wiki_nodes
 
-from contract.errors import DECOMPRESSION_ERRORS, DamagedStream, damaged_stream
+from contract.errors import DECOMPRESSION_ERRORS, DamagedStream, InputError, damaged_stream
 from corpus import wikimarkup
 
 _CHUNK = 1 << 20
@@ -72,12 +75,34 @@ def is_multistream_bz2(handle: BinaryIO) -> bool:
     return False
 
 
+# (first bytes, format) of the compressed dumps we read; zip and zstd are named in the error of an unread format.
+_MAGIC_NUMBERS = ((b"BZh", "bz2"), (b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+                  (b"(\xb5/\xfd", "zstd"))
+_STREAM_OPENERS = {"bz2": bz2.BZ2File, "gzip": lambda raw: gzip.GzipFile(fileobj=raw), "xz": lzma.LZMAFile}
+
+
+def compression_of(raw: BinaryIO, path: str) -> Optional[str]:
+    """bz2, gzip, xz or None (plain XML), from the first bytes of the seekable `raw` (left where it was).
+
+    Raises:
+      InputError: a format that is not read here (zip, zstd).
+    """
+    position = raw.tell()
+    raw.seek(0)
+    head = raw.read(8)
+    raw.seek(position)
+    kind = next((name for magic, name in _MAGIC_NUMBERS if head.startswith(magic)), None)
+    if kind is not None and kind != "bz2" and kind not in _STREAM_OPENERS:
+        raise InputError(f"{path} is a {kind} file, which is not read here; decompress it (bz2, gzip and xz dumps "
+                         "are read as they are)")
+    return kind
+
+
 def plan_ranges(path: str, size: int, *, split_bytes: int, open_fn) -> List[Tuple[str, int, int]]:
     """(path, start, end) work ranges for one dump file; see the module docstring for which files split."""
-    splittable = path.endswith(".xml")
-    if path.endswith(".bz2"):
-        with open_fn(path) as handle:
-            splittable = is_multistream_bz2(handle)
+    with open_fn(path) as handle:
+        kind = compression_of(handle, path)
+        splittable = kind is None or (kind == "bz2" and is_multistream_bz2(handle))
     if not splittable or size <= split_bytes:
         return [(path, 0, size)]
     return [(path, start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)]
@@ -166,13 +191,12 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
         and would silently lose every page after the cut; the closing tag is the only sign left that it was cut.
     """
     at_end: List[bool] = []  # filled by a bz2 range that decompresses through the file's last stream
-    ranged_bz2 = path.endswith(".bz2") and (start > 0 or end < size)
+    kind = compression_of(raw, path)
+    ranged_bz2 = kind == "bz2" and (start > 0 or end < size)
     if ranged_bz2:
         chunks, owns_all = _bz2_range(raw, start, end, at_end), True
-    elif path.endswith(".bz2"):
-        chunks, owns_all = _decompressed(bz2.BZ2File(raw), raw), True
-    elif path.endswith(".gz"):
-        chunks, owns_all = _decompressed(gzip.GzipFile(fileobj=raw), raw), True
+    elif kind is not None:
+        chunks, owns_all = _decompressed(_STREAM_OPENERS[kind](raw), raw), True
     else:
         chunks, owns_all = _plain_bytes(raw, start, end), False
     buffer = b""

@@ -1,6 +1,8 @@
 """Reading input files on any Beam filesystem without losing a row: damaged streams, line ends, CSV, directories.
 
-- Compressed inputs (`.gz`, `.bz2`) are decompressed with Python's own readers, which notice a stream that ends
+- Compression is told by a file's first bytes (gzip, bz2, xz magic numbers), never by its name: a `.gz` that holds
+  plain text is read as text, a `data.txt` that holds gzip is decompressed. A zip or zstd file is one line that
+  names the format. Compressed inputs are decompressed with Python's own readers, which notice a stream that ends
   early (a download cut short); Beam's decompressing reader returns what it had and reports nothing. A damaged
   stream raises `InputError` naming the file and the compressed byte offset, and the run stops without `_SUCCESS`.
 - Lines end at `\\n`, `\\r\\n` or a lone `\\r` (old Mac exports), as Python's universal newlines read them, and as the
@@ -14,6 +16,7 @@ import codecs
 import csv
 import gzip
 import io
+import lzma
 import os
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
@@ -60,15 +63,74 @@ class _CheckedStream(io.RawIOBase):
         super().close()
 
 
+# (first bytes, name) of the compressed formats a file may be in; the readable ones have an opener below.
+MAGIC_NUMBERS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+                 (b"(\xb5/\xfd", "zstd"))
+_OPENERS = {"gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"), "bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
+            "xz": lambda raw: lzma.LZMAFile(raw, mode="rb")}
+
+
+def compression_of(head: bytes) -> Optional[str]:
+    """The compressed format whose magic number `head` starts with, or None (not compressed, as far as we read)."""
+    for magic, name in MAGIC_NUMBERS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that cannot seek back, with the bytes already read from it put in front again."""
+
+    def __init__(self, head: bytes, raw: BinaryIO):
+        super().__init__()
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size is None or size < 0:
+                data, self._head = self._head + self._raw.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._raw.read(size)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self._raw.tell() - len(self._head)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def open_input(path: str) -> BinaryIO:
-    """The decompressed bytes of `path` (compression from its extension), checked for truncation."""
+    """The decompressed bytes of `path` (compression from its first bytes), checked for truncation.
+
+    Raises:
+      InputError: a zip or zstd file (formats a stream of records is not read from).
+    """
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    lower = path.lower()
-    if lower.endswith(".gz"):
-        return io.BufferedReader(_CheckedStream(path, raw, gzip.GzipFile(fileobj=raw, mode="rb"), "gzip"), CHUNK)
-    if lower.endswith(".bz2"):
-        return io.BufferedReader(_CheckedStream(path, raw, bz2.BZ2File(raw, mode="rb"), "bz2"), CHUNK)
-    return raw
+    head = raw.read(8)
+    try:
+        raw.seek(0)
+    except (OSError, AttributeError, ValueError):
+        raw = _Prefixed(head, raw)
+    kind = compression_of(head)
+    if kind is None:
+        return raw
+    if kind not in _OPENERS:
+        raw.close()
+        raise InputError(f"{path} is a {kind} file, which is not read here; decompress it (gzip, bz2 and xz files "
+                         "are read as they are)")
+    return io.BufferedReader(_CheckedStream(path, raw, _OPENERS[kind](raw), kind), CHUNK)
 
 
 def iter_lines(handle: BinaryIO) -> Iterator[Tuple[int, bytes]]:
