@@ -12,9 +12,19 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 import torch
 
+from contract.errors import InputError
 
-class GloveFormatError(ValueError):
-    """A line of the GloVe file is not `word v1 ... vD` with the dimension of the first line."""
+
+class GloveFormatError(InputError):
+    """A line of the GloVe file is not `word v1 ... vD` of finite numbers with the dimension of the first line."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 class GloveIndex:
@@ -33,11 +43,16 @@ class GloveIndex:
         self._unit = torch.from_numpy(vectors.astype(np.float64) / safe[:, None])  # (vocab, dim)
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str], vocab_limit: int = 100_000) -> "GloveIndex":
+    def from_lines(cls, lines: Iterable[str], vocab_limit: int = 100_000, *,
+                   source: str = "the GloVe file") -> "GloveIndex":
         """Parses GloVe's text format: one `word v1 ... vD` per line, most frequent first.
 
+        Args:
+          source: the file's name, for the error messages.
+
         Raises:
-          GloveFormatError: a line with a different number of values than the first, or a non-number.
+          GloveFormatError: a line with more or fewer values than the first, a value that is not a finite number,
+            or no vectors at all; the message names `source` and the line number.
         """
         words: List[str] = []
         rows: List[np.ndarray] = []
@@ -50,20 +65,25 @@ class GloveIndex:
                 continue
             if dim is None:
                 dim = len(items) - 1
-            if len(items) < dim + 1:
+            # Some published files (840B) hold words with spaces: the vector is always the last `dim` items, and
+            # a line whose item before them is a number has a value too many, not a longer word.
+            if len(items) < dim + 1 or (len(items) > dim + 1 and _is_number(items[-dim - 1])):
                 raise GloveFormatError(
-                    f"GloVe line {line_number} has {len(items) - 1} values, expected {dim}; is this a GloVe text file?")
-            # Some published files (840B) hold words with spaces: the vector is always the last `dim` items.
+                    f"{source} line {line_number} has {len(items) - 1} values, expected {dim} (the first line's); "
+                    "is this a GloVe text file, and complete?")
             word = " ".join(items[:-dim])
             try:
                 vector = np.asarray(items[-dim:], dtype=np.float64)
             except ValueError as error:
-                raise GloveFormatError(f"GloVe line {line_number}: {error}") from None
+                raise GloveFormatError(f"{source} line {line_number}: {error}") from None
+            if not np.isfinite(vector).all():
+                raise GloveFormatError(f"{source} line {line_number}: the vector of {word!r} holds a value that is "
+                                       "not a finite number (inf or nan)")
             words.append(word)
             # The reference leaves the vector of '<unk>' at zero.
             rows.append(np.zeros(dim) if word == "<unk>" else vector)
         if not words:
-            raise GloveFormatError("the GloVe file holds no vectors")
+            raise GloveFormatError(f"{source} holds no vectors")
         return cls(words, np.stack(rows))
 
     def __len__(self) -> int:

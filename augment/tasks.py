@@ -6,6 +6,8 @@ except CoLA); any other data set is a generic TSV/CSV/JSONL/Parquet table with n
 
 import dataclasses
 import math
+import numbers
+import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from contract import tasks as task_table
@@ -89,6 +91,29 @@ class Example:
     cells: Optional[Tuple[str, ...]] = None  # the whole GLUE row, for train_aug.tsv
 
 
+def label_text(value: object) -> str:
+    """A label value as the text it is compared and written as: a string as it is; a number in JSON's canonical
+    form (`1` and `1.0` are both "1", 0.7 is "0.7"); a JSON boolean as "true"/"false".
+
+    Raises:
+      RejectedRecord: no label (null, NaN), or a value that is not a string, number or boolean (a list, an object).
+    """
+    if value is None:
+        raise RejectedRecord("bad_label", "no label (null)")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise RejectedRecord("bad_label", f"{number!r} is not a label")
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise RejectedRecord("bad_label", f"a {type(value).__name__} is not a label")
+
+
 def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
     if label is None:
         return None
@@ -105,11 +130,23 @@ def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
     return label
 
 
-def _check_texts(task: TaskFormat, texts: Sequence[Optional[str]]) -> Tuple[str, ...]:
+# Characters that show nothing: controls, format characters (zero-width space and joiners, BOM), separators.
+_INVISIBLE = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
+def _is_blank(text: str) -> bool:
+    return all(unicodedata.category(char) in _INVISIBLE for char in text)
+
+
+def _check_texts(task: TaskFormat, texts: Sequence[object]) -> Tuple[str, ...]:
     for field, text in zip(task.text_fields, texts):
-        if text is None or not str(text).strip():
+        if text is None:
             raise RejectedRecord("empty_text", f"field {field} is empty")
-    return tuple(str(text) for text in texts)
+        if not isinstance(text, str):
+            raise RejectedRecord("bad_text", f"field {field} is a {type(text).__name__}, not text")
+        if _is_blank(text):
+            raise RejectedRecord("empty_text", f"field {field} is empty")
+    return tuple(texts)
 
 
 def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_columns: int) -> Example:
@@ -141,8 +178,7 @@ def parse_named_row(task: TaskFormat, record: Dict[str, object], row_index: int,
     if missing:
         raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
     texts = _check_texts(task, [record[name] for name in task.text_fields])
-    raw_label = record[label_field] if label_field else None
-    label = _check_label(task, None if raw_label is None else str(raw_label))
+    label = _check_label(task, label_text(record[label_field])) if label_field else None
     example_id = str(record[id_field]).strip() if id_field else str(row_index)
     return Example(example_id or str(row_index), row_index, texts, label)
 
@@ -161,16 +197,19 @@ HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {n: t.hub_label_names fo
 GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {n: t.glue_header for n, t in task_table.GLUE_TASKS.items()}
 
 
-def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> Optional[str]:
-    """The reference's label string for a hub label (an integer class, a float score, or a name)."""
-    if value is None:
-        return None
-    if task.regression:
-        return str(value)
-    if isinstance(value, str):
-        return value
+def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> str:
+    """The reference's label string for a hub label (an integer class, a float score, or a name).
+
+    Raises:
+      RejectedRecord: no label (null, NaN), or a number that is not one of the task's classes (0.7, -1, 2.5).
+    """
+    text = label_text(value)
+    if task.regression or isinstance(value, str):
+        return text
     names = list(label_names) if label_names is not None else list(HUB_LABEL_NAMES[task.name] or ())
-    index = int(value)
+    if isinstance(value, bool) or not text.lstrip("-").isdigit():
+        raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name}")
+    index = int(text)
     if not 0 <= index < len(names):
         raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name} (-1 marks the test split)")
     if task.label_list == ("0", "1"):
