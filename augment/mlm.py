@@ -204,3 +204,41 @@ class MaskedLMScorer:
                 pieces = [self._id_to_piece[i] for i in ids_row]
                 result[item[0]] = [piece for piece in pieces if not piece.startswith("##")]
         return result
+
+
+class MaskedLMError(ValueError):
+    """A model folder or name that is not a complete masked LM."""
+
+
+def load_masked_lm(name_or_path: str):
+    """The masked LM of `name_or_path`, in eval mode, loaded under the project's one transformers lock.
+
+    Every weight the masked LM needs must come from the checkpoint: transformers would initialise a missing head at
+    random (a BERT encoder without its masked-LM head, e.g. a sentence-transformers folder) and every candidate
+    would be noise.
+
+    Raises:
+      MaskedLMError: the checkpoint lacks weights the model needs, or holds weights of another shape.
+    """
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    from corpus.tokenizer import TRANSFORMERS_LOCK
+    with TRANSFORMERS_LOCK:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report would list what we refuse below anyway
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        names = missing or mismatched
+        what = "lacks weights" if missing else "holds weights of another shape for"
+        head = " (no masked-LM head: a BERT encoder, e.g. a sentence-transformers folder?)" if any(
+            name.startswith("cls.") for name in missing) else ""
+        raise MaskedLMError(f"{name_or_path} {what} the masked LM needs: {', '.join(names[:3])}"
+                            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}{head}; pass a masked-LM "
+                            "checkpoint (BertForMaskedLM, e.g. bert-base-uncased)")
+    return model.eval()

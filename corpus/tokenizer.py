@@ -72,18 +72,65 @@ class LoadedTokenizer:
         return self.backend.to_str()
 
 
-def load(name_or_path: str) -> LoadedTokenizer:
-    """The fast tokenizer of `name_or_path` (hub name or local directory); see the module docstring.
+# Files a tokenizer is saved as (fast, WordPiece, BPE, SentencePiece): a folder with none of them holds no tokenizer,
+# whatever transformers would make of its config.json (a 5-token vocabulary, every word [UNK]).
+VOCABULARY_FILES = (TOKENIZER_FILE, "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+
+
+def check_folder(name_or_path: str) -> None:
+    """Refuses a local folder that holds no tokenizer files.
 
     Raises:
-      TokenizerError: nothing loadable, or no fast implementation.
+      TokenizerError: the folder has none of VOCABULARY_FILES.
     """
+    if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, name))
+                                               for name in VOCABULARY_FILES):
+        raise TokenizerError(f"{name_or_path} holds no tokenizer files ({' or '.join(VOCABULARY_FILES[:2])}); "
+                             "save the tokenizer beside the model (tokenizer.save_pretrained) or pass the folder "
+                             "or hub name of the model's own tokenizer")
+
+
+def _model_vocab_size(name_or_path: str) -> Optional[int]:
+    path = os.path.join(name_or_path, MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        size = _read_json(path).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def check_fits_model(loaded: "LoadedTokenizer", vocab_size: Optional[int], *, model: str) -> None:
+    """Refuses a tokenizer with ids the model has no embedding for (more tokens than its `vocab_size`).
+
+    Raises:
+      TokenizerError: the tokenizer's vocabulary does not fit the model's.
+    """
+    size = loaded.backend.get_vocab_size(with_added_tokens=True)
+    if vocab_size is not None and size > vocab_size:
+        raise TokenizerError(f"the tokenizer of {loaded.name_or_path} has {size:,} tokens but the model {model} has "
+                             f"{vocab_size:,} embeddings (config.json vocab_size): they do not belong together; pass "
+                             "the model's own tokenizer")
+
+
+def load(name_or_path: str) -> LoadedTokenizer:
+    """The fast tokenizer of `name_or_path` (hub name or local directory); see the module docstring. A folder that
+    also holds a model's config.json must hold a tokenizer that fits it.
+
+    Raises:
+      TokenizerError: nothing loadable, no fast implementation, a folder without tokenizer files, or a vocabulary
+        larger than the folder's model's.
+    """
+    check_folder(name_or_path)
     files = _tokenizer_files(name_or_path)
-    if files is not None:
-        loaded = _rebuild_bert(name_or_path, files)
-        if loaded is not None:
-            return loaded
-    return load_with_transformers(name_or_path)
+    loaded = _rebuild_bert(name_or_path, files) if files is not None else None
+    if loaded is None:
+        loaded = load_with_transformers(name_or_path)
+    if os.path.isdir(name_or_path):
+        check_fits_model(loaded, _model_vocab_size(name_or_path), model=name_or_path)
+    return loaded
 
 
 def load_with_transformers(name_or_path: str) -> LoadedTokenizer:
@@ -104,6 +151,7 @@ def load_transformers_tokenizer(name_or_path: str):
       TokenizerError: nothing loadable, or no fast implementation.
     """
     from transformers import AutoTokenizer
+    check_folder(name_or_path)
     try:
         with TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
