@@ -8,6 +8,7 @@ reads it back (`message_of_record`).
 """
 
 import json
+import lzma
 import zlib
 from typing import Optional
 
@@ -69,9 +70,9 @@ class DamagedStream(ValueError):
         self.cause = cause
 
 
-# What Python's gzip/bz2 readers raise on a damaged stream: EOFError when it is truncated, OSError (BadGzipFile,
-# "Invalid data stream") when it is no such stream, zlib.error on a corrupt block.
-DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error)
+# What Python's gzip/bz2/xz readers raise on a damaged stream: EOFError when it is truncated, OSError (BadGzipFile,
+# "Invalid data stream") when it is no such stream, zlib.error / LZMAError on a corrupt block.
+DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 def damaged_stream(error: BaseException, raw) -> DamagedStream:
