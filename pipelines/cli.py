@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -200,19 +201,42 @@ def configure_logging(quiet: bool = False) -> None:
             handler.addFilter(_NoWorkerTracebacks())
 
 
+class _Stop:
+    """The signal that asked the run to stop (SIGINT, SIGTERM), once one has."""
+    name: Optional[str] = None
+
+
+def _stop_on(signum, frame):  # pylint: disable=unused-argument
+    _Stop.name = signal.Signals(signum).name
+    raise KeyboardInterrupt
+
+
+def stop_requested() -> Optional[str]:
+    """SIGINT or SIGTERM where a signal asked this process to stop, else None."""
+    return _Stop.name
+
+
+def _stopped_line(name: str) -> str:
+    return (f"stopped by {name}; the output folder is left unfinished (no _SUCCESS): rerun the same command with "
+            "--overwrite to start it again")
+
+
 def run_main(run: Callable[[List[str]], object], argv: Optional[Iterable[str]]) -> None:
-    """Runs a pipeline's run(argv) the way a shell user expects: one line and exit 1 on any failure."""
+    """Runs a pipeline's run(argv) the way a shell user expects: one line and exit 1 on any failure; SIGINT and
+    SIGTERM stop it with one line (exit 130 / 143), whatever the runner makes of the interruption."""
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(quiet="--quiet" in argv)
+    previous = {signum: signal.signal(signum, _stop_on) for signum in (signal.SIGINT, signal.SIGTERM)}
     started = time.time()
     try:
         run(argv)
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted; the output folder has no _SUCCESS (rerun with --overwrite)\n")
-        raise SystemExit(130) from None
-    except SystemExit:
-        raise
-    except Exception as error:  # pylint: disable=broad-except
+    except BaseException as error:  # pylint: disable=broad-except
+        if isinstance(error, SystemExit) and _Stop.name is None:
+            raise
+        if _Stop.name is not None or isinstance(error, KeyboardInterrupt):
+            name = _Stop.name or "SIGINT"
+            sys.stderr.write(f"error: {_stopped_line(name)}\n")
+            raise SystemExit(128 + int(getattr(signal, name))) from None
         if os.environ.get("TINYBERT_TRACEBACK"):
             raise
         found = find_user_error(error)
@@ -224,3 +248,6 @@ def run_main(run: Callable[[List[str]], object], argv: Optional[Iterable[str]]) 
                     "set TINYBERT_TRACEBACK=1 to see the traceback")
         sys.stderr.write(f"error: {' '.join(line.split())}\n")
         raise SystemExit(1) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
