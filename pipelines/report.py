@@ -24,15 +24,12 @@ import dataclasses
 import heapq
 import itertools
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from contract import layout
-from contract.layout import AUGMENTED_KIND
 from contract import charts
 from pipelines import outputs
 
@@ -45,6 +42,7 @@ SOURCES = ("mlm", "glove", "none")
 SOURCE_NAMES = {"mlm": "masked LM", "glove": "GloVe", "none": "none"}
 
 Stats = Dict[str, Dict[str, Any]]  # {"hist": {name: {bin: n}}, "counts": {name: n}}
+Render = Callable[..., Tuple[str, Dict[str, bytes]]]  # a pipeline's report: (report.md, {file name: SVG bytes})
 
 
 # ------------------------------------------------------------------------------------------------ histograms
@@ -181,14 +179,6 @@ def augment_histograms(*, num_aug: int, num_fields: int, top_k: int) -> Tuple[Hi
                              "candidates of a candidate word (0: none found, it keeps itself)", max_value=top_k))
 
 
-def corpus_histograms(*, max_seq_len: int) -> Tuple[Histogram, Histogram]:
-    """(instance length, tokens per document) bins."""
-    return (Histogram.linear("instance_length", "Instance length", "tokens of an instance ([CLS] and [SEP] included)",
-                             max_value=max_seq_len),
-            Histogram("tokens_per_document", "Tokens per document", "WordPiece tokens of a document", "log2",
-                      1, 40))
-
-
 def example_stats(plans: Sequence[Any], mlm: Sequence[Mapping[int, Sequence[str]]],
                   glove: Mapping[str, Sequence[str]], rows: Sequence[Any], *, word_filter, rows_hist: Histogram,
                   length_hist: Histogram) -> Tuple[Stats, Dict[str, int]]:
@@ -240,22 +230,6 @@ def example_stats(plans: Sequence[Any], mlm: Sequence[Mapping[int, Sequence[str]
     return stats, replaced_words
 
 
-def instance_batch_stats(element: Tuple[Tuple[int, int], bytes], *, length_hist: Histogram) -> Stats:
-    """The report's stats of one encoded batch of instances ((epoch, shard), Arrow IPC bytes), vectorized."""
-    (epoch, _), payload = element
-    table = pa.ipc.open_stream(payload).read_all()
-    lengths = pc.list_value_length(table["input_ids"]).to_numpy(zero_copy_only=False)
-    random_next = int(pc.sum(table["is_random_next"]).as_py() or 0)
-    return {"hist": {length_hist.name: count_array(length_hist, lengths)},
-            "counts": {f"instances_epoch_{epoch}": table.num_rows, f"random_next_epoch_{epoch}": random_next}}
-
-
-def document_stats(element: Tuple[str, Tuple[bytes, bytes]], *, itemsize: int, tokens_hist: Histogram) -> Stats:
-    """The report's stats of one packed document (key, (ids bytes, sentence lengths bytes))."""
-    _, (ids, _) = element
-    return {"hist": {tokens_hist.name: {tokens_hist.index(len(ids) // itemsize): 1}}, "counts": {}}
-
-
 # ------------------------------------------------------------------------------------------------- drawing
 def draw_histogram(histogram: Histogram, bins: Mapping[int, int], *, note: str = "") -> bytes:
     """SVG: a bar per bin from the first to the last non-empty one."""
@@ -283,22 +257,26 @@ def draw_bars(title: str, labels: Sequence[str], values: Sequence[float], *, xla
 
 
 # ---------------------------------------------------------------------------------------------------- report.md
-def _table(rows: Sequence[Tuple[Any, ...]], header: Tuple[str, ...]) -> List[str]:
+def markdown_table(rows: Sequence[Tuple[Any, ...]], header: Tuple[str, ...]) -> List[str]:
+    """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
 
 
-def _mean(bins: Mapping[int, int], total: int) -> float:
+def histogram_mean(bins: Mapping[int, int], total: int) -> float:
+    """`total` (the sum of the counted values) over the number of values the bins counted; 0 for none."""
     count = sum(bins.values())
     return total / count if count else 0.0
 
 
-def _percent(part: int, whole: int) -> str:
+def percent(part: int, whole: int) -> str:
+    """`part` of `whole` as "12.5%", or "n/a" of nothing."""
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
 
 
-def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> List[str]:
+def rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> List[str]:
+    """report.md's "Rejects by reason" lines for {reason: n}; adds its figure to `figures`."""
     lines = ["## Rejects by reason", ""]
     if not rejects:
         return lines + ["No input record was rejected.", ""]
@@ -306,7 +284,7 @@ def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> L
     figures["rejects_by_reason.svg"] = draw_bars("Rejects by reason", [k for k, _ in ordered],
                                                  [v for _, v in ordered], xlabel="records",
                                                  annotations=[f"{v:,}" for _, v in ordered])
-    return lines + ["![Rejects by reason](rejects_by_reason.svg)", ""] + _table(
+    return lines + ["![Rejects by reason](rejects_by_reason.svg)", ""] + markdown_table(
         [(reason, f"{count:,}") for reason, count in ordered], ("reason", "records")) + [
         "", f"Every rejected record is in `{layout.REJECTS_SUBDIR}/` with its reason.", ""]
 
@@ -322,7 +300,7 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
     figures: Dict[str, bytes] = {}
     rows_bins = stats["hist"].get(rows_hist.name, {})
     figures["rows_per_example.svg"] = draw_histogram(
-        rows_hist, rows_bins, note=f"{examples:,} examples, mean {_mean(rows_bins, rows):.2f} rows")
+        rows_hist, rows_bins, note=f"{examples:,} examples, mean {histogram_mean(rows_bins, rows):.2f} rows")
     source_rows = []
     for source in SOURCES:
         words, slots = extra.get(f"words_{source}", 0), extra.get(f"slots_{source}", 0)
@@ -331,7 +309,7 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
     figures["replacement_rate_by_source.svg"] = draw_bars(
         "Replacement rate by candidate source", [r[0] for r in source_rows],
         [100 * r[3] / r[2] if r[2] else 0.0 for r in source_rows], xlabel="% of word slots replaced",
-        annotations=[f"{_percent(r[3], r[2])} ({r[3]:,} / {r[2]:,})" for r in source_rows], horizontal=False,
+        annotations=[f"{percent(r[3], r[2])} ({r[3]:,} / {r[2]:,})" for r in source_rows], horizontal=False,
         limit=100,
         reference=100 * float(settings.get("replace_prob", 0)))
     length_bins = stats["hist"].get(length_hist.name, {})
@@ -350,9 +328,9 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
              f"1 + {settings.get('num_aug')} x fields when draws repeat a sentence or a field has no candidate word.",
              "", "## Replacement rate by source", "", "![Replacement rate by source](replacement_rate_by_source.svg)",
              ""]
-    lines += _table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", _percent(replaced, slots))
-                     for name, words, slots, replaced in source_rows],
-                    ("source", "candidate words", "word slots", "replaced", "rate"))
+    lines += markdown_table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", percent(replaced, slots))
+                             for name, words, slots, replaced in source_rows],
+                            ("source", "candidate words", "word slots", "replaced", "rate"))
     lines += ["", "A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
               f"found nothing (it keeps itself). Words that are never candidates (stop words, punctuation): "
               f"{extra.get('other_words', 0):,}. The dashed line is --replace_prob.", "",
@@ -363,55 +341,11 @@ def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Map
             f"Most replaced words (top {len(top_words)})", [w for w, _ in top_words], [n for _, n in top_words],
             xlabel="times replaced", annotations=[f"{n:,}" for _, n in top_words])
         lines += ["![Most replaced words](most_replaced_words.svg)", ""]
-        lines += _table([(f"`{w}`", f"{n:,}") for w, n in top_words], ("word", "times replaced"))
+        lines += markdown_table([(f"`{w}`", f"{n:,}") for w, n in top_words], ("word", "times replaced"))
         lines.append("")
     else:
         lines += ["No word was replaced.", ""]
-    lines += _rejects_section(rejects, figures)
-    return "\n".join(lines), figures
-
-
-def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, settings: Mapping[str, Any],
-                  histograms: Sequence[Histogram], corpus_table: str = "corpus", rejects_table: str = "rejects"
-                  ) -> Tuple[str, Dict[str, bytes]]:
-    """(report.md, {file name: SVG bytes}) of a general-distillation output."""
-    length_hist, tokens_hist = histograms
-    run_counts = counts.get(corpus_table, {})
-    rejects = counts.get(rejects_table, {})
-    extra = stats["counts"]
-    documents, instances = int(run_counts.get("documents", 0)), int(run_counts.get("instances", 0))
-    tokens, instance_tokens = int(run_counts.get("tokens", 0)), int(run_counts.get("instance_tokens", 0))
-    epochs = int(settings.get("epochs", 1))
-    random_next = sum(extra.get(f"random_next_epoch_{e}", 0) for e in range(epochs))
-    figures: Dict[str, bytes] = {}
-    length_bins = stats["hist"].get(length_hist.name, {})
-    figures["instance_length.svg"] = draw_histogram(
-        length_hist, length_bins, note=f"{instances:,} instances, mean {_mean(length_bins, instance_tokens):.1f} "
-                                       f"tokens, max_seq_len {settings.get('max_seq_len')}")
-    per_epoch = [(extra.get(f"random_next_epoch_{e}", 0), extra.get(f"instances_epoch_{e}", 0)) for e in range(epochs)]
-    figures["random_next_share.svg"] = draw_bars(
-        "Random-next share per epoch", [f"epoch {e}" for e in range(epochs)],
-        [100 * r / n if n else 0.0 for r, n in per_epoch], xlabel="% of instances with a random-next B",
-        annotations=[f"{_percent(r, n)} ({r:,} / {n:,})" for r, n in per_epoch], horizontal=False, limit=100,
-        reference=50 if settings.get("instance_mode") == "pairs" else None)
-    token_bins = stats["hist"].get(tokens_hist.name, {})
-    figures["tokens_per_document.svg"] = draw_histogram(
-        tokens_hist, token_bins, note=f"{documents:,} documents, mean {_mean(token_bins, tokens):.1f} tokens")
-    lines = ["# General-distillation corpus report", "",
-             f"instance_mode {settings.get('instance_mode')}, max_seq_len {settings.get('max_seq_len')}, epochs "
-             f"{epochs}, seed {settings.get('seed')}. Figures drawn from the pipeline's own counts (no row sampled).",
-             "", "| | |", "|---|---|",
-             f"| documents | {documents:,} |", f"| sentences | {int(run_counts.get('sentences', 0)):,} |",
-             f"| tokens | {tokens:,} |", f"| instances | {instances:,} |",
-             f"| random-next instances | {random_next:,} ({_percent(random_next, instances)}) |",
-             f"| rejected records | {sum(rejects.values()):,} |", "",
-             "## Instance length", "", "![Instance length](instance_length.svg)", "",
-             "## Random-next share", "", "![Random-next share](random_next_share.svg)", "",
-             "Pairs mode draws a random-next B for about half the instances (the dashed line); always when a chunk "
-             "holds one sentence.", "",
-             "## Tokens per document", "", "![Tokens per document](tokens_per_document.svg)", "",
-             "Bins double in width (log scale).", ""]
-    lines += _rejects_section(rejects, figures)
+    lines += rejects_section(rejects, figures)
     return "\n".join(lines), figures
 
 
@@ -422,23 +356,20 @@ class WriteReportFn(beam.DoFn):
     Runs once (an Impulse). The figures are written first, report.md last, each through a temporary name.
     """
 
-    def __init__(self, output_dir: str, kind: str, *, settings: Mapping[str, Any], histograms: Sequence[Histogram],
-                 run_id: Optional[str] = None):
+    def __init__(self, output_dir: str, render: Render, *, settings: Mapping[str, Any],
+                 histograms: Sequence[Histogram], run_id: Optional[str] = None):
         self._output_dir = output_dir
-        self._kind = kind
+        self._render = render
         self._settings = dict(settings)
         self._histograms = tuple(histograms)
         self._run_id = run_id
 
-    def process(self, unused_element, stats, named_counts, top_words=()):
+    def process(self, unused_element, stats, named_counts, top_words=None):
         counts: Dict[str, Dict[str, int]] = {}
         for (table, key), value in named_counts:
             counts.setdefault(str(table), {})[str(key)] = counts.get(str(table), {}).get(str(key), 0) + int(value)
-        if self._kind == AUGMENTED_KIND:
-            text, figures = augment_report(stats, top_words, counts, settings=self._settings,
-                                           histograms=self._histograms)
-        else:
-            text, figures = corpus_report(stats, counts, settings=self._settings, histograms=self._histograms)
+        extra = {} if top_words is None else {"top_words": top_words}
+        text, figures = self._render(stats, counts, settings=self._settings, histograms=self._histograms, **extra)
         outputs.check_claim(self._output_dir, self._run_id)  # another run took the folder: write nothing
         directory = outputs.join_path(self._output_dir, REPORT_SUBDIR)
         for name, data in sorted(figures.items()):
@@ -473,7 +404,9 @@ class WriteReport(beam.PTransform):
 
     Args:
       output_dir: the output root.
-      kind: the manifest's kind ("augmented-task" or "general-distillation").
+      render: the pipeline's report, `render(stats, counts, *, settings, histograms[, top_words])` -> (report.md,
+        {file name: SVG bytes}), with `counts` the manifest's count tables as {table: {key: n}}; a module-level
+        function, so that it pickles by reference.
       stats: the single summed stats dict (`SumReportStats`).
       named_counts: ((table, key), n) pairs: the manifest's count tables (rejects by reason among them).
       top_words: augment: the single list from `FindTopWords`.
@@ -486,11 +419,11 @@ class WriteReport(beam.PTransform):
       manifest and `_SUCCESS` then wait for the report.
     """
 
-    def __init__(self, output_dir: str, kind: str, *, stats: beam.PCollection, named_counts: beam.PCollection,
+    def __init__(self, output_dir: str, render: Render, *, stats: beam.PCollection, named_counts: beam.PCollection,
                  top_words: Optional[beam.PCollection] = None, settings: Mapping[str, Any],
                  histograms: Sequence[Histogram], run_id: Optional[str] = None):
         super().__init__()
-        self._fn = WriteReportFn(output_dir, kind, settings=settings, histograms=histograms, run_id=run_id)
+        self._fn = WriteReportFn(output_dir, render, settings=settings, histograms=histograms, run_id=run_id)
         self._stats = stats
         self._named_counts = named_counts
         self._top_words = top_words

@@ -17,6 +17,7 @@ import pytest
 
 from pipelines import augment as augment_pipeline
 from pipelines import cli, corpus as corpus_pipeline, outputs
+from pipelines.corpus.config import CorpusConfig
 from pipelines.options import IOOptions
 from contract.errors import UserError
 
@@ -102,7 +103,7 @@ def test_the_wheel_holds_every_package_and_the_sample(tmp_path):
     wheel, = tmp_path.glob("tinybert_data-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("augment/algorithm.py", "contract/tasks.py", "corpus/wikimarkup.py", "pipelines/augment.py",
-                   "pipelines/corpus.py", "distill/run.py",
+                   "pipelines/corpus/pipeline.py", "pipelines/corpus/__main__.py", "distill/run.py",
                    "pipelines/samples/sst2/train.tsv", "pipelines/samples/sst2/dev.tsv"):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -149,11 +150,12 @@ def test_help_as_typed(tmp_path, command, expected):
 
 
 def test_corpus_refuses_the_augment_flags_and_bad_values(tmp_path):
-    own = [IOOptions, corpus_pipeline.CorpusOptions]
+    def parse(argv):
+        return cli.parse_args(argv, prog="python -m pipelines.corpus", doc="", settings=[CorpusConfig])
     with pytest.raises(UserError, match="unknown option --max_seq_length; did you mean --max_seq_len"):
-        cli.parse_pipeline_options(["--max_seq_length", "64"], own)
+        parse(["--max_seq_length", "64"])
     with pytest.raises(UserError, match="unknown option --num_aug"):
-        cli.parse_pipeline_options(["--num_aug", "2"], own)
+        parse(["--num_aug", "2"])
     text = tmp_path / "t.txt"
     text.write_text("One sentence.\n")
     for flag, message in (("--max_seq_len=5", "--max_seq_len must be within"),
@@ -260,15 +262,15 @@ def test_an_input_directory_means_its_files(tmp_path, tiny_bert, tiny_glove):
 def test_corpus_parquet_without_text_is_one_line(tmp_path, tiny_bert):
     path = tmp_path / "wiki.parquet"
     pq.write_table(pa.table({"id": ["1"], "body": ["Some text."]}), path)
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(UserError) as raised:
         corpus_pipeline.run([f"--input={path}", "--input_format=wikipedia-parquet", f"--output={tmp_path / 'o'}",
                              f"--tokenizer={tiny_bert}", "--quiet"])
-    assert "no 'text' column (columns: id, body)" in cli.user_error_line(raised.value)
+    assert "no 'text' column (columns: id, body)" in str(raised.value)
     pq.write_table(pa.table({"id": ["1"], "text": [5]}), path)
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(UserError) as raised:
         corpus_pipeline.run([f"--input={path}", "--input_format=wikipedia-parquet", f"--output={tmp_path / 'p'}",
                              f"--tokenizer={tiny_bert}", "--quiet"])
-    assert "column 'text' is int64, not text" in cli.user_error_line(raised.value)
+    assert "column 'text' is int64, not text" in str(raised.value)
     assert not (tmp_path / "p" / "_SUCCESS").exists()
 
 

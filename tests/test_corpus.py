@@ -17,6 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from contract.schemas import instance_schema
 from corpus import wiki
 from pipelines import corpus, sources
+from pipelines.corpus.read import ReadDocuments, ReadSettings
+from pipelines.corpus.transforms import TokenizeDocumentsFn
 
 HEADER = b"""<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" \
 xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="0.10" xml:lang="en">
@@ -205,7 +207,7 @@ def test_read_documents_routes_bad_pages_to_rejects(tmp_path):
     _write_xml(path, _pages())
     files = sources.input_files(str(path))
     with TestPipeline() as p:
-        read = p | corpus.ReadDocuments(files, input_format="wikipedia-xml", split_bytes=700)
+        read = p | ReadDocuments(files, ReadSettings(input_format="wikipedia-xml", split_bytes=700))
         keys = read.documents | beam.Map(lambda doc: doc[0])
         reasons = read.rejects | beam.Map(lambda row: (row["reason"], row["record"].split("\t")[0].split("\n")[0]))
         assert_that(keys, equal_to(["dump.xml#1", "dump.xml#2", "dump.xml#7"]), label="Documents")
@@ -219,7 +221,7 @@ def test_text_reader_rejects_non_utf8_line(tmp_path):
     path.write_bytes(b"One.\nTwo.\n\nBad \xff line.\nThree.\n")
     files = sources.input_files(str(path))
     with TestPipeline() as p:
-        read = p | corpus.ReadDocuments(files, input_format="text", split_bytes=1 << 20)
+        read = p | ReadDocuments(files, ReadSettings(input_format="text", split_bytes=1 << 20))
         assert_that(read.documents, equal_to([("corpus.txt#0", ["One.", "Two."], True),
                                               ("corpus.txt#23", ["Three."], True)]), label="Documents")
         assert_that(read.rejects | beam.Map(lambda r: (r["row_index"], r["reason"], r["record"])),
@@ -372,17 +374,17 @@ def test_documents_tokenized_as_one_text_equal_sentence_by_sentence(tmp_path, to
     docs.append(("odd", ["\u200b\x00", "Plain words.", "\u3000"]))  # sentences without tokens are left out
     docs.append(("empty", ["\u200b"]))  # a document without tokens is rejected
     backend_json = tokenizer.load(tokenizer_dir).to_json()
-    cached = corpus.TokenizeDocumentsFn(backend_json, "H")
+    cached = TokenizeDocumentsFn(backend_json, "H")
     cached.setup()
     assert cached._fast is not None and cached._joining is None
     monkeypatch.setattr(wordpiece.CachedWordPiece, "from_backend", classmethod(lambda cls, backend: None))
-    joined = corpus.TokenizeDocumentsFn(backend_json, "H")
+    joined = TokenizeDocumentsFn(backend_json, "H")
     joined.setup()
     assert joined._fast is None and joined._joining is not None
     # The vocab travels one token per line inside the DoFn: the tokenizer rebuilt from it is the same.
     assert joined._tokenizer_parts[1] is not None
     assert joined._tokenizer.to_str() == tokenizer.load(tokenizer_dir).backend.to_str()
-    alone = corpus.TokenizeDocumentsFn(backend_json, "H")
+    alone = TokenizeDocumentsFn(backend_json, "H")
     alone.setup()
     alone._joining = None
     expected = _tokenize_documents(alone, docs)

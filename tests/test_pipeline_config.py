@@ -8,7 +8,7 @@ import pytest
 from contract.errors import UserError
 from pipelines import cli
 from pipelines.augment import SAMPLE_INPUT, AugmentConfig, AugmentOptions
-from pipelines.corpus import CorpusConfig, CorpusOptions
+from pipelines.corpus.config import CorpusConfig
 from pipelines.options import IOOptions
 
 
@@ -17,7 +17,8 @@ def _augment(argv):
 
 
 def _corpus(argv):
-    return CorpusConfig.from_options(cli.parse_pipeline_options(argv, [IOOptions, CorpusOptions]))
+    namespace, _ = cli.parse_args(argv, prog="python -m pipelines.corpus", doc="", settings=[CorpusConfig])
+    return CorpusConfig.from_namespace(namespace)
 
 
 def test_augment_config_fills_defaults_and_makes_paths_absolute():

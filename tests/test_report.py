@@ -13,6 +13,7 @@ import pytest
 from contract import layout
 from contract import charts
 from pipelines import report
+from pipelines.corpus.report import corpus_histograms
 from tests.test_reliability import SENTENCES, _augment, _corpus, _tsv
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -44,12 +45,12 @@ def test_top_words_merge_is_bounded_and_exact_in_any_order():
 def test_histogram_bins_are_fixed_and_agree_scalar_and_vectorized():
     values = np.array([0, 1, 2, 3, 4, 7, 8, 100, 127, 128, 129, 10 ** 9])
     for histogram in (report.Histogram.linear("a", "A", "x", max_value=128),
-                      report.corpus_histograms(max_seq_len=128)[1],
+                      corpus_histograms(max_seq_len=128)[1],
                       report.Histogram.linear("b", "B", "x", max_value=5000)):
         assert histogram.num_bins <= report.MAX_BINS
         assert list(histogram.indices(values)) == [histogram.index(v) for v in values]
         assert sum(report.count_array(histogram, values).values()) == len(values)
-    log2 = report.corpus_histograms(max_seq_len=128)[1]
+    log2 = corpus_histograms(max_seq_len=128)[1]
     assert [log2.label(i) for i in range(4)] == ["0", "1", "2-3", "4-7"]
     assert report.SumReportStatsFn().merge_accumulators([
         {"hist": {"a": {1: 2}}, "counts": {"x": 1}}, {"hist": {"a": {1: 3, 2: 1}}, "counts": {"x": 2}}]) == {
@@ -105,7 +106,7 @@ def test_histogram_has_a_bar_per_bin_its_labels_and_no_data_when_empty():
         assert expected in texts, expected
     assert "no data" not in texts
 
-    log2 = report.corpus_histograms(max_seq_len=128)[1]
+    log2 = corpus_histograms(max_seq_len=128)[1]
     many = {i: i for i in range(1, 39)}
     root = _svg(report.draw_histogram(log2, many))
     assert len(_bars(root)) == 40  # 0..39: the empty bin 0 before, the last bin (39) after
@@ -169,7 +170,7 @@ def test_nice_ticks():
 def test_a_report_does_not_import_matplotlib():
     code = """
 import sys
-from pipelines import report
+from pipelines.corpus import report
 length_hist, tokens_hist = report.corpus_histograms(max_seq_len=64)
 stats = {"hist": {length_hist.name: {10: 3, 20: 5}, tokens_hist.name: {5: 2}},
          "counts": {"instances_epoch_0": 8, "random_next_epoch_0": 4}}

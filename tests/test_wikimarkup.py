@@ -10,7 +10,9 @@ import pytest
 from contract.errors import UserError
 
 from corpus import documents, wiki
-from pipelines import corpus
+from pipelines.corpus.config import WIKI_MARKUPS
+from pipelines.corpus.read import ReadDocumentsFn, ReadSettings, SplitInputFn
+from pipelines.corpus.transforms import SplitSentencesFn
 from corpus.wikimarkup import wikitext_to_paragraphs as strip
 from tests.test_corpus import FOOTER, HEADER, _page, _pages, _run, _write_xml, tokenizer_dir  # noqa: F401 (fixture)
 
@@ -121,11 +123,11 @@ ZH_PARAGRAPH = "".join(ZH_SENTENCES)
 def _sentences(input_format, path, wiki_markup="fast"):
     import os
     size = os.path.getsize(path)
-    splitter_fn = corpus.SplitSentencesFn()
+    splitter_fn = SplitSentencesFn()
     splitter_fn.setup()
-    read_fn = corpus.ReadDocumentsFn(input_format, wiki_markup)
-    work_items = list(corpus.SplitInputFn(input_format, 1 << 20).process({"path": str(path), "bytes": size,
-                                                                                   "name": path.name}))
+    settings = ReadSettings(input_format=input_format, split_bytes=1 << 20, wiki_markup=wiki_markup)
+    read_fn = ReadDocumentsFn(settings)
+    work_items = list(SplitInputFn(settings).process({"path": str(path), "bytes": size, "name": path.name}))
     out = []
     for work in work_items:
         for document in read_fn.process(work):
@@ -153,7 +155,7 @@ def test_cjk_sentence_ends_in_parquet_input(tmp_path):
     assert _sentences("wikipedia-parquet", path) == [ZH_SENTENCES + ["第二段。", "It ends here.", "Really."]]
 
 
-@pytest.mark.parametrize("wiki_markup", corpus.WIKI_MARKUPS)
+@pytest.mark.parametrize("wiki_markup", WIKI_MARKUPS)
 def test_cjk_sentence_ends_in_wikipedia_xml_input(tmp_path, wiki_markup):
     text = "'''维基百科'''是一个[[网络]]百科全书。它由志愿者共同编写！你知道它有多少条目吗？{{lang|en|x}}\n\n" \
            "== 历史 ==\n他说：“我明天来。”然后就走了……再也没有回来。"
@@ -168,7 +170,7 @@ def test_wiki_markup_option_reaches_the_reader_and_manifest(tmp_path, tokenizer_
     path = tmp_path / "dump.xml"
     _write_xml(path, _pages())
     counts = {}
-    for markup in corpus.WIKI_MARKUPS:
+    for markup in WIKI_MARKUPS:
         _, manifest = _run(tmp_path, markup, path, "wikipedia-xml", tokenizer_dir, f"--wiki_markup={markup}",
                            "--epochs=1")
         assert manifest["wiki_markup"] == markup
