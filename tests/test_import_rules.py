@@ -15,12 +15,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 BEAM_FREE = {
     "contract": "contract.errors, contract.layout, contract.schemas, contract.manifest, contract.seeds, "
-                "contract.fingerprint, contract.tasks",
+                "contract.fingerprint, contract.tasks, contract.charts, contract.options, contract.filesystem, "
+                "contract.claim, contract.finished",
     "augment": "augment.words, augment.glove, augment.mlm, augment.algorithm, augment.augmenter, augment.tasks, "
                "augment.reference",
     "corpus": "corpus.wiki, corpus.wikimarkup, corpus.documents, corpus.tokenizer, corpus.instances",
-    "distill": "distill.run, distill.trainer, distill.data, distill.glue, distill.models, distill.losses, "
-               "distill.config",
+    "distill": "distill.run, distill.trainer, distill.checkpoint, distill.metrics, distill.data, distill.encoding, "
+               "distill.devices, distill.glue, distill.models, distill.losses, distill.config",
 }
 
 CHECK = ("import csv, sys; limit = csv.field_size_limit(); import {modules}; "
@@ -35,6 +36,19 @@ def test_package_imports_neither_beam_nor_pipelines(package):
     result = subprocess.run([sys.executable, "-c", CHECK.format(modules=BEAM_FREE[package])], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_no_runtime_module_imports_matplotlib():
+    """Every figure (report/, the loss curve) is SVG drawn by contract.charts."""
+    import ast
+    found = []
+    for package in ("augment", "contract", "corpus", "distill", "pipelines"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                found += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] == "matplotlib"]
+    assert not found, found
 
 
 def test_one_task_table_with_every_alias():

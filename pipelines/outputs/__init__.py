@@ -21,3 +21,8 @@ from pipelines.outputs.shards import (CountByKey, ShardSet, WriteBatchedShards, 
                                       shard_of, write_bytes_atomically, write_table_atomically)
 from pipelines.outputs.results import QualityRule, dataset_card, raise_if_failed, summary
 from pipelines.progress import human_bytes
+
+__all__ = ["OutputClaimLostError", "OutputExistsError", "OutputInUseError", "check_claim", "claim_output_dir",
+           "read_manifest", "release_claim", "FinalizeOutput", "CountByKey", "ShardSet", "WriteBatchedShards",
+           "WriteShards", "encode_batch", "join_path", "shard_of", "write_bytes_atomically", "write_table_atomically",
+           "QualityRule", "dataset_card", "raise_if_failed", "summary", "human_bytes"]
