@@ -78,7 +78,7 @@ def _complete_shard_set(output_dir: str, shard_set: ShardSet, stats: List[Dict[s
     by_shard = {s["shard"]: s for s in stats}  # a retried shard reports the same stats twice at most
     for shard in range(shard_set.num_shards):
         if shard not in by_shard:
-            by_shard[shard] = write_shard(output_dir, shard_set, shard, [])
+            by_shard[shard] = write_shard(output_dir, shard_set, shard=shard, rows=[])
     files = [by_shard[i] for i in range(shard_set.num_shards)]
     totals: Dict[str, int] = {}
     for item in files:

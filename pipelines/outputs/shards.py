@@ -88,7 +88,7 @@ class WriteShardFn(beam.DoFn):
     def process(self, element: Tuple[int, Iterable[Tuple[Any, Dict[str, Any]]]]):
         shard, keyed_rows = element
         rows = [row for _, row in _sorted_by_key(keyed_rows)]
-        yield write_shard(self._output_dir, self._shard_set, shard, rows)
+        yield write_shard(self._output_dir, self._shard_set, shard=shard, rows=rows)
         self._rows_written.inc(len(rows))
 
 
@@ -109,7 +109,7 @@ def _sorted_by_key(keyed_rows: Iterable[Tuple[Any, Any]]) -> List[Tuple[Any, Any
     return result
 
 
-def write_shard(output_dir: str, shard_set: ShardSet, shard: int, rows: Union[List[Any], pa.Table]
+def write_shard(output_dir: str, shard_set: ShardSet, *, shard: int, rows: Union[List[Any], pa.Table]
                 ) -> Dict[str, Any]:
     """Writes one shard from a list of rows (dicts, or lines for TSV) or an already sorted pa.Table; returns its
     stats ({"path", "shard", "rows", ...})."""
@@ -187,7 +187,7 @@ class WriteBatchedShardFn(beam.DoFn):
         # Sorted by key (a stable sort; keys are unique, and a retried bundle repeats identical rows), so a shard's
         # bytes never depend on the order in which batches reached it.
         table = table.take(pc.sort_indices(table, sort_keys=[(self._sort_by, "ascending")]))
-        yield write_shard(self._output_dir, shard_set, shard, table)
+        yield write_shard(self._output_dir, shard_set, shard=shard, rows=table)
         self._rows_written.inc(table.num_rows)
 
 
