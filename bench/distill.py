@@ -66,8 +66,7 @@ def _reader_rate(corpus, tokenizer, *, batch_size, num_workers, samples):
     from distill import data
     stream, _ = data.open_corpus(corpus, tokenizer=tokenizer, tokenizer_name="bench", batch_size=batch_size,
                                  shuffle_buffer=4096, seed=0, num_workers=num_workers)
-    loader = data.make_loader(stream)
-    iterator = iter(loader)
+    iterator = data.read_batches(stream)
     next(iterator)  # start-up excluded from the rate
     started, seen = time.perf_counter(), 0
     for batch in iterator:
@@ -82,7 +81,7 @@ def _first_batch_seconds(corpus, tokenizer, *, batch_size):
     started = time.perf_counter()
     stream, _ = data.open_corpus(corpus, tokenizer=tokenizer, tokenizer_name="bench", batch_size=batch_size,
                                  shuffle_buffer=4096, seed=0, num_workers=0)
-    next(iter(data.make_loader(stream)))
+    next(data.read_batches(stream))
     return time.perf_counter() - started
 
 

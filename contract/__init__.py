@@ -7,4 +7,9 @@
   seeds      the stable hash every seed derives from
   fingerprint the tokenizer fingerprint a manifest records and a reader compares
   tasks      the one task table (GLUE and generic), with every alias
+  options    the one option-declaration mechanism (dataclass fields to strict argparse)
+  charts     SVG bar and line charts (report/, the trainer's loss curve)
+  filesystem the few file operations the claim and the reader need: local, fsspec (Beam's in pipelines/outputs)
+  claim      the output claim: an in-progress marker first, --overwrite deletes only what is ours
+  finished   the one reader of a finished output: completion marker, manifest, kind, file paths
 """

@@ -1,7 +1,9 @@
-"""Bar charts as hand-written SVG, for report/: a few milliseconds a figure, standard library only.
+"""Charts as hand-written SVG, for report/ and the trainer's loss curve: a few milliseconds a figure, standard library
+only.
 
-One function, `bar_chart`, draws the report's two shapes: vertical bars (histograms, shares per epoch) and horizontal
-bars (words, reasons), on a value axis with "nice" ticks (1, 2 or 5 times a power of ten) and light grid lines.
+`bar_chart` draws the report's two shapes: vertical bars (histograms, shares per epoch) and horizontal bars (words,
+reasons); `line_chart` draws named series over a shared x axis (losses by step), on a linear or logarithmic value
+axis. Value axes have "nice" ticks (1, 2 or 5 times a power of ten) and light grid lines.
 Text widths are estimated (0.6 of the font size a character, a full size for wide East Asian characters) to size
 the margins, so long labels do not run off the figure. Every piece of text is XML-escaped, and nothing varies but
 the inputs (no date, no random id): equal charts are equal bytes.
@@ -16,6 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 WIDTH = 700
 BAR_COLOUR = "#4C72B0"
 REFERENCE_COLOUR = "#C44E52"
+LINE_COLOURS = (BAR_COLOUR, "#DD8452", "#55A868", REFERENCE_COLOUR, "#8172B3", "#937860")
 _INK = "#262626"
 _GRID = "#E5E5E5"
 _FONT = "DejaVu Sans, Verdana, Arial, Helvetica, sans-serif"
@@ -89,6 +92,11 @@ class _Svg:
         content = escape(_NOT_XML.sub("\ufffd", content))
         self._parts.append(f'<text x="{_number(x)}" y="{_number(y)}" font-size="{size}" '
                            f'text-anchor="{anchor}"{transform}{outline}>{content}</text>')
+
+    def polyline(self, points: Sequence[Tuple[float, float]], *, stroke: str) -> None:
+        coordinates = " ".join(f"{_number(x)},{_number(y)}" for x, y in points)
+        self._parts.append(f'<polyline class="series" points="{coordinates}" fill="none" stroke="{stroke}" '
+                           'stroke-width="1.5"/>')
 
     def to_bytes(self) -> bytes:
         return ("\n".join(self._parts) + "\n</svg>\n").encode("utf-8")
@@ -229,4 +237,101 @@ def bar_chart(values: Sequence[float], labels: Sequence[str], *, title: str, hei
         svg.text((plot_left + plot_right) / 2, height - _PAD, below, size=_LABEL, anchor="middle")
     if beside:
         svg.text(_PAD + _LABEL, (plot_top + plot_bottom) / 2, beside, size=_LABEL, anchor="middle", rotate=90)
+    return svg.to_bytes()
+
+
+def log_ticks(low: float, high: float) -> List[float]:
+    """Ticks of a logarithmic axis from below `low` to above `high` (both > 0): powers of ten, with 2 and 5 times
+    them where the range spans fewer than two decades."""
+    first, last = math.floor(math.log10(low) + 1e-9), math.ceil(math.log10(high) - 1e-9)
+    last = max(last, first + 1)
+    multiples = (1, 2, 5) if last - first < 2 else (1,)
+    ticks = [round(m * 10.0 ** power, 12) for power in range(first, last) for m in multiples]
+    return ticks + [round(10.0 ** last, 12)]
+
+
+def _format_log_tick(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def line_chart(x: Sequence[float], series: Sequence[Tuple[str, Sequence[Optional[float]]]], *, title: str,
+               height: int, x_label: str = "", y_label: str = "", log_scale: bool = False,
+               empty_text: str = "no data") -> bytes:
+    """SVG bytes of a line chart: one line (a `<polyline class="series">`) per series with a point, and a legend.
+
+    Args:
+      x: the shared x values (e.g. steps), increasing.
+      series: (name, y values) pairs, each as long as `x`; a missing (None), non-finite or (on a log scale)
+        non-positive value leaves no point.
+      title: above the plot, centred.
+      height: of the figure in px (the width is `WIDTH`).
+      x_label, y_label: the axis titles.
+      log_scale: a logarithmic value axis (ticks at powers of ten).
+
+    Returns:
+      UTF-8 SVG with `xmlns`, `viewBox`, `width` and `height`; equal arguments give equal bytes.
+    """
+    def usable(value: Optional[float]) -> bool:
+        return value is not None and math.isfinite(value) and (value > 0 or not log_scale)
+
+    lines = [(name, [(float(a), float(b)) for a, b in zip(x, values) if usable(b)]) for name, values in series]
+    lines = [(name, points) for name, points in lines if points]
+    values = [point[1] for _, points in lines for point in points]
+    if log_scale and values:
+        y_ticks = log_ticks(min(values), max(values))
+        y_texts = [_format_log_tick(tick) for tick in y_ticks]
+    else:
+        y_ticks = nice_ticks(max(values, default=0.0))
+        y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
+        y_texts = [format_tick(tick, y_step) for tick in y_ticks]
+    x_ticks = nice_ticks(max((point[0] for _, points in lines for point in points), default=0.0))
+    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+    x_texts = [format_tick(tick, x_step) for tick in x_ticks]
+
+    legend_y = _PAD + _TITLE + 6 + _SMALL
+    top_margin = legend_y + 10 if lines else _PAD + _TITLE + 10
+    left = _PAD + (_LABEL + 8 if y_label else 0) + max(text_width(text, _TICK) for text in y_texts) + _TICK_LENGTH + 4
+    right = _PAD + max(6.0, text_width(x_texts[-1], _TICK) / 2)
+    bottom = _TICK_LENGTH + 4 + _TICK + (8 + _LABEL if x_label else 0) + _PAD
+    plot_left, plot_right, plot_top, plot_bottom = left, WIDTH - right, top_margin, height - bottom
+
+    def to_x(value: float) -> float:
+        return plot_left + value / x_ticks[-1] * (plot_right - plot_left)
+
+    def to_y(value: float) -> float:
+        if log_scale and values:
+            low, high = math.log10(y_ticks[0]), math.log10(y_ticks[-1])
+            share = (math.log10(value) - low) / (high - low)
+        else:
+            share = value / y_ticks[-1]
+        return plot_bottom - share * (plot_bottom - plot_top)
+
+    svg = _Svg(WIDTH, height)
+    svg.text((plot_left + plot_right) / 2, _PAD + _TITLE, title, size=_TITLE, anchor="middle")
+    for tick, text in zip(y_ticks, y_texts):
+        y = to_y(tick)
+        svg.line(plot_left, y, plot_right, y, stroke=_GRID)
+        svg.line(plot_left - _TICK_LENGTH, y, plot_left, y)
+        svg.text(plot_left - _TICK_LENGTH - 3, y, text, size=_TICK, anchor="end", middle=True)
+    for tick, text in zip(x_ticks, x_texts):
+        x_position = to_x(tick)
+        svg.line(x_position, plot_bottom, x_position, plot_bottom + _TICK_LENGTH)
+        svg.text(x_position, plot_bottom + _TICK_LENGTH + 2 + _TICK, text, size=_TICK, anchor="middle")
+    legend_x = plot_left
+    for index, (name, points) in enumerate(lines):
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        svg.polyline([(to_x(a), to_y(b)) for a, b in points], stroke=colour)
+        svg.line(legend_x, legend_y - 4, legend_x + 16, legend_y - 4, stroke=colour)
+        svg.text(legend_x + 20, legend_y, name, size=_SMALL)
+        legend_x += 20 + text_width(name, _SMALL) + 14
+    if not lines:
+        svg.text((plot_left + plot_right) / 2, (plot_top + plot_bottom) / 2, empty_text, size=_LABEL,
+                 anchor="middle", middle=True)
+
+    svg.line(plot_left, plot_top, plot_left, plot_bottom)
+    svg.line(plot_left, plot_bottom, plot_right, plot_bottom)
+    if x_label:
+        svg.text((plot_left + plot_right) / 2, height - _PAD, x_label, size=_LABEL, anchor="middle")
+    if y_label:
+        svg.text(_PAD + _LABEL, (plot_top + plot_bottom) / 2, y_label, size=_LABEL, anchor="middle", rotate=90)
     return svg.to_bytes()

@@ -20,20 +20,22 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from contract.errors import UserError, describe
+from contract.filesystem import FsspecFilesystem
 from contract.fingerprint import tokenizer_fingerprint
-from contract.layout import AUGMENTED_KIND, CORPUS_KIND, MANIFEST_NAME, SUCCESS_MARKER
-from contract.manifest import decode_manifest
+from contract.finished import read_finished
+from contract.layout import AUGMENTED_KIND, CORPUS_KIND
+from distill.encoding import EncodedRows, augmented_encoder, collate, encode_corpus_rows
 
 logger = logging.getLogger(__name__)
 
 _READ_BATCH_ROWS = 2048
 _CHECK_THREADS = 8  # shard footers are read in parallel: on object stores each one is a request
+_WORKER_ERROR = "user_error"  # a DataLoader worker's UserError message, yielded in place of a batch
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,57 +63,15 @@ def open_output_dir(path: str, *, kind: str) -> OutputDir:
     """Opens a pipeline output directory on any fsspec filesystem and checks it is finished and of `kind`.
 
     Raises:
-      UserError: the directory is missing, has no completion marker, no manifest, a malformed one, one of a newer
-        format, is of another kind, or names a file outside itself.
+      UserError: the directory is missing, or see `contract.finished.read_finished` (no completion marker, no
+        manifest, a malformed one, one of a newer format, of another kind, or naming a file outside itself).
     """
     import fsspec
     fs, root = fsspec.core.url_to_fs(path)
     if not fs.isdir(root):
         raise UserError(f"--data {path} does not exist or is not a directory")
-    if not fs.exists(posixpath.join(root, SUCCESS_MARKER)):
-        raise UserError(f"{path} has no {SUCCESS_MARKER} marker: the pipeline run that writes it did not finish; "
-                        "rerun it to completion, or point --data at a finished output")
-    manifest_path = posixpath.join(path, MANIFEST_NAME)
-    try:
-        with fs.open(posixpath.join(root, MANIFEST_NAME), "rb") as handle:
-            data = handle.read()
-    except OSError as error:  # missing or unreadable
-        raise UserError(f"{manifest_path} is missing or not readable JSON ({describe(error)}); rerun the "
-                        "pipeline that wrote it") from error
-    manifest = decode_manifest(data, manifest_path)  # a JSON object of a format this reader understands
-    if manifest.get("kind") != kind:
-        raise UserError(f"{path} holds {manifest.get('kind')!r} data but {kind!r} is needed here "
-                        f"({'python -m pipelines.corpus' if kind == CORPUS_KIND else 'python -m pipelines.augment'} "
-                        "writes it)")
-    _check_manifest_files(manifest, manifest_path)
+    manifest = read_finished(root, fs=FsspecFilesystem(fs), kind=kind, shown=path)
     return OutputDir(fs, root, manifest)
-
-
-def _check_manifest_files(manifest: Dict[str, Any], manifest_path: str) -> None:
-    """Every output lists its files as relative paths that stay inside the data folder.
-
-    Raises:
-      UserError: a malformed `outputs` entry, or an absolute, URL or `..` path.
-    """
-    outputs = manifest.get("outputs")
-    if not isinstance(outputs, dict):
-        raise UserError(f"{manifest_path} has no \"outputs\" object; rerun the pipeline that wrote it")
-    for name, output in outputs.items():
-        files = output.get("files") if isinstance(output, dict) else None
-        if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str)
-                                                  for f in files):
-            raise UserError(f"{manifest_path}: output {name!r} has no list of files with paths; rerun the "
-                            "pipeline that wrote it")
-        for entry in files:
-            relative = entry["path"]
-            normal = posixpath.normpath(relative.replace("\\", "/"))
-            if (not relative or "://" in relative or normal.startswith("/") or normal == ".."
-                    or normal.startswith("../") or (len(normal) > 1 and normal[1] == ":")):
-                raise UserError(f"{manifest_path} names the file {relative!r}, which is not inside the data folder; "
-                                "a manifest lists only paths relative to its own folder: rerun the pipeline")
-            if "rows" in entry and (isinstance(entry["rows"], bool) or not isinstance(entry["rows"], int)):
-                raise UserError(f"{manifest_path}: {relative!r} has a row count {entry['rows']!r} that is not an "
-                                "integer; rerun the pipeline that wrote it")
 
 
 def check_shards(output: OutputDir, output_names: Sequence[str]) -> None:
@@ -162,159 +122,6 @@ def check_tokenizer(manifest: Dict[str, Any], tokenizer, tokenizer_name: str, da
         raise UserError(f"{data_path} was tokenized with do_lower_case={recorded['do_lower_case']} but the model's "
                         f"tokenizer lower-cases: {ours['do_lower_case']}; regenerate the shards with the teacher's "
                         "tokenizer")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Encoded rows and batches
-
-
-@dataclasses.dataclass
-class EncodedRows:
-    """Token ids of many examples, flat: example i is values[offsets[i]:offsets[i + 1]].
-
-    segment_a_len[i] tokens ("[CLS] A [SEP]") have token type 0, the rest 1. `labels` (float32, NaN where a row
-    has none) is present only when the reader was asked for regression labels.
-    """
-    values: np.ndarray
-    offsets: np.ndarray
-    segment_a_len: np.ndarray
-    labels: Optional[np.ndarray] = None
-
-    def __len__(self) -> int:
-        return len(self.segment_a_len)
-
-
-def collate(rows: EncodedRows, indices: Sequence[int], pad_id: int,
-            pad_to: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """Pads the chosen examples to the longest of them, or to `pad_to` tokens: input_ids, token_type_ids,
-    attention_mask (batch, seq), plus float32 `labels` (batch,) when the rows carry them.
-
-    Raises:
-      UserError: an example is longer than `pad_to`.
-    """
-    indices = np.asarray(indices)
-    starts, ends = rows.offsets[indices], rows.offsets[indices + 1]
-    lengths = ends - starts
-    width = int(lengths.max())
-    if pad_to is not None:
-        if width > pad_to:
-            raise UserError(f"an example has {width} tokens, more than the {pad_to} it is padded to; raise "
-                            "--max_seq_len (task data) or drop --pad_to_max_length")
-        width = pad_to
-    input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
-    for row, (start, end) in enumerate(zip(starts, ends)):
-        input_ids[row, :end - start] = rows.values[start:end]
-    positions = np.arange(width)[None, :]
-    attention_mask = positions < lengths[:, None]
-    token_type_ids = (positions >= rows.segment_a_len[indices][:, None]) & attention_mask
-    batch = {"input_ids": torch.from_numpy(input_ids),
-             "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
-             "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
-    if rows.labels is not None:
-        batch["labels"] = torch.from_numpy(np.ascontiguousarray(rows.labels[indices], dtype=np.float32))
-    return batch
-
-
-def encode_corpus_rows(table: pa.Table) -> EncodedRows:
-    """Corpus rows already hold token ids: no tokenization, only Arrow buffers viewed as numpy."""
-    ids = table.column("input_ids").combine_chunks()
-    if isinstance(ids, pa.ChunkedArray):  # an empty table
-        ids = pa.array([], type=table.schema.field("input_ids").type)
-    offsets = ids.offsets.to_numpy().astype(np.int64)
-    values = ids.values.to_numpy(zero_copy_only=False)
-    if ids.offset or offsets[0]:  # a sliced array: make offsets start at 0
-        values = values[offsets[0]:offsets[-1]]
-        offsets = offsets - offsets[0]
-    segment_a = table.column("segment_a_len").to_numpy().astype(np.int64)
-    return EncodedRows(values, offsets, segment_a)
-
-
-def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> Tuple[int, int]:
-    """How many tokens of each text the reference's `_truncate_seq_pair` keeps: while the pair is longer than
-    `budget`, it removes the last token of the longer text, or of the second when they are equal.
-
-    Computed without the loop: the longer text first loses the difference, then (at equal lengths) the second and
-    the first lose tokens in turn, the second first.
-    """
-    excess = length_a + length_b - budget
-    if excess <= 0:
-        return length_a, length_b
-    difference = abs(length_a - length_b)
-    if excess <= difference:
-        return (length_a - excess, length_b) if length_a > length_b else (length_a, length_b - excess)
-    level = min(length_a, length_b)
-    rest = excess - difference
-    return level - rest // 2, level - (rest + 1) // 2
-
-
-def encode_texts(tokenizer, texts: Sequence[Tuple[str, ...]], max_seq_len: int) -> EncodedRows:
-    """Tokenizes single sentences or pairs with the fast tokenizer, in one batch call per text field, as
-    `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`; a pair is truncated as the reference does (see
-    `truncated_pair_lengths`; the fast tokenizer's longest_first keeps the extra token in the other text)."""
-    if not texts:
-        return EncodedRows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    first = tokenizer([t[0] or "" for t in texts], add_special_tokens=False, return_token_type_ids=False,
-                      return_attention_mask=False)["input_ids"]
-    if len(texts[0]) > 1:
-        second = tokenizer([t[1] or "" for t in texts], add_special_tokens=False, return_token_type_ids=False,
-                           return_attention_mask=False)["input_ids"]
-        ids, segment_a = [], []
-        for tokens_a, tokens_b in zip(first, second):
-            keep_a, keep_b = truncated_pair_lengths(len(tokens_a), len(tokens_b), max_seq_len - 3)
-            ids.append([cls, *tokens_a[:keep_a], sep, *tokens_b[:keep_b], sep])
-            segment_a.append(keep_a + 2)
-    else:
-        ids = [[cls, *tokens[:max_seq_len - 2], sep] for tokens in first]
-        segment_a = [len(row) for row in ids]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = np.fromiter((token for x in ids for token in x), dtype=np.int64, count=int(offsets[-1]))
-    return EncodedRows(values, offsets, np.asarray(segment_a, dtype=np.int64))
-
-
-def float_labels(column) -> np.ndarray:
-    """A label column (strings as pipelines.augment writes them, or numbers) as float32; NaN where a row has no
-    label or one that is not a finite number (the trainer refuses those rows where it needs the label)."""
-    try:
-        values = pc.cast(column, pa.float64())  # "3.800" -> 3.8, null stays null
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = pa.array([_parse_float(v) for v in column.to_pylist()], type=pa.float64())
-    labels = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)  # nulls come back as NaN
-    labels[~np.isfinite(labels)] = np.nan
-    return labels
-
-
-def _parse_float(value) -> Optional[float]:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def class_indices(column, names: Sequence[str]) -> np.ndarray:
-    """A label column as each label's index in `names` (float32, NaN where a row's label is not one of them)."""
-    lookup = {str(name): float(index) for index, name in enumerate(names)}
-    return np.asarray([lookup.get(str(value).strip() if value is not None else None, np.nan)
-                       for value in column.to_pylist()], dtype=np.float32)
-
-
-def augmented_encoder(tokenizer, text_fields: Sequence[str], max_seq_len: int, *,
-                      label_field: Optional[str] = None,
-                      class_labels: Optional[Sequence[str]] = None) -> Callable[[pa.Table], EncodedRows]:
-    """An encoder for augmented-task rows: the text fields tokenized on the fly; with `label_field`, that column
-    read as float regression labels (see `float_labels`), or with `class_labels` as class indices."""
-    fields = list(text_fields)
-
-    def encode(table: pa.Table) -> EncodedRows:
-        columns = [table.column(name).to_pylist() for name in fields]
-        rows = encode_texts(tokenizer, list(zip(*columns)), max_seq_len)
-        if label_field is not None:
-            column = table.column(label_field)
-            rows.labels = class_indices(column, class_labels) if class_labels else float_labels(column)
-        return rows
-
-    return encode
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,6 +212,16 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         info = get_worker_info()
+        try:
+            yield from self._batches(info)
+        except UserError as error:
+            if info is None:
+                raise
+            # A DataLoader worker's exception reaches the main process only as its traceback's text: the error
+            # travels as a value instead, in place of a batch, and `read_batches` raises it there.
+            yield {_WORKER_ERROR: error.message}
+
+    def _batches(self, info) -> Iterator[Dict[str, Any]]:
         workers = max(self.num_workers, 1)
         physical = info.id if info is not None else 0
         if info is not None and info.num_workers != workers:
@@ -588,10 +405,32 @@ def open_augmented(path: str, *, tokenizer, max_seq_len: int, batch_size: int, s
     return stream, output
 
 
-def make_loader(stream: ShardStream) -> torch.utils.data.DataLoader:
-    """The DataLoader for a stream: batches are already made, so batch_size=None; workers persist per iterator."""
+def read_batches(stream: ShardStream) -> Iterator[Dict[str, Any]]:
+    """The batches of a stream, through a DataLoader (batches are already made, so batch_size=None; its workers
+    live as long as this iterator).
+
+    Raises:
+      UserError: one raised while reading, in this process or in a DataLoader worker.
+    """
     # Its own generator: creating an iterator must not draw from the global RNG that drives dropout, or a resumed
     # run (which creates its iterator at another moment) would diverge.
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.num_workers,
-                                       prefetch_factor=4 if stream.num_workers else None,
-                                       generator=torch.Generator().manual_seed(stream.seed))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.num_workers,
+                                         prefetch_factor=4 if stream.num_workers else None,
+                                         generator=torch.Generator().manual_seed(stream.seed))
+    for batch in loader:
+        if _WORKER_ERROR in batch:
+            raise UserError(batch[_WORKER_ERROR])
+        yield batch
+
+
+def load_tokenizer(name_or_path: str):
+    """The fast tokenizer of a hub name or directory (the pipelines' loader: `corpus.tokenizer`).
+
+    Raises:
+      UserError: none can be loaded.
+    """
+    from corpus.tokenizer import TokenizerError, load_transformers_tokenizer
+    try:
+        return load_transformers_tokenizer(name_or_path)
+    except TokenizerError as error:
+        raise UserError(f"{error}; save one beside the model or pass --tokenizer") from None

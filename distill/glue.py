@@ -1,4 +1,5 @@
-"""GLUE tasks: dev-set TSV readers in the reference layout, label lists and the metrics GLUE reports.
+"""GLUE tasks: dev-set TSV readers in the reference layout, label lists and the metrics GLUE reports, and the task a
+training run resolves from its --task and its data's manifest.
 
 Malformed rows (too few columns, unknown label, non-numeric score) are counted and reported, never fatal.
 """
@@ -8,7 +9,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -110,6 +111,49 @@ def get_task(name: str) -> GlueTask:
     if key is not None:
         return GLUE_TASKS[key]
     raise UserError(f"unknown task {name!r}; GLUE tasks are {', '.join(GLUE_TASKS)}")
+
+
+def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
+                 teacher: Optional[str] = None) -> GlueTask:
+    """The task of a task run: a GLUE task by name, or for `--task generic` the one the augmented data's manifest
+    records (text_fields, label_list, regression). A generic manifest without a label_list takes the teacher's
+    label names where config.json names them.
+
+    Raises:
+      UserError: an unknown task, a manifest without text fields, labels that differ from the task's, or a
+        generic classification task whose labels nobody names.
+    """
+    recorded = str(manifest.get("task") or "")
+    if task_name.lower() != GENERIC:
+        task = get_task(task_name)
+        label_list = manifest.get("label_list")
+        expected = list(task.labels) if task.labels else None
+        if label_list is not None and expected is not None and sorted(label_list) != sorted(expected):
+            raise UserError(f"{data_path} has labels {label_list} but {task.name} has {expected}; check --task")
+        return task
+    if recorded and recorded.lower() != GENERIC:
+        logger.info("%s holds %s data: --task generic reads it as %s", data_path, recorded, recorded)
+        return get_task(recorded)
+    text_fields = manifest.get("text_fields") or []
+    regression = bool(manifest.get("regression", False))
+    labels = manifest.get("label_list")
+    if not regression and not labels and teacher:
+        from transformers import AutoConfig
+        from distill.models import is_default_label_names
+        try:
+            id2label = AutoConfig.from_pretrained(teacher).id2label or {}
+        except Exception:  # pylint: disable=broad-except  # the teacher's own load reports it in one line
+            id2label = {}
+        if not is_default_label_names(id2label, len(id2label)):
+            labels = [str(id2label[i]) for i in range(len(id2label))]
+            logger.info("%s records no label_list: the labels are the teacher's %s", data_path, labels)
+    if not regression and not labels:
+        raise UserError(f"{data_path}: its manifest records no label_list and the teacher does not name its labels; "
+                        "rerun python -m pipelines.augment with --label_list")
+    # Dev files are in the input's layout: the label column the augment run read (`--label_column`), not the
+    # augmented rows' own `label` column.
+    dev_label = manifest.get("input_label_column") or manifest.get("label_field") or "label"
+    return generic_task(text_fields, dev_label, labels, regression=regression)
 
 
 @dataclasses.dataclass
@@ -301,7 +345,7 @@ def evaluate(model, tokenizer, task: GlueTask, sets: Dict[str, DevSet], *, devic
       UserError: it names other labels than the task's (see `models.label_permutation`).
     """
     import torch
-    from distill.data import collate, encode_texts
+    from distill.encoding import collate, encode_texts
     from distill.models import label_permutation
     order = label_permutation(getattr(model.config, "id2label", None), task.labels, "the model")
     was_training = model.training

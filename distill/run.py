@@ -22,7 +22,7 @@ import sys
 from typing import List, Optional
 
 from distill import config as config_lib
-from contract.errors import UserError, describe
+from contract.errors import UserError, describe, find_user_error
 from contract.options import StrictParser
 from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
 
@@ -68,33 +68,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(requested: str, local_rank: int = 0):
-    """The torch device of `--device` for this process.
-
-    Raises:
-      UserError: cuda asked for where CUDA is not available.
-    """
-    import torch
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but CUDA is not available here (no GPU, or a CPU-only torch); use "
-                        "--device cpu or auto")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    return device
-
-
-def one_line(error: BaseException) -> str:
-    """A UserError's message as one line. An error raised in a DataLoader worker comes back wrapped in the
-    worker's traceback, whose last line is "contract.errors.UserError: <message>": that message is kept."""
-    text = str(error)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("UserError") else last
-    return " ".join(text.split())
-
-
 def _split(text: Optional[str]) -> List[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
@@ -125,9 +98,9 @@ def eval_task(args: argparse.Namespace, model_config):
 
 def run_eval(args: argparse.Namespace) -> dict:
     from transformers import BertForSequenceClassification
-    from distill import glue
-    from distill.trainer import load_tokenizer
-    device = resolve_device(args.device)
+    from distill import devices, glue
+    from distill.data import load_tokenizer
+    device = devices.resolve_device(args.device)
     if args.output and os.path.isdir(args.output):
         raise UserError(f"--output {args.output} is a directory; name the JSON file to write")
     try:
@@ -149,11 +122,12 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def run_training(config: config_lib.TrainConfig) -> dict:
     import torch.distributed as dist
+    from distill import devices
     from distill.trainer import Trainer
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config.run.device, local_rank)
+    device = devices.resolve_device(config.run.device, local_rank)
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -216,13 +190,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
             fixed.update(stage=PREDICTION, teacher=args.model, student=args.model)
         config = config_lib.from_namespace(args, **fixed)
         return run_training(config)
-    except UserError as error:
-        raise SystemExit(f"error: {one_line(error)}") from None
     except KeyboardInterrupt:
         raise SystemExit("error: interrupted; rerun the same command to resume from the last checkpoint") from None
     except SystemExit:
         raise
     except Exception as error:  # pylint: disable=broad-except
+        found = find_user_error(error)
+        if found is not None:
+            raise SystemExit(f"error: {' '.join(found.message.split())}") from None
         if os.environ.get("TINYBERT_TRACEBACK"):
             raise
         first = (str(error).strip().splitlines() or [""])[0][:300]

@@ -6,7 +6,6 @@ place a resumable state is written.
 """
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -21,112 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distill import data as data_lib
-from distill import glue, losses, models
 from contract.errors import UserError, describe
+from distill import checkpoint, devices, encoding, glue, losses, metrics, models
+from distill import data as data_lib
 from distill.config import CONSTANT, FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_JSONL = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"
-LOSS_PNG = "loss.png"
-EVAL_JSONL = "eval_results.jsonl"
 BEST_DIR = "best"  # the best-on-dev student of the prediction stage
 BEST_EVAL_JSON = "eval_results.json"
 CONFIG_NAME = "distill_config.json"
-TENSORBOARD_DIR = "runs"  # --report_to tensorboard: event files here
-
-
-def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
-                 teacher: Optional[str] = None) -> glue.GlueTask:
-    """The task of a task run: a GLUE task by name, or for `--task generic` the one the augmented data's manifest
-    records (text_fields, label_list, regression). A generic manifest without a label_list takes the teacher's
-    label names where config.json names them.
-
-    Raises:
-      UserError: an unknown task, a manifest without text fields, labels that differ from the task's, or a
-        generic classification task whose labels nobody names.
-    """
-    recorded = str(manifest.get("task") or "")
-    if task_name.lower() != glue.GENERIC:
-        task = glue.get_task(task_name)
-        label_list = manifest.get("label_list")
-        expected = list(task.labels) if task.labels else None
-        if label_list is not None and expected is not None and sorted(label_list) != sorted(expected):
-            raise UserError(f"{data_path} has labels {label_list} but {task.name} has {expected}; check --task")
-        return task
-    if recorded and recorded.lower() != glue.GENERIC:
-        logger.info("%s holds %s data: --task generic reads it as %s", data_path, recorded, recorded)
-        return glue.get_task(recorded)
-    text_fields = manifest.get("text_fields") or []
-    regression = bool(manifest.get("regression", False))
-    labels = manifest.get("label_list")
-    if not regression and not labels and teacher:
-        from transformers import AutoConfig
-        try:
-            id2label = AutoConfig.from_pretrained(teacher).id2label or {}
-        except Exception:  # pylint: disable=broad-except  # the teacher's own load reports it in one line
-            id2label = {}
-        if not models.is_default_label_names(id2label, len(id2label)):
-            labels = [str(id2label[i]) for i in range(len(id2label))]
-            logger.info("%s records no label_list: the labels are the teacher's %s", data_path, labels)
-    if not regression and not labels:
-        raise UserError(f"{data_path}: its manifest records no label_list and the teacher does not name its labels; "
-                        "rerun python -m pipelines.augment with --label_list")
-    # Dev files are in the input's layout: the label column the augment run read (`--label_column`), not the
-    # augmented rows' own `label` column.
-    dev_label = manifest.get("input_label_column") or manifest.get("label_field") or "label"
-    return glue.generic_task(text_fields, dev_label, labels, regression=regression)
-
-
-def load_tokenizer(name_or_path: str):
-    """The fast tokenizer of a hub name or directory (the pipelines' loader: `corpus.tokenizer`).
-
-    Raises:
-      UserError: none can be loaded.
-    """
-    from corpus.tokenizer import TokenizerError, load_transformers_tokenizer
-    try:
-        return load_transformers_tokenizer(name_or_path)
-    except TokenizerError as error:
-        raise UserError(f"{error}; save one beside the model or pass --tokenizer") from None
-
-
-def resolve_precision(requested: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32: bf16/fp16 only where the device supports them."""
-    if requested == "fp32":
-        return None
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if requested == "auto":
-            return torch.bfloat16 if bf16_ok else torch.float16
-        if requested == "bf16" and not bf16_ok:
-            raise UserError("--precision bf16 is not supported by this GPU; use fp16 or auto")
-        return torch.bfloat16 if requested == "bf16" else torch.float16
-    if requested == "auto":
-        return None
-    if requested == "fp16":
-        raise UserError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
-    return torch.bfloat16
-
-
-def _check_labels(labels: torch.Tensor, data_path: str, *, finetune: bool = False) -> None:
-    """Refuses a batch with a row that has no numeric label when the loss needs the labels.
-
-    Raises:
-      UserError: a NaN label (null or not a number in the data).
-    """
-    missing = int(torch.isnan(labels).sum())
-    if missing and finetune:
-        raise UserError(f"{data_path} has rows whose label is missing or not one of the task's labels ({missing} in "
-                        "one batch); fine-tuning trains on the labels: regenerate the data with pipelines.augment "
-                        "(with --label_list)")
-    if missing:
-        raise UserError(f"{data_path} has rows without a numeric label ({missing} in one batch), but "
-                        "--regression_target labels trains on the labels; pipelines.augment rejects such STS-B rows, "
-                        "so regenerate the data with it, or pass --regression_target teacher")
 
 
 def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -140,75 +43,6 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) 
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def _rng_state() -> Dict[str, Any]:
-    """Every RNG's state as tensors and plain values, so that `torch.load(weights_only=True)` reads it back."""
-    version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state = {"python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                        "gauss_next": gauss_next},
-             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    python, numpy_state = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_output_dir(path: str) -> None:
-    """Refuses an --output that cannot be a directory, before anything is loaded.
-
-    Raises:
-      UserError: it is an existing file, or cannot be created.
-    """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--output {path} is an existing file; pass a directory (it will be created)")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:  # a file on the way, no permission, read-only filesystem
-        raise UserError(f"--output {path} cannot be created ({describe(error)}); pass a writable directory") from error
-
-
-def _load_reason(error: BaseException) -> str:
-    """The reason in torch's weights_only error (whose first lines advise weights_only=False), or its first line."""
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].strip()
-        return f"{type(error).__name__}: {reason.rstrip('.')}"
-    return describe(error)
-
-
-_CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "ranks", "config")
-
-
-def read_checkpoint(path: str) -> Dict[str, Any]:
-    """A checkpoint read with `weights_only=True`: tensors and plain values only, never code from the file.
-
-    Raises:
-      UserError: the file is damaged, holds anything else (e.g. a pickled object), or lacks a checkpoint's keys.
-    """
-    remedy = "delete it, or pass --no_resume to start afresh (which overwrites it)"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pylint: disable=broad-except  # garbage, truncation or a refused pickle: one line
-        raise UserError(f"{path} is damaged or holds more than tensors and plain values ({_load_reason(error)}); "
-                        f"it was not loaded, since loading it could run code: {remedy}") from error
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise UserError(f"{path} is not a distill checkpoint (no {', '.join(missing)}); {remedy}")
-    return state
 
 
 class Trainer:
@@ -233,14 +67,14 @@ class Trainer:
         resume_state = self._check_inputs()
         self._seed()
         self.tokenizer_name = config.data.tokenizer or config.distill.teacher
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self.tokenizer = data_lib.load_tokenizer(self.tokenizer_name)
         self._resolve_task()
         rows_per_epoch = self._open_data()
         self._load_models()
         self._make_optimizer(rows_per_epoch)
         self._open_dev_sets()
         self._resume(resume_state)
-        self._open_writer()
+        self._open_log()
         if self.dev_sets and self.teacher is not None and resume_state is None:
             self._check_teacher_on_dev()
         self._write_config()
@@ -249,11 +83,11 @@ class Trainer:
         """Refuses an unusable --output, checkpoint or model source before anything is loaded; returns the
         checkpoint to resume from, if any."""
         cfg_d, cfg_run = self.config.distill, self.config.run
-        check_output_dir(cfg_run.output)
-        self.checkpoint_path = os.path.join(cfg_run.output, CHECKPOINT_NAME)
+        checkpoint.check_output_dir(cfg_run.output)
+        self.checkpoint_path = os.path.join(cfg_run.output, checkpoint.CHECKPOINT_NAME)
         resume_state = None
         if os.path.exists(self.checkpoint_path) and not cfg_run.no_resume:
-            resume_state = read_checkpoint(self.checkpoint_path)
+            resume_state = checkpoint.read_checkpoint(self.checkpoint_path)
         models.check_model_source(cfg_d.teacher, "--model" if self.finetune else "--teacher")
         if cfg_d.student not in models.STUDENT_PRESETS and not self.finetune:
             models.check_model_source(cfg_d.student, "--student", config_file_ok=True)
@@ -271,7 +105,7 @@ class Trainer:
         self.task = None
         if self.classification:
             manifest = data_lib.open_output_dir(cfg_data.data, kind=data_lib.AUGMENTED_KIND).manifest
-            self.task = resolve_task(cfg_d.task, manifest, cfg_data.data, teacher=cfg_d.teacher)
+            self.task = glue.resolve_task(cfg_d.task, manifest, cfg_data.data, teacher=cfg_d.teacher)
         # STS-B's prediction stage against the gold labels (the reference's loss) needs them in every batch; so does
         # fine-tuning (class indices or scores).
         self.label_targets = self.finetune or (self.prediction and self.task is not None and self.task.labels is None
@@ -330,7 +164,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)  # e.g. the pooler, unused by the intermediate losses
-        self.autocast_dtype = resolve_precision(self.config.run.precision, device)
+        self.autocast_dtype = devices.resolve_precision(self.config.run.precision, device)
 
     def _make_optimizer(self, rows_per_epoch: int) -> None:
         """The step budget and learning-rate schedule, AdamW (no decay on biases and LayerNorm), the grad scaler."""
@@ -366,24 +200,22 @@ class Trainer:
         if resume_state is not None:
             self._load_checkpoint(resume_state)
             if self.is_main:  # records a killed run wrote after its last checkpoint come again: keep one of each
-                _truncate_records(os.path.join(output, METRICS_JSONL), self.step)
-                _truncate_records(os.path.join(output, EVAL_JSONL), self.step)
+                metrics.truncate_records(os.path.join(output, metrics.METRICS_JSONL), self.step)
+                metrics.truncate_records(os.path.join(output, metrics.EVAL_JSONL), self.step)
         else:
             # Dropout differs per rank; the reader's randomness is seeded separately (seed, epoch, rank, worker).
             torch.manual_seed(seed + 1000 * self.rank)
             if self.is_main:  # a fresh run does not mix its records with an earlier run's
-                for name in (METRICS_JSONL, EVAL_JSONL):
+                for name in (metrics.METRICS_JSONL, metrics.EVAL_JSONL):
                     if os.path.exists(os.path.join(output, name)):
                         os.remove(os.path.join(output, name))
                 shutil.rmtree(os.path.join(output, BEST_DIR), ignore_errors=True)
         self.start_step = self.step
 
-    def _open_writer(self) -> None:
-        """The TensorBoard writer of --report_to tensorboard (main process only), else None."""
-        self.writer = None
-        if self.is_main and self.config.run.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (a dependency)
-            self.writer = SummaryWriter(log_dir=os.path.join(self.config.run.output, TENSORBOARD_DIR))
+    def _open_log(self) -> None:
+        """The main process's records: metrics.jsonl, eval_results.jsonl and, with --report_to tensorboard, runs/."""
+        self.run_log = (metrics.RunLog(self.config.run.output, tensorboard=self.config.run.report_to == "tensorboard")
+                        if self.is_main else None)
 
     def _write_config(self) -> None:
         """Logs the resolved config and the step budget, and writes the config beside the checkpoint (main only)."""
@@ -430,10 +262,10 @@ class Trainer:
         while True:
             self.stream.set_position(self.position)
             seen = False
-            for batch in data_lib.make_loader(self.stream):
+            for batch in data_lib.read_batches(self.stream):
                 seen = True
                 if self.label_targets:
-                    _check_labels(batch["labels"], self.config.data.data, finetune=self.finetune)
+                    encoding.check_labels(batch["labels"], self.config.data.data, finetune=self.finetune)
                 self._check_token_ids(batch["input_ids"])
                 self.position.advance(batch)
                 yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
@@ -539,8 +371,8 @@ class Trainer:
         progress.close()
         if self.step >= self.total_steps and self.is_main:
             self._finish()
-        if self.writer is not None:
-            self.writer.close()
+        if self.run_log is not None:
+            self.run_log.close()
         return last_logged
 
     def _mean_over_ranks(self, totals: Dict[str, float]) -> Dict[str, float]:
@@ -555,13 +387,7 @@ class Trainer:
         if not self.is_main:
             return
         logger.info("step %d: %s", record["step"], ", ".join(f"{k}={v}" for k, v in record.items() if k != "step"))
-        with open(os.path.join(self.config.run.output, METRICS_JSONL), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{name}", value, record["step"])
-            self.writer.flush()
+        self.run_log.step(record)
 
     def evaluate(self) -> Dict[str, Any]:
         """Dev-set metrics (rank 0, prediction stage with --dev); appended to eval_results.jsonl."""
@@ -571,16 +397,8 @@ class Trainer:
                                 batch_size=self.config.data.eval_batch_size,
                                 max_seq_len=self.config.data.max_seq_len or self.task.max_seq_len)
         self.student.train()
-        record = {"step": self.step, **results}
         logger.info("eval at step %d: %s", self.step, json.dumps(results))
-        with open(os.path.join(self.config.run.output, EVAL_JSONL), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for split, metrics in results.items():
-                for name, value in metrics.items():
-                    if isinstance(value, float):
-                        self.writer.add_scalar(f"eval/{split}/{name}", value, self.step)
-            self.writer.flush()
+        self.run_log.evaluation(self.step, results)
         self._keep_if_best(results)
         return results
 
@@ -606,7 +424,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly: model (with fit_dense), optimizer, scheduler, scaler, step, the
         RNG states and reader position of every rank, and the resolved config. Written atomically by rank 0."""
-        per_rank = {"rng": _rng_state(), "position": self.position.to_dict()}
+        per_rank = {"rng": checkpoint.rng_state(), "position": self.position.to_dict()}
         if self.world_size > 1:
             gathered: List[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, per_rank)
@@ -617,30 +435,19 @@ class Trainer:
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "ranks": gathered, "config": self.config.to_dict(),
                      "best_dev": self.best_dev}
-            tmp_path = self.checkpoint_path + ".tmp"
-            torch.save(state, tmp_path)
-            os.replace(tmp_path, self.checkpoint_path)
+            checkpoint.write_checkpoint(state, self.checkpoint_path)
             logger.info("checkpoint at step %d: %s", self.step, self.checkpoint_path)
         if self.world_size > 1:
             dist.barrier()
 
     def _load_checkpoint(self, state: Dict[str, Any]) -> None:
-        """Continues from a checkpoint that `read_checkpoint` read.
+        """Continues from a checkpoint that `checkpoint.read_checkpoint` read.
 
         Raises:
           UserError: it was written by another process count, or does not fit this run's models.
         """
-        if not isinstance(state["ranks"], list) or len(state["ranks"]) != self.world_size:
-            count = len(state["ranks"]) if isinstance(state["ranks"], list) else "?"
-            raise UserError(f"{self.checkpoint_path} was written by {count} processes, not "
-                            f"{self.world_size}; resume with the same count or pass --no_resume")
-        saved = dict(state["config"])
-        ours = self.config.to_dict()
-        for group in ("distill", "data", "optim"):
-            changed = {k: (saved.get(group, {}).get(k), v) for k, v in ours[group].items()
-                       if saved.get(group, {}).get(k) != v}
-            if changed:
-                logger.warning("resuming with changed %s options (saved, now): %s", group, changed)
+        checkpoint.check_resumable(state, path=self.checkpoint_path, world_size=self.world_size,
+                                   config=self.config.to_dict())
         try:
             self.student.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -649,7 +456,7 @@ class Trainer:
             self.step = int(state["step"])
             self.best_dev = state.get("best_dev")
             mine = state["ranks"][self.rank]
-            _set_rng_state(mine["rng"])
+            checkpoint.set_rng_state(mine["rng"])
             self.position = data_lib.ReaderPosition.from_dict(mine["position"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
             raise UserError(f"{self.checkpoint_path} does not fit this run ({describe(error)}); resume with the "
@@ -658,70 +465,8 @@ class Trainer:
             logger.info("resumed from %s at step %d", self.checkpoint_path, self.step)
 
     def _finish(self) -> None:
-        """The student for `from_pretrained` (fit_dense beside it), metrics CSV and a loss curve."""
+        """The student for `from_pretrained` (fit_dense beside it), metrics CSV and the loss curve."""
         output = self.config.run.output
         models.save_student(self.student, self.tokenizer, output, task=self._task_record())
-        records = read_metrics(output)
-        write_metrics_csv(records, os.path.join(output, METRICS_CSV))
-        plot_losses(records, os.path.join(output, LOSS_PNG))
+        metrics.write_summaries(output)
         logger.info("student saved with save_pretrained in %s", output)
-
-
-def _read_records(path: str) -> List[Dict[str, Any]]:
-    """The JSON lines of a metrics file; a line cut short by a kill is skipped."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                logger.warning("skipping a damaged line of %s: %r", path, line[:80])
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int):
-                records.append(record)
-    return records
-
-
-def _truncate_records(path: str, step: int) -> None:
-    """Keeps only the records of steps <= `step` (those the checkpoint covers), rewritten atomically."""
-    if not os.path.exists(path):
-        return
-    kept = [record for record in _read_records(path) if record["step"] <= step]
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in kept)
-    os.replace(tmp_path, path)
-
-
-def read_metrics(output: str) -> List[Dict[str, Any]]:
-    return _read_records(os.path.join(output, METRICS_JSONL))
-
-
-def write_metrics_csv(records: List[Dict[str, Any]], path: str) -> None:
-    names: List[str] = []
-    for record in records:
-        names.extend(k for k in record if k not in names)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(records)
-
-
-def plot_losses(records: List[Dict[str, Any]], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-    figure, axes = pyplot.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records]
-    for name in ("loss", "att_loss", "rep_loss", "cls_loss"):
-        if records and name in records[0]:
-            axes.plot(steps, [r.get(name) for r in records], label=name)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_yscale("log")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)

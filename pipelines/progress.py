@@ -36,7 +36,8 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _format_bytes(value: float) -> str:
+def human_bytes(value: float) -> str:
+    """A size as a person reads it: `512 B`, `1.5 KB`, `25.3 MB`, up to TB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if value < 1024 or unit == "TB":
             return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
@@ -47,7 +48,7 @@ def _format_bytes(value: float) -> str:
 def line(meter: _Meter, now: float) -> str:
     elapsed = max(now - meter.started, 1e-9)
     rate = meter.done / elapsed
-    show = _format_bytes if meter.unit == "bytes" else (lambda v: f"{v:,.0f}")
+    show = human_bytes if meter.unit == "bytes" else (lambda v: f"{v:,.0f}")
     text = f"progress  {meter.name}  {show(meter.done)}"
     if meter.total:
         text += f" / {show(meter.total)} ({100.0 * meter.done / meter.total:.0f}%)"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import data
+from distill import data, encoding
 from tests import builders
 from contract.errors import UserError
 
@@ -35,7 +35,7 @@ def _serials(batches):
 
 def test_batches_are_padded_per_batch_with_segments(corpus, tokenizer):
     stream = _open(corpus, tokenizer)
-    batch = next(iter(data.make_loader(stream)))
+    batch = next(iter(data.read_batches(stream)))
     lengths = batch["attention_mask"].sum(1)
     assert batch["input_ids"].shape[1] == int(lengths.max())  # padded to the longest in the batch only
     for row in range(batch["input_ids"].shape[0]):
@@ -54,7 +54,7 @@ def test_every_row_read_once_split_by_rank_then_worker(corpus, tokenizer, world_
     per_rank = []
     for rank in range(world_size):
         stream = _open(corpus, tokenizer, rank=rank, world_size=world_size, num_workers=num_workers)
-        batches = list(data.make_loader(stream))
+        batches = list(data.read_batches(stream))
         per_rank.append(_serials(batches))
         workers = {int(b["worker"]) for b in batches}
         assert workers == set(range(max(num_workers, 1)))
@@ -67,29 +67,29 @@ def test_every_row_read_once_split_by_rank_then_worker(corpus, tokenizer, world_
 
 
 def test_shuffle_is_seeded_and_differs_per_epoch(corpus, tokenizer):
-    first = _serials(data.make_loader(_open(corpus, tokenizer)))
-    again = _serials(data.make_loader(_open(corpus, tokenizer)))
-    other_seed = _serials(data.make_loader(_open(corpus, tokenizer, seed=4)))
+    first = _serials(data.read_batches(_open(corpus, tokenizer)))
+    again = _serials(data.read_batches(_open(corpus, tokenizer)))
+    other_seed = _serials(data.read_batches(_open(corpus, tokenizer, seed=4)))
     assert first == again and first != other_seed
     stream = _open(corpus, tokenizer)
     stream.set_position(data.ReaderPosition(epoch=1))
-    second_epoch = _serials(data.make_loader(stream))
+    second_epoch = _serials(data.read_batches(stream))
     assert sorted(second_epoch) == list(range(148, 296))  # epoch 1 reads the epoch-1 shards
     stream.set_position(data.ReaderPosition(epoch=2))
-    third_epoch = _serials(data.make_loader(stream))
+    third_epoch = _serials(data.read_batches(stream))
     assert sorted(third_epoch) == sorted(first) and third_epoch != first  # epoch-0 again, another order
 
 
 @pytest.mark.parametrize("num_workers,cut", [(0, 7), (2, 5), (2, 12)])
 def test_resume_from_a_position_continues_exactly(corpus, tokenizer, num_workers, cut):
     stream = _open(corpus, tokenizer, num_workers=num_workers)
-    full = list(data.make_loader(stream))
+    full = list(data.read_batches(stream))
     position = data.ReaderPosition()
     for batch in full[:cut]:
         position.advance(batch)
     resumed_stream = _open(corpus, tokenizer, num_workers=num_workers)
     resumed_stream.set_position(data.ReaderPosition.from_dict(json.loads(json.dumps(position.to_dict()))))
-    resumed = list(data.make_loader(resumed_stream))
+    resumed = list(data.read_batches(resumed_stream))
     assert len(resumed) == len(full) - cut
     for expected, got in zip(full[cut:], resumed):
         assert expected["input_ids"].equal(got["input_ids"])
@@ -127,8 +127,8 @@ def test_too_few_files_for_the_processes(tokenizer, tmp_path):
 
 
 def test_pad_to_max_length_gives_fixed_width_batches(corpus, tokenizer, tmp_path):
-    dynamic = next(iter(data.make_loader(_open(corpus, tokenizer))))
-    fixed = next(iter(data.make_loader(_open(corpus, tokenizer, pad_to_max_length=True))))
+    dynamic = next(iter(data.read_batches(_open(corpus, tokenizer))))
+    fixed = next(iter(data.read_batches(_open(corpus, tokenizer, pad_to_max_length=True))))
     assert fixed["input_ids"].shape[1] == 32  # the corpus manifest's max_seq_len
     width = dynamic["input_ids"].shape[1]
     for name in ("input_ids", "token_type_ids", "attention_mask"):
@@ -136,9 +136,9 @@ def test_pad_to_max_length_gives_fixed_width_batches(corpus, tokenizer, tmp_path
     path = builders.write_augmented(str(tmp_path / "aug"), tokenizer, examples=6, augmentations=1)
     stream, _ = data.open_augmented(path, tokenizer=tokenizer, max_seq_len=20, batch_size=4, shuffle_buffer=8,
                                     seed=0, pad_to_max_length=True)
-    assert {b["input_ids"].shape[1] for b in data.make_loader(stream)} == {20}
+    assert {b["input_ids"].shape[1] for b in data.read_batches(stream)} == {20}
     with pytest.raises(ValueError, match="more than the 3"):
-        data.collate(data.EncodedRows(np.arange(4), np.array([0, 4]), np.array([2])), [0], 0, pad_to=3)
+        encoding.collate(encoding.EncodedRows(np.arange(4), np.array([0, 4]), np.array([2])), [0], 0, pad_to=3)
 
 
 def test_augmented_rows_tokenized_on_the_fly(tokenizer, tmp_path):
@@ -146,7 +146,7 @@ def test_augmented_rows_tokenized_on_the_fly(tokenizer, tmp_path):
                                    text_fields=("sentence1", "sentence2"), examples=10, augmentations=2)
     stream, output = data.open_augmented(path, tokenizer=tokenizer, max_seq_len=12, batch_size=4,
                                          shuffle_buffer=8, seed=0)
-    batches = list(data.make_loader(stream))
+    batches = list(data.read_batches(stream))
     assert sum(b["input_ids"].shape[0] for b in batches) == output.rows("data") == 30
     assert max(b["input_ids"].shape[1] for b in batches) <= 12
     assert all(b["token_type_ids"].max() == 1 for b in batches)  # sentence pairs
@@ -207,7 +207,7 @@ def _labels_by_tokens(path, tokenizer):
     expected = {}
     for name in sorted(os.listdir(os.path.join(path, "data"))):
         rows = pq.read_table(os.path.join(path, "data", name)).to_pylist()
-        encoded = data.encode_texts(tokenizer, [(r["sentence1"], r["sentence2"]) for r in rows], 16)
+        encoded = encoding.encode_texts(tokenizer, [(r["sentence1"], r["sentence2"]) for r in rows], 16)
         for index, row in enumerate(rows):
             ids = tuple(encoded.values[encoded.offsets[index]:encoded.offsets[index + 1]].tolist())
             expected.setdefault(ids, set()).add(np.float32(float(row["label"])))
@@ -218,7 +218,7 @@ def _labels_by_tokens(path, tokenizer):
 def test_regression_labels_stay_with_their_rows_after_shuffling(stsb, tokenizer, num_workers):
     expected = _labels_by_tokens(stsb, tokenizer)
     stream, output = _open_stsb(stsb, tokenizer, num_workers=num_workers)
-    batches = list(data.make_loader(stream))
+    batches = list(data.read_batches(stream))
     assert sum(b["labels"].shape[0] for b in batches) == output.rows("data") == 120
     read_order = []
     for batch in batches:
@@ -235,13 +235,13 @@ def test_regression_labels_stay_with_their_rows_after_shuffling(stsb, tokenizer,
 
 @pytest.mark.parametrize("num_workers,cut", [(0, 5), (2, 7)])
 def test_resume_keeps_regression_labels_aligned(stsb, tokenizer, num_workers, cut):
-    full = list(data.make_loader(_open_stsb(stsb, tokenizer, num_workers=num_workers)[0]))
+    full = list(data.read_batches(_open_stsb(stsb, tokenizer, num_workers=num_workers)[0]))
     position = data.ReaderPosition()
     for batch in full[:cut]:
         position.advance(batch)
     stream = _open_stsb(stsb, tokenizer, num_workers=num_workers)[0]
     stream.set_position(data.ReaderPosition.from_dict(json.loads(json.dumps(position.to_dict()))))
-    resumed = list(data.make_loader(stream))
+    resumed = list(data.read_batches(stream))
     assert len(resumed) == len(full) - cut
     for expected, got in zip(full[cut:], resumed):
         assert expected["input_ids"].equal(got["input_ids"])
@@ -251,13 +251,13 @@ def test_resume_keeps_regression_labels_aligned(stsb, tokenizer, num_workers, cu
 def test_label_columns_become_float_with_nan_for_missing(stsb, tokenizer, tmp_path):
     import pyarrow as pa
     strings = pa.chunked_array([["3.800", None], ["0", "n/a", "", "inf"]])
-    got = data.float_labels(strings)
+    got = encoding.float_labels(strings)
     assert got.dtype == np.float32
     assert got[:1].tolist() == [pytest.approx(3.8)] and got[2] == 0.0
     assert np.isnan(got[[1, 3, 4, 5]]).all()
-    assert data.float_labels(pa.chunked_array([[1.5, None]])).tolist()[0] == 1.5
+    assert encoding.float_labels(pa.chunked_array([[1.5, None]])).tolist()[0] == 1.5
     # Labels only when asked, and never for a classification task's data.
-    batch = next(iter(data.make_loader(_open_stsb(stsb, tokenizer, regression_labels=False)[0])))
+    batch = next(iter(data.read_batches(_open_stsb(stsb, tokenizer, regression_labels=False)[0])))
     assert "labels" not in batch
     sst2 = builders.write_augmented(str(tmp_path / "sst2"), tokenizer, examples=4, augmentations=1)
     with pytest.raises(UserError, match="regression labels need a regression task"):

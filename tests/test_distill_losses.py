@@ -149,7 +149,7 @@ def test_padding_to_the_fixed_length_adds_nonzero_pad_terms_so_no_rescaling_repr
     [PAD] positions carry hidden states and query rows of their own, different in teacher and student, so the
     fixed-width loss is the dynamic one rescaled *plus* terms that only running those positions gives."""
     import numpy as np
-    from distill import data
+    from distill import encoding
     from tests import builders
     tokenizer = builders.make_tokenizer(str(tmp_path / "tok"))
     teacher = models.load_teacher(builders.make_teacher(str(tmp_path / "t"), tokenizer, layers=4, hidden=48,
@@ -158,10 +158,10 @@ def test_padding_to_the_fixed_length_adds_nonzero_pad_terms_so_no_rescaling_repr
     student = models.build_student(builders.write_student_config(str(tmp_path / "s.json")), teacher,
                                    classification=False).eval()
     lengths = [9, 5]
-    rows = data.EncodedRows(values=np.arange(1000, 1000 + sum(lengths)), offsets=np.array([0, 9, 14]),
+    rows = encoding.EncodedRows(values=np.arange(1000, 1000 + sum(lengths)), offsets=np.array([0, 9, 14]),
                             segment_a_len=np.array([4, 3]))
     width, fixed = max(lengths), 32
-    dynamic, padded = data.collate(rows, [0, 1], 0), data.collate(rows, [0, 1], 0, pad_to=fixed)
+    dynamic, padded = encoding.collate(rows, [0, 1], 0), encoding.collate(rows, [0, 1], 0, pad_to=fixed)
     assert dynamic["input_ids"].shape == (2, width) and padded["input_ids"].shape == (2, fixed)
     with torch.no_grad():
         (_, t_att_d, t_hid_d), (_, t_att_p, t_hid_p) = (models.forward_with_internals(teacher, b)

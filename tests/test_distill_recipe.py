@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from distill import config as config_lib
-from distill import data as data_lib
+from distill import encoding
 from distill import glue, models, run
 from tests import builders
 
@@ -79,7 +79,7 @@ def test_fit_dense_is_initialised_like_a_bert_weight():
     (20, 0, 15, (15, 0)),
 ])
 def test_pair_truncation_is_the_references(length_a, length_b, budget, expected):
-    assert data_lib.truncated_pair_lengths(length_a, length_b, budget) == expected
+    assert encoding.truncated_pair_lengths(length_a, length_b, budget) == expected
     a, b = _reference_truncate(range(length_a), range(length_b), budget)
     assert (len(a), len(b)) == expected
 
@@ -89,17 +89,17 @@ def test_pair_truncation_matches_the_reference_loop_and_reaches_the_token_ids(tm
     for _ in range(500):
         la, lb, budget = rng.randrange(40), rng.randrange(40), rng.randrange(1, 50)
         a, b = _reference_truncate(range(la), range(lb), budget)
-        assert data_lib.truncated_pair_lengths(la, lb, budget) == (len(a), len(b)), (la, lb, budget)
+        assert encoding.truncated_pair_lengths(la, lb, budget) == (len(a), len(b)), (la, lb, budget)
     tokenizer = builders.make_tokenizer(str(tmp_path / "tok"))
     words = [w for w in builders.WORDS if len(tokenizer.tokenize(w)) == 1]
     first, second = " ".join(words[:10]), " ".join(words[10:20])  # 10 tokens each
-    rows = data_lib.encode_texts(tokenizer, [(first, second)], max_seq_len=18)  # 15 for the texts
+    rows = encoding.encode_texts(tokenizer, [(first, second)], max_seq_len=18)  # 15 for the texts
     ids = rows.values[rows.offsets[0]:rows.offsets[1]].tolist()
     expected_a = tokenizer.convert_tokens_to_ids(words[:8])
     expected_b = tokenizer.convert_tokens_to_ids(words[10:17])
     assert ids == [tokenizer.cls_token_id, *expected_a, tokenizer.sep_token_id, *expected_b, tokenizer.sep_token_id]
     assert int(rows.segment_a_len[0]) == 10
-    single = data_lib.encode_texts(tokenizer, [(first,)], max_seq_len=6)
+    single = encoding.encode_texts(tokenizer, [(first,)], max_seq_len=6)
     assert single.values.tolist() == [tokenizer.cls_token_id, *tokenizer.convert_tokens_to_ids(words[:4]),
                                       tokenizer.sep_token_id]
 
@@ -287,7 +287,7 @@ def test_tensorboard_events_and_a_run_repeated_from_its_config(generic):
     losses = [event.value for event in accumulator.Scalars("train/loss")]
     logged = [json.loads(line)["loss"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx(logged, rel=1e-5)
-    assert (first / "metrics.csv").exists() and (first / "loss.png").exists()
+    assert (first / "metrics.csv").exists() and (first / "loss.svg").exists()
 
     again = generic["base"] / "tb-again"
     run.main(["task", "--config", str(first / "distill_config.json"), "--output", str(again), "--report_to", "none"])

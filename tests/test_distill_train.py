@@ -53,7 +53,7 @@ def test_general_distillation_lowers_the_loss_and_saves_a_loadable_student(setup
     first = sum(r["loss"] for r in records[:5]) / 5
     last = sum(r["loss"] for r in records[-5:]) / 5
     assert last < 0.9 * first, (first, last)
-    for name in ("metrics.csv", "loss.png", "fit_dense.pt", "checkpoint.pt", "distill_config.json", "config.json"):
+    for name in ("metrics.csv", "loss.svg", "fit_dense.pt", "checkpoint.pt", "distill_config.json", "config.json"):
         assert (output / name).exists(), name
     student = AutoModel.from_pretrained(str(output))
     assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 24

@@ -37,6 +37,19 @@ def test_package_imports_neither_beam_nor_pipelines(package):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_no_runtime_module_imports_matplotlib():
+    """Every figure (report/, the loss curve) is SVG drawn by contract.charts."""
+    import ast
+    found = []
+    for package in ("augment", "contract", "corpus", "distill", "pipelines"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                found += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] == "matplotlib"]
+    assert not found, found
+
+
 def test_one_task_table_with_every_alias():
     from augment.tasks import resolve_task
     from contract.tasks import GLUE_TASKS, canonical_name

@@ -1,5 +1,6 @@
 """The output folder is claimed before any work (`_IN_PROGRESS`), and --overwrite deletes only our own output."""
 
+import io
 import json
 import os
 import socket
@@ -10,9 +11,12 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import BeamIOError, FileMetadata, FileSystem
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from contract import layout
+from contract import claim, layout
+from contract.errors import ERRORS_SUBDIR
+from contract.filesystem import LocalFilesystem
 from pipelines import outputs
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +38,7 @@ def _snapshot(root):
 
 def _marker(path, *, pid, host=None, run_id="other-run", pid_start="unset"):
     marker = {"run_id": run_id, "host": host or socket.gethostname(), "pid": pid,
-              "pid_start": outputs._process_start(pid) if pid_start == "unset" else pid_start,
+              "pid_start": claim._process_start(pid) if pid_start == "unset" else pid_start,
               "started": "2025-01-01T00:00:00+00:00", "argv": ["python", "-m", "pipelines.corpus"]}
     (path / "_IN_PROGRESS").write_text(json.dumps(marker))
 
@@ -183,6 +187,130 @@ def test_unknown_file_in_our_output_is_refused_and_untouched(tmp_path, extra):
         outputs.claim_output_dir(str(tmp_path), overwrite=True)
     assert f"holds {extra}, which our runs never write; nothing was deleted" in str(info.value)
     assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_deletes_the_error_records_of_a_killed_run(tmp_path, dead_pid):
+    _marker(tmp_path, pid=dead_pid)
+    (tmp_path / ERRORS_SUBDIR).mkdir()
+    (tmp_path / ERRORS_SUBDIR / "0123abcd.json").write_text('{"error": "InputError", "message": "bad"}')
+    outputs.claim_output_dir(str(tmp_path), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_IN_PROGRESS"]
+
+
+def test_the_filesystem_root_is_refused_without_a_walk(monkeypatch):
+    def walk(*args, **kwargs):
+        raise AssertionError("the whole filesystem was walked")
+    monkeypatch.setattr(os, "walk", walk)
+    with pytest.raises(outputs.OutputExistsError, match="is the root of the filesystem"):
+        outputs.claim_output_dir("/", overwrite=True)
+
+
+def test_the_claim_works_without_beam(tmp_path):
+    """contract.claim on local paths, as a command without Beam (the trainer) would use it."""
+    fs = LocalFilesystem()
+    run_id = claim.claim_output_dir(str(tmp_path / "out"), fs=fs, overwrite=False)
+    claim.check_claim(str(tmp_path / "out"), run_id, fs=fs)
+    with pytest.raises(claim.OutputClaimLostError, match=f"was taken by run {run_id}"):
+        claim.check_claim(str(tmp_path / "out"), "another-run", fs=fs)
+    claim.release_claim(str(tmp_path / "out"), run_id, fs=fs)
+    assert not (tmp_path / "out" / "_IN_PROGRESS").exists()
+
+
+class _ObjectStore(FileSystem):
+    """An object store in memory, as Beam sees gs:// or s3://: no directories, no exclusive create."""
+    objects = {}
+
+    @classmethod
+    def scheme(cls):
+        return "memstore"
+
+    def join(self, base, *paths):
+        return "/".join([base.rstrip("/"), *(path.strip("/") for path in paths)])
+
+    def split(self, path):
+        head, _, tail = path.rpartition("/")
+        return head, tail
+
+    def mkdirs(self, path):
+        pass
+
+    def has_dirs(self):
+        return False
+
+    def _list(self, prefix):
+        for path, data in sorted(self.objects.items()):
+            if path.startswith(prefix):
+                yield FileMetadata(path, len(data), 0.0)
+
+    def create(self, path, mime_type=None, compression_type=None):
+        objects = self.objects
+
+        class _Object(io.BytesIO):
+            def close(self):
+                objects[path] = self.getvalue()
+                super().close()
+        return _Object()
+
+    def open(self, path, mime_type=None, compression_type=None):
+        if path not in self.objects:
+            raise BeamIOError("open", {path: FileNotFoundError(path)})
+        return io.BytesIO(self.objects[path])
+
+    def copy(self, sources, targets):
+        raise NotImplementedError
+
+    def rename(self, sources, targets):
+        for source, target in zip(sources, targets):
+            if source not in self.objects:
+                raise BeamIOError("rename", {(source, target): FileNotFoundError(source)})
+            self.objects[target] = self.objects.pop(source)
+
+    def exists(self, path):
+        return path in self.objects
+
+    def size(self, path):
+        return len(self.objects[path])
+
+    def last_updated(self, path):
+        return 0.0
+
+    def checksum(self, path):
+        return str(len(self.objects[path]))
+
+    def metadata(self, path):
+        return FileMetadata(path, len(self.objects[path]), 0.0)
+
+    def delete(self, paths):
+        for path in paths:
+            if path not in self.objects:
+                raise BeamIOError("delete", {path: FileNotFoundError(path)})
+            del self.objects[path]
+
+
+def test_the_claim_on_an_object_store():
+    _ObjectStore.objects.clear()
+    out = "memstore://bucket/out"
+    run_id = outputs.claim_output_dir(out, overwrite=False)
+    assert json.loads(_ObjectStore.objects[f"{out}/_IN_PROGRESS"])["run_id"] == run_id
+    outputs.check_claim(out, run_id)
+    with pytest.raises(outputs.OutputExistsError, match="earlier run that did not finish"):
+        outputs.claim_output_dir(out, overwrite=False)
+    # A finished output of ours (with a folder placeholder) is replaced whole; a foreign object stops the claim.
+    _ObjectStore.objects.clear()
+    manifest = {"format_version": layout.FORMAT_VERSION, "kind": "general-distillation",
+                "outputs": {"epoch-0": {"subdir": "epoch-0", "files": [{"path": "epoch-0/part-00000-of-00001.parquet",
+                                                                        "rows": 1}]}}}
+    _ObjectStore.objects.update({f"{out}/manifest.json": json.dumps(manifest).encode(), f"{out}/_SUCCESS": b"",
+                                 f"{out}/epoch-0/": b"", f"{out}/epoch-0/part-00000-of-00001.parquet": b"rows"})
+    assert outputs.read_manifest(out) == manifest
+    _ObjectStore.objects[f"{out}/notes.txt"] = b"mine"
+    with pytest.raises(outputs.OutputExistsError, match="holds notes.txt, which our runs never write"):
+        outputs.claim_output_dir(out, overwrite=True)
+    del _ObjectStore.objects[f"{out}/notes.txt"]
+    run_id = outputs.claim_output_dir(out, overwrite=True)
+    assert sorted(_ObjectStore.objects) == [f"{out}/_IN_PROGRESS"]
+    outputs.release_claim(out, run_id)
+    assert not _ObjectStore.objects
 
 
 def _finalize(output_dir, run_id):

@@ -6,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from contract.errors import UserError
 from pipelines import outputs
+from pipelines.outputs import shards
 
 SCHEMA = pa.schema([("key", pa.int64()), ("text", pa.string())])
 
@@ -52,7 +54,7 @@ def test_empty_shards_are_written(tmp_path):
 
 def test_reader_refuses_unfinished_directory(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+    with pytest.raises(UserError, match="no _SUCCESS marker"):
         outputs.read_manifest(str(tmp_path))
 
 
@@ -70,9 +72,9 @@ def test_claim_output_dir_refuses_a_finished_output_without_overwrite(tmp_path):
 def test_rows_sharing_a_key_are_ordered_by_content():
     rows = [(2, {"t": "b"}), (1, {"t": "z"}), (2, {"t": "a"}), (0, {"t": "q"})]
     expected = [(0, {"t": "q"}), (1, {"t": "z"}), (2, {"t": "a"}), (2, {"t": "b"})]
-    assert outputs._sorted_by_key(rows) == expected
-    assert outputs._sorted_by_key(list(reversed(rows))) == expected
-    assert outputs._sorted_by_key([]) == []
+    assert shards._sorted_by_key(rows) == expected
+    assert shards._sorted_by_key(list(reversed(rows))) == expected
+    assert shards._sorted_by_key([]) == []
 
 
 def test_finalize_removes_temporaries_of_dead_writers(tmp_path):
