@@ -1,30 +1,27 @@
 """`report/`: SVG figures and a short report.md that a person can look at, for every output of both pipelines.
 
-augment: rows per example, replacement rate by source (masked LM / GloVe / none), candidate list lengths, the most
-replaced words, rejects by reason. corpus: instance lengths, random-next share per epoch, tokens per document,
-rejects by reason. `--no_report` skips it.
+augment (pipelines.augment.report): rows per example, replacement rate by source (masked LM / GloVe / none),
+candidate list lengths, the most replaced words, rejects by reason. corpus: instance lengths, random-next share per
+epoch, tokens per document, rejects by reason. `--no_report` skips it.
 
 Memory stays flat at any scale, by design: nothing here ever holds rows.
   * The pipelines' DoFns emit one small stats dict per element (an example, a batch of instances, a document):
     fixed-size histograms as sparse {bin: count} maps over a `Histogram` of at most `MAX_BINS` bins, and integer
     counts. `SumReportStats` adds them in one CombineGlobally (the runner combines partial sums on each worker), so
     its accumulator is bounded by the number of bins, whatever the number of rows.
-  * The most replaced words: (word, n) pairs summed per word by a CombinePerKey (one integer per distinct word,
-    spread over the workers by the runner; distinct words are bounded by the candidate vocabularies), then
-    `TopWordsFn`, a bounded top-k combiner: every accumulator holds at most k pairs, merged and truncated.
+  * The most replaced words: a per-word sum, then a bounded top-k combiner (pipelines.augment.report).
   * `WriteReportFn` runs once, after those combines, on their outputs and the manifest's count tables (side inputs
-    of a few hundred values), draws the figures as hand-written SVG (`charts`: milliseconds a figure, no plotting
-    library to import), writes them through `FileSystems` (any runner, any filesystem) and yields the manifest
-    field that `FinalizeOutput` waits for, so the report is complete before `_SUCCESS`.
+    of a few hundred values), draws the figures with the pipeline's `draw` function as hand-written SVG (`charts`:
+    milliseconds a figure, no plotting library to import), writes them through `FileSystems` (any runner, any
+    filesystem) and yields the manifest field that `FinalizeOutput` waits for, so the report is complete before
+    `_SUCCESS`.
 Only integers are summed and ties are broken by the word, so the report is the same on every runner; the SVGs carry
 no date or generated id, so equal figures are equal bytes.
 """
 
 import dataclasses
-import heapq
-import itertools
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -32,7 +29,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contract import layout
-from contract.layout import AUGMENTED_KIND
 from contract import charts
 from pipelines import outputs
 
@@ -40,11 +36,10 @@ REPORT_SUBDIR = "report"
 REPORT_NAME = "report.md"
 REPORT_PATH = f"{REPORT_SUBDIR}/{REPORT_NAME}"
 MAX_BINS = 64
-TOP_WORDS = 20
-SOURCES = ("mlm", "glove", "none")
-SOURCE_NAMES = {"mlm": "masked LM", "glove": "GloVe", "none": "none"}
 
 Stats = Dict[str, Dict[str, Any]]  # {"hist": {name: {bin: n}}, "counts": {name: n}}
+# A pipeline's report: draw(stats, counts, *, settings, histograms[, top_words]) -> (report.md, {name: SVG bytes})
+Draw = Callable[..., Tuple[str, Dict[str, bytes]]]
 
 
 # ------------------------------------------------------------------------------------------------ histograms
@@ -140,104 +135,13 @@ class SumReportStatsFn(beam.CombineFn):
                 "counts": dict(sorted(accumulator["counts"].items()))}
 
 
-# ------------------------------------------------------------------------------------------------- top words
-def _rank(item: Tuple[str, int]) -> Tuple[int, str]:
-    return -item[1], item[0]
-
-
-def merge_top(k: int, *parts: Iterable[Tuple[str, int]]) -> List[Tuple[str, int]]:
-    """The k (word, count) pairs of largest count among `parts`, ties by word: a bounded merge (k pairs kept).
-
-    Exact when each word appears in one part only with its full count (after a CombinePerKey(sum)).
-    """
-    return heapq.nsmallest(k, itertools.chain(*parts), key=_rank)
-
-
-class TopWordsFn(beam.CombineFn):
-    """The k most frequent (word, count) pairs; every accumulator holds at most k pairs."""
-
-    def __init__(self, k: int = TOP_WORDS):
-        self._k = k
-
-    def create_accumulator(self) -> List[Tuple[str, int]]:
-        return []
-
-    def add_input(self, accumulator, element):
-        return merge_top(self._k, accumulator, [(str(element[0]), int(element[1]))])
-
-    def merge_accumulators(self, accumulators):
-        return merge_top(self._k, *accumulators)
-
-    def extract_output(self, accumulator):
-        return [list(pair) for pair in merge_top(self._k, accumulator)]
-
-
 # --------------------------------------------------------------------------------------------- stats per item
-def augment_histograms(*, num_aug: int, num_fields: int, top_k: int) -> Tuple[Histogram, Histogram]:
-    """(rows per example, candidate list length) bins for an augmentation run's settings."""
-    return (Histogram.linear("rows_per_example", "Rows per example", "rows (the original + distinct augmentations)",
-                             max_value=1 + num_aug * max(1, num_fields)),
-            Histogram.linear("candidate_list_length", "Candidate list lengths",
-                             "candidates of a candidate word (0: none found, it keeps itself)", max_value=top_k))
-
-
 def corpus_histograms(*, max_seq_len: int) -> Tuple[Histogram, Histogram]:
     """(instance length, tokens per document) bins."""
     return (Histogram.linear("instance_length", "Instance length", "tokens of an instance ([CLS] and [SEP] included)",
                              max_value=max_seq_len),
             Histogram("tokens_per_document", "Tokens per document", "WordPiece tokens of a document", "log2",
                       1, 40))
-
-
-def example_stats(plans: Sequence[Any], mlm: Sequence[Mapping[int, Sequence[str]]],
-                  glove: Mapping[str, Sequence[str]], rows: Sequence[Any], *, word_filter, rows_hist: Histogram,
-                  length_hist: Histogram) -> Tuple[Stats, Dict[str, int]]:
-    """The report's stats of one augmented example, and its replaced words {original word: times}.
-
-    A word's source: `mlm` or `glove` when that lookup found candidates (after `word_filter`), `none` when a
-    candidate word's lookup found none (it keeps itself). Words that are never candidates (stop words,
-    punctuation) count as `other_words`. Slots are (words of a source) x (augmented rows of their field).
-    """
-    def found(values) -> int:
-        values = values or ()
-        return sum(1 for w in values if word_filter(w)) if word_filter is not None else len(values)
-
-    rows_per_field = [0] * len(plans)
-    for row in rows:
-        if row.augmented_field is not None:
-            rows_per_field[row.augmented_field] += 1
-    counts: Dict[str, int] = {}
-    lengths: List[int] = []
-    replaced_words: Dict[str, int] = {}
-    source_of: List[Dict[int, str]] = []
-    for field_index, plan in enumerate(plans):
-        sources: Dict[int, str] = {}
-        for word_index, position in plan.mlm_words:
-            length = found(mlm[field_index].get(position))
-            sources[word_index] = "mlm" if length else "none"
-            lengths.append(length)
-        for word_index, word in plan.glove_words:
-            length = found(glove.get(word))
-            sources[word_index] = "glove" if length else "none"
-            lengths.append(length)
-        source_of.append(sources)
-        counts["other_words"] = counts.get("other_words", 0) + len(plan.words) - len(sources)
-        for source in sources.values():
-            counts[f"words_{source}"] = counts.get(f"words_{source}", 0) + 1
-            counts[f"slots_{source}"] = counts.get(f"slots_{source}", 0) + rows_per_field[field_index]
-    for row in rows:
-        if row.augmented_field is None:
-            continue
-        plan = plans[row.augmented_field]
-        for word_index in row.replaced_word_indices:
-            source = source_of[row.augmented_field].get(word_index, "none")
-            counts[f"replaced_{source}"] = counts.get(f"replaced_{source}", 0) + 1
-            word = plan.words[word_index]
-            replaced_words[word] = replaced_words.get(word, 0) + 1
-    counts = {name: value for name, value in counts.items() if value}
-    stats = {"hist": {rows_hist.name: {rows_hist.index(len(rows)): 1},
-                      length_hist.name: count_values(length_hist, lengths)}, "counts": counts}
-    return stats, replaced_words
 
 
 def instance_batch_stats(element: Tuple[Tuple[int, int], bytes], *, length_hist: Histogram) -> Stats:
@@ -283,22 +187,22 @@ def draw_bars(title: str, labels: Sequence[str], values: Sequence[float], *, xla
 
 
 # ---------------------------------------------------------------------------------------------------- report.md
-def _table(rows: Sequence[Tuple[Any, ...]], header: Tuple[str, ...]) -> List[str]:
+def table(rows: Sequence[Tuple[Any, ...]], header: Tuple[str, ...]) -> List[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
 
 
-def _mean(bins: Mapping[int, int], total: int) -> float:
+def mean(bins: Mapping[int, int], total: int) -> float:
     count = sum(bins.values())
     return total / count if count else 0.0
 
 
-def _percent(part: int, whole: int) -> str:
+def percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
 
 
-def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> List[str]:
+def rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> List[str]:
     lines = ["## Rejects by reason", ""]
     if not rejects:
         return lines + ["No input record was rejected.", ""]
@@ -306,69 +210,9 @@ def _rejects_section(rejects: Mapping[str, int], figures: Dict[str, bytes]) -> L
     figures["rejects_by_reason.svg"] = draw_bars("Rejects by reason", [k for k, _ in ordered],
                                                  [v for _, v in ordered], xlabel="records",
                                                  annotations=[f"{v:,}" for _, v in ordered])
-    return lines + ["![Rejects by reason](rejects_by_reason.svg)", ""] + _table(
+    return lines + ["![Rejects by reason](rejects_by_reason.svg)", ""] + table(
         [(reason, f"{count:,}") for reason, count in ordered], ("reason", "records")) + [
         "", f"Every rejected record is in `{layout.REJECTS_SUBDIR}/` with its reason.", ""]
-
-
-def augment_report(stats: Stats, top_words: Sequence[Sequence[Any]], counts: Mapping[str, Mapping[str, int]], *,
-                   settings: Mapping[str, Any], histograms: Sequence[Histogram]) -> Tuple[str, Dict[str, bytes]]:
-    """(report.md, {file name: SVG bytes}) of an augmentation output."""
-    rows_hist, length_hist = histograms
-    run_counts = counts.get("stats", {})
-    rejects = counts.get("rejects", {})
-    extra = stats["counts"]
-    examples, rows = int(run_counts.get("examples", 0)), int(run_counts.get("rows", 0))
-    figures: Dict[str, bytes] = {}
-    rows_bins = stats["hist"].get(rows_hist.name, {})
-    figures["rows_per_example.svg"] = draw_histogram(
-        rows_hist, rows_bins, note=f"{examples:,} examples, mean {_mean(rows_bins, rows):.2f} rows")
-    source_rows = []
-    for source in SOURCES:
-        words, slots = extra.get(f"words_{source}", 0), extra.get(f"slots_{source}", 0)
-        replaced = extra.get(f"replaced_{source}", 0)
-        source_rows.append((SOURCE_NAMES[source], words, slots, replaced))
-    figures["replacement_rate_by_source.svg"] = draw_bars(
-        "Replacement rate by candidate source", [r[0] for r in source_rows],
-        [100 * r[3] / r[2] if r[2] else 0.0 for r in source_rows], xlabel="% of word slots replaced",
-        annotations=[f"{_percent(r[3], r[2])} ({r[3]:,} / {r[2]:,})" for r in source_rows], horizontal=False,
-        limit=100,
-        reference=100 * float(settings.get("replace_prob", 0)))
-    length_bins = stats["hist"].get(length_hist.name, {})
-    candidate_words = sum(length_bins.values())
-    figures["candidate_list_lengths.svg"] = draw_histogram(
-        length_hist, length_bins, note=f"{candidate_words:,} candidate words, top_k {settings.get('top_k')}")
-    head = ", ".join(f"{k} {settings[k]}" for k in ("task", "num_aug", "replace_prob", "top_k", "seed")
-                     if k in settings)
-    lines = ["# Augmentation report", "", f"{head}. Figures drawn from the pipeline's own counts (no row sampled).",
-             "", "| | |", "|---|---|",
-             f"| examples | {examples:,} |", f"| rows | {rows:,} |",
-             f"| rows per example (mean) | {rows / examples if examples else 0:.2f} |",
-             f"| rejected records | {sum(rejects.values()):,} |", "",
-             "## Rows per example", "", "![Rows per example](rows_per_example.svg)", "",
-             "The original row plus the distinct augmentations of each text field; fewer than "
-             f"1 + {settings.get('num_aug')} x fields when draws repeat a sentence or a field has no candidate word.",
-             "", "## Replacement rate by source", "", "![Replacement rate by source](replacement_rate_by_source.svg)",
-             ""]
-    lines += _table([(name, f"{words:,}", f"{slots:,}", f"{replaced:,}", _percent(replaced, slots))
-                     for name, words, slots, replaced in source_rows],
-                    ("source", "candidate words", "word slots", "replaced", "rate"))
-    lines += ["", "A slot is a candidate word in one augmented row of its field. `none`: a candidate word whose lookup "
-              f"found nothing (it keeps itself). Words that are never candidates (stop words, punctuation): "
-              f"{extra.get('other_words', 0):,}. The dashed line is --replace_prob.", "",
-              "## Candidate list lengths", "", "![Candidate list lengths](candidate_list_lengths.svg)", "",
-              f"## Most replaced words (top {len(top_words)})", ""]
-    if top_words:
-        figures["most_replaced_words.svg"] = draw_bars(
-            f"Most replaced words (top {len(top_words)})", [w for w, _ in top_words], [n for _, n in top_words],
-            xlabel="times replaced", annotations=[f"{n:,}" for _, n in top_words])
-        lines += ["![Most replaced words](most_replaced_words.svg)", ""]
-        lines += _table([(f"`{w}`", f"{n:,}") for w, n in top_words], ("word", "times replaced"))
-        lines.append("")
-    else:
-        lines += ["No word was replaced.", ""]
-    lines += _rejects_section(rejects, figures)
-    return "\n".join(lines), figures
 
 
 def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, settings: Mapping[str, Any],
@@ -386,24 +230,24 @@ def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, sett
     figures: Dict[str, bytes] = {}
     length_bins = stats["hist"].get(length_hist.name, {})
     figures["instance_length.svg"] = draw_histogram(
-        length_hist, length_bins, note=f"{instances:,} instances, mean {_mean(length_bins, instance_tokens):.1f} "
+        length_hist, length_bins, note=f"{instances:,} instances, mean {mean(length_bins, instance_tokens):.1f} "
                                        f"tokens, max_seq_len {settings.get('max_seq_len')}")
     per_epoch = [(extra.get(f"random_next_epoch_{e}", 0), extra.get(f"instances_epoch_{e}", 0)) for e in range(epochs)]
     figures["random_next_share.svg"] = draw_bars(
         "Random-next share per epoch", [f"epoch {e}" for e in range(epochs)],
         [100 * r / n if n else 0.0 for r, n in per_epoch], xlabel="% of instances with a random-next B",
-        annotations=[f"{_percent(r, n)} ({r:,} / {n:,})" for r, n in per_epoch], horizontal=False, limit=100,
+        annotations=[f"{percent(r, n)} ({r:,} / {n:,})" for r, n in per_epoch], horizontal=False, limit=100,
         reference=50 if settings.get("instance_mode") == "pairs" else None)
     token_bins = stats["hist"].get(tokens_hist.name, {})
     figures["tokens_per_document.svg"] = draw_histogram(
-        tokens_hist, token_bins, note=f"{documents:,} documents, mean {_mean(token_bins, tokens):.1f} tokens")
+        tokens_hist, token_bins, note=f"{documents:,} documents, mean {mean(token_bins, tokens):.1f} tokens")
     lines = ["# General-distillation corpus report", "",
              f"instance_mode {settings.get('instance_mode')}, max_seq_len {settings.get('max_seq_len')}, epochs "
              f"{epochs}, seed {settings.get('seed')}. Figures drawn from the pipeline's own counts (no row sampled).",
              "", "| | |", "|---|---|",
              f"| documents | {documents:,} |", f"| sentences | {int(run_counts.get('sentences', 0)):,} |",
              f"| tokens | {tokens:,} |", f"| instances | {instances:,} |",
-             f"| random-next instances | {random_next:,} ({_percent(random_next, instances)}) |",
+             f"| random-next instances | {random_next:,} ({percent(random_next, instances)}) |",
              f"| rejected records | {sum(rejects.values()):,} |", "",
              "## Instance length", "", "![Instance length](instance_length.svg)", "",
              "## Random-next share", "", "![Random-next share](random_next_share.svg)", "",
@@ -411,7 +255,7 @@ def corpus_report(stats: Stats, counts: Mapping[str, Mapping[str, int]], *, sett
              "holds one sentence.", "",
              "## Tokens per document", "", "![Tokens per document](tokens_per_document.svg)", "",
              "Bins double in width (log scale).", ""]
-    lines += _rejects_section(rejects, figures)
+    lines += rejects_section(rejects, figures)
     return "\n".join(lines), figures
 
 
@@ -422,23 +266,20 @@ class WriteReportFn(beam.DoFn):
     Runs once (an Impulse). The figures are written first, report.md last, each through a temporary name.
     """
 
-    def __init__(self, output_dir: str, kind: str, *, settings: Mapping[str, Any], histograms: Sequence[Histogram],
+    def __init__(self, output_dir: str, draw: Draw, *, settings: Mapping[str, Any], histograms: Sequence[Histogram],
                  run_id: Optional[str] = None):
         self._output_dir = output_dir
-        self._kind = kind
+        self._draw = draw
         self._settings = dict(settings)
         self._histograms = tuple(histograms)
         self._run_id = run_id
 
-    def process(self, unused_element, stats, named_counts, top_words=()):
+    def process(self, unused_element, stats, named_counts, top_words=None):
         counts: Dict[str, Dict[str, int]] = {}
-        for (table, key), value in named_counts:
-            counts.setdefault(str(table), {})[str(key)] = counts.get(str(table), {}).get(str(key), 0) + int(value)
-        if self._kind == AUGMENTED_KIND:
-            text, figures = augment_report(stats, top_words, counts, settings=self._settings,
-                                           histograms=self._histograms)
-        else:
-            text, figures = corpus_report(stats, counts, settings=self._settings, histograms=self._histograms)
+        for (name, key), value in named_counts:
+            counts.setdefault(str(name), {})[str(key)] = counts.get(str(name), {}).get(str(key), 0) + int(value)
+        side = {} if top_words is None else {"top_words": top_words}
+        text, figures = self._draw(stats, counts, settings=self._settings, histograms=self._histograms, **side)
         outputs.check_claim(self._output_dir, self._run_id)  # another run took the folder: write nothing
         directory = outputs.join_path(self._output_dir, REPORT_SUBDIR)
         for name, data in sorted(figures.items()):
@@ -455,28 +296,16 @@ class SumReportStats(beam.PTransform):
         return stats | "SumStats" >> beam.CombineGlobally(SumReportStatsFn())
 
 
-class FindTopWords(beam.PTransform):
-    """(word, n) pairs -> one list of the k most frequent [word, total], ties by word; exact and bounded."""
-
-    def __init__(self, k: int = TOP_WORDS):
-        super().__init__()
-        self._k = k
-
-    def expand(self, pairs):
-        return (pairs
-                | "SumPerWord" >> beam.CombinePerKey(sum)
-                | "TopWords" >> beam.CombineGlobally(TopWordsFn(self._k)))
-
-
 class WriteReport(beam.PTransform):
     """Writes report/ from the summed stats and the manifest's count tables; apply it to the pipeline root.
 
     Args:
       output_dir: the output root.
-      kind: the manifest's kind ("augmented-task" or "general-distillation").
+      draw: the pipeline's report, `draw(stats, counts, *, settings, histograms[, top_words])` -> (report.md text,
+        {file name: SVG bytes}).
       stats: the single summed stats dict (`SumReportStats`).
       named_counts: ((table, key), n) pairs: the manifest's count tables (rejects by reason among them).
-      top_words: augment: the single list from `FindTopWords`.
+      top_words: the single list of the most replaced words (augment), passed on to `draw`.
       settings: run settings shown in the report (task, num_aug, max_seq_len, ...).
       histograms: the `Histogram`s the stats were counted with.
       run_id: the output claim's id; nothing is written once another run holds the folder.
@@ -486,11 +315,11 @@ class WriteReport(beam.PTransform):
       manifest and `_SUCCESS` then wait for the report.
     """
 
-    def __init__(self, output_dir: str, kind: str, *, stats: beam.PCollection, named_counts: beam.PCollection,
+    def __init__(self, output_dir: str, draw: Draw, *, stats: beam.PCollection, named_counts: beam.PCollection,
                  top_words: Optional[beam.PCollection] = None, settings: Mapping[str, Any],
                  histograms: Sequence[Histogram], run_id: Optional[str] = None):
         super().__init__()
-        self._fn = WriteReportFn(output_dir, kind, settings=settings, histograms=histograms, run_id=run_id)
+        self._fn = WriteReportFn(output_dir, draw, settings=settings, histograms=histograms, run_id=run_id)
         self._stats = stats
         self._named_counts = named_counts
         self._top_words = top_words

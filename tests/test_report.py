@@ -13,6 +13,7 @@ import pytest
 from contract import layout
 from contract import charts
 from pipelines import report
+from pipelines.augment import report as augment_report
 from tests.test_reliability import SENTENCES, _augment, _corpus, _tsv
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -22,7 +23,7 @@ def test_top_words_merge_is_bounded_and_exact_in_any_order():
     rng = random.Random(7)
     counts = {f"w{i:03d}": rng.randint(1, 40) for i in range(300)}  # many ties
     expected = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
-    fn = report.TopWordsFn(20)
+    fn = augment_report.TopWordsFn(20)
     for trial in range(5):
         items = list(counts.items())
         rng.shuffle(items)
@@ -170,6 +171,7 @@ def test_a_report_does_not_import_matplotlib():
     code = """
 import sys
 from pipelines import report
+from pipelines.augment import report as augment_report
 length_hist, tokens_hist = report.corpus_histograms(max_seq_len=64)
 stats = {"hist": {length_hist.name: {10: 3, 20: 5}, tokens_hist.name: {5: 2}},
          "counts": {"instances_epoch_0": 8, "random_next_epoch_0": 4}}
