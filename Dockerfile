@@ -32,4 +32,4 @@ COPY corpus/ corpus/
 COPY pipelines/ pipelines/
 COPY distill/ distill/
 RUN pip install --extra-index-url "${TORCH_INDEX}" . \
-    && python -c "import apache_beam, torch, transformers, pipelines.augment; print(apache_beam.__version__, torch.__version__)"
+    && python -c "import apache_beam, torch, transformers, pipelines.augment.pipeline; print(apache_beam.__version__, torch.__version__)"

@@ -110,9 +110,9 @@ class _Split:
         import transformers.models.bert.modeling_bert as bert
         from augment.glove import GloveIndex
         from augment.mlm import MaskedLMScorer
-        from pipelines import augment as augment_pipeline
+        from pipelines.augment import resources
         self._targets = {  # name: (owner, attribute)
-            "model loading": (augment_pipeline, "load_masked_lm"),
+            "model loading": (resources, "load_masked_lm"),
             "GloVe loading": (GloveIndex, "from_lines"),
             "GloVe neighbours": (GloveIndex, "neighbours"),
             "masked-LM scoring": (MaskedLMScorer, "candidates"),

@@ -74,7 +74,7 @@ def _reference(model, tokenizer, queries, device: str):
 
 def _claims(device: str) -> list:
     """The device each of two concurrent worker processes gets from the pipeline's rule (`--device auto`)."""
-    code = ("import sys, time; sys.path.insert(0, %r); from pipelines.augment import choose_device; "
+    code = ("import sys, time; sys.path.insert(0, %r); from pipelines.augment.resources import choose_device; "
             "device, claim = choose_device('auto'); print(device, flush=True); time.sleep(3)" % str(ROOT))
     children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     return [child.communicate()[0].strip().splitlines()[-1] for child in children]

@@ -10,6 +10,10 @@ import pytest
 from augment.tasks import GLUE_TASKS
 from contract.schemas import augmented_schema
 from pipelines import augment as augment_pipeline
+from pipelines.augment import resources
+from pipelines.augment.config import SAMPLE_INPUT
+from pipelines.augment.read import InputLayout
+from pipelines.augment.transforms import ReadExamplesFn
 from pipelines import outputs
 from contract.errors import UserError
 
@@ -62,7 +66,7 @@ def test_every_glue_format_is_read_as_the_reference_reads_it(tmp_path, task):
     header, row = GLUE_ROWS[task]
     fmt = GLUE_TASKS[task]
     path = _write_tsv(tmp_path / "train.tsv", header, [row])
-    fn = augment_pipeline.ReadExamplesFn(fmt, input_format="tsv", label_field=None, id_field=None)
+    fn = ReadExamplesFn(InputLayout(fmt, "tsv"), errors_dir=None)
     (key, example), = list(fn.process((0, str(path), "")))
     assert key == (0, 0)
     # Written out from the reference's readers (data_augmentation.py / task_distill.py processors), not derived
@@ -89,7 +93,7 @@ def test_end_to_end_sst2_read_back_with_pyarrow_and_datasets(tmp_path, tiny_bert
     assert manifest["num_aug"] == 5 and manifest["text_fields"] == ["sentence"]
     assert manifest["outputs"]["data"]["totals"]["rows"] == len(rows) == manifest["counts"]["stats"]["rows"]
     assert manifest["counts"]["stats"]["examples"] == 32
-    source = list(csv.reader(open(augment_pipeline.SAMPLE_INPUT, encoding="utf-8"), delimiter="\t",
+    source = list(csv.reader(open(SAMPLE_INPUT, encoding="utf-8"), delimiter="\t",
                              quoting=csv.QUOTE_NONE))[1:]
     originals = [r for r in rows if r["aug_index"] == 0]
     assert [(r["sentence"], r["label"]) for r in originals] == [(s, label) for s, label in source]
@@ -211,10 +215,10 @@ def test_glove_published_formats(tmp_path, tiny_glove):
     with zipfile.ZipFile(tmp_path / "glove.6B.zip", "w") as bundle:
         bundle.writestr("glove.6B.8d.txt", text)
     expected = text.splitlines(keepends=True)
-    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "g.txt.gz"))) == expected
-    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip"))) == expected
-    assert list(augment_pipeline.open_glove_lines(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")) == expected
-    assert augment_pipeline.glove_exists(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")
+    assert list(resources.open_glove_lines(str(tmp_path / "g.txt.gz"))) == expected
+    assert list(resources.open_glove_lines(str(tmp_path / "glove.6B.zip"))) == expected
+    assert list(resources.open_glove_lines(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")) == expected
+    assert resources.glove_exists(str(tmp_path / "glove.6B.zip") + ":glove.6B.8d.txt")
 
 
 def test_text_longer_than_the_model_is_handled_like_the_reference(tmp_path, tiny_bert, tiny_glove, shared_data):

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import augment as augment_pipeline
+from pipelines.augment.config import AugmentConfig
 from pipelines import cli, corpus as corpus_pipeline, outputs
 from pipelines.corpus.config import CorpusConfig
-from pipelines.options import IOOptions
 from contract.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -102,8 +102,9 @@ def test_the_wheel_holds_every_package_and_the_sample(tmp_path):
     import zipfile
     wheel, = tmp_path.glob("tinybert_data-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("augment/algorithm.py", "contract/tasks.py", "corpus/wikimarkup.py", "pipelines/augment.py",
-                   "pipelines/corpus/pipeline.py", "pipelines/corpus/__main__.py", "distill/run.py",
+    for module in ("augment/algorithm.py", "contract/tasks.py", "corpus/wikimarkup.py",
+                   "pipelines/augment/__main__.py", "pipelines/corpus/pipeline.py", "pipelines/corpus/__main__.py",
+                   "pipelines/outputs/shards.py", "contract/claim.py", "distill/run.py",
                    "pipelines/samples/sst2/train.tsv", "pipelines/samples/sst2/dev.tsv"):
         assert module in names, module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -113,6 +114,10 @@ def test_the_wheel_holds_every_package_and_the_sample(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ strict options
+def _parse_augment(argv):
+    return cli.parse_args(argv, prog="python -m pipelines.augment", doc="", settings=[AugmentConfig])
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--num_augs", "5"], "unknown option --num_augs; did you mean --num_aug?"),
     (["--N=2"], "unknown option --N"),
@@ -122,14 +127,13 @@ def test_the_wheel_holds_every_package_and_the_sample(tmp_path):
 ])
 def test_misspelled_or_bad_flags_are_refused_by_name(argv, expected):
     with pytest.raises(UserError) as raised:
-        cli.parse_pipeline_options(argv, [IOOptions, augment_pipeline.AugmentOptions])
+        _parse_augment(argv)
     assert str(raised.value).startswith(expected)
 
 
 def test_beam_options_still_pass():
-    options = cli.parse_pipeline_options(["--runner=DirectRunner", "--direct_num_workers=2", "--num_aug=3",
-                                          "--direct_running_mode=multi_threading"],
-                                         [IOOptions, augment_pipeline.AugmentOptions])
+    _, options = _parse_augment(["--runner=DirectRunner", "--direct_num_workers=2", "--num_aug=3",
+                                 "--direct_running_mode=multi_threading"])
     assert options.get_all_options()["direct_num_workers"] == 2
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import augment as augment_pipeline
+from pipelines.augment.config import SAMPLE_INPUT
 from tests.test_corpus import TEXT_CORPUS
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def _all_files(out: pathlib.Path):
 
 def test_augment_on_dask_equals_direct_runner(tmp_path, tiny_bert, tiny_glove, dask_cluster):
     bad = tmp_path / "train.tsv"
-    bad.write_bytes(augment_pipeline.pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_bytes()
+    bad.write_bytes(pathlib.Path(SAMPLE_INPUT).read_bytes()
                     + b"\t1\nno label here\n")
     common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={bad}", "--num_aug=4", "--num_shards=3",
               "--emit_candidates", "--max_reject_fraction=0.5"]
@@ -124,7 +125,7 @@ def _kill_busy_worker(address: str, finished: threading.Event, report: dict) -> 
 
 def test_augment_survives_a_killed_worker(tmp_path, tiny_bert, tiny_glove, fault_cluster):
     # 4 distinct copies of the sample task, so that the job runs long enough to be hit in the middle.
-    lines = augment_pipeline.pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_text(encoding="utf-8").splitlines()
+    lines = pathlib.Path(SAMPLE_INPUT).read_text(encoding="utf-8").splitlines()
     body = [lines[0]] + [f"{s} {copy}\t{label}" if copy else f"{s}\t{label}"
                          for copy in range(4) for s, label in (line.split("\t") for line in lines[1:])]
     train = tmp_path / "train.tsv"

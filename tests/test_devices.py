@@ -11,6 +11,7 @@ import torch
 
 from augment import mlm
 from pipelines import augment as augment_pipeline
+from pipelines.augment.resources import choose_device
 from pipelines import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,27 +31,27 @@ def no_gpu(monkeypatch):
 
 def test_two_workers_get_different_gpus(two_gpus, tmp_path):
     # Each open() is its own open file description, so two claims in one process contend like two processes.
-    first, first_claim = augment_pipeline.choose_device("auto", claim_dir=str(tmp_path))
-    second, second_claim = augment_pipeline.choose_device("cuda", claim_dir=str(tmp_path))
+    first, first_claim = choose_device("auto", claim_dir=str(tmp_path))
+    second, second_claim = choose_device("cuda", claim_dir=str(tmp_path))
     assert (first, second) == ("cuda:0", "cuda:1")
     # A worker that ends (or drops its model) frees its GPU for the next one.
     first_claim.close()
-    third, third_claim = augment_pipeline.choose_device("auto", claim_dir=str(tmp_path))
+    third, third_claim = choose_device("auto", claim_dir=str(tmp_path))
     assert third == "cuda:0"
     # More workers than GPUs: the rule falls back to the process id.
-    fourth, fourth_claim = augment_pipeline.choose_device("auto", claim_dir=str(tmp_path))
+    fourth, fourth_claim = choose_device("auto", claim_dir=str(tmp_path))
     assert fourth == f"cuda:{os.getpid() % 2}" and fourth_claim is None
     second_claim.close()
     third_claim.close()
 
 
 def test_another_process_takes_the_next_gpu(two_gpus, tmp_path):
-    mine, claim = augment_pipeline.choose_device("auto", claim_dir=str(tmp_path))
+    mine, claim = choose_device("auto", claim_dir=str(tmp_path))
     code = textwrap.dedent(f"""
         import torch
         torch.cuda.is_available = lambda: True
         torch.cuda.device_count = lambda: 2
-        from pipelines.augment import choose_device
+        from pipelines.augment.resources import choose_device
         print(choose_device("auto", claim_dir={str(tmp_path)!r})[0])
     """)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -60,13 +61,13 @@ def test_another_process_takes_the_next_gpu(two_gpus, tmp_path):
 
 
 def test_a_pinned_gpu_and_the_cpu_are_taken_as_given(two_gpus, tmp_path):
-    assert augment_pipeline.choose_device("cuda:1", claim_dir=str(tmp_path)) == ("cuda:1", None)
-    assert augment_pipeline.choose_device("cpu", claim_dir=str(tmp_path)) == ("cpu", None)
+    assert choose_device("cuda:1", claim_dir=str(tmp_path)) == ("cuda:1", None)
+    assert choose_device("cpu", claim_dir=str(tmp_path)) == ("cpu", None)
     assert os.listdir(tmp_path) == []  # nothing claimed
 
 
 def test_auto_without_a_gpu_is_the_cpu(no_gpu, tmp_path):
-    assert augment_pipeline.choose_device("auto", claim_dir=str(tmp_path)) == ("cpu", None)
+    assert choose_device("auto", claim_dir=str(tmp_path)) == ("cpu", None)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])

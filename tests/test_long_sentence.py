@@ -52,7 +52,8 @@ def test_a_20k_word_sentence_builds_at_most_511_small_queries(tokenizer):
 
 def test_pipeline_scorer_builds_only_window_queries_and_counts_the_rest():
     """ScoreMaskedLMFn with a recording scorer: a 20k-piece sentence gives at most 511 queries to the model."""
-    from pipelines.augment import ScoreMaskedLMFn
+    from pipelines.augment.config import MaskedLMSettings
+    from pipelines.augment.transforms import ScoreMaskedLMFn
 
     class RecordingScorer:
         def __init__(self):
@@ -62,7 +63,9 @@ def test_pipeline_scorer_builds_only_window_queries_and_counts_the_rest():
             self.queries = list(queries)
             return {q: ["x"] for q in set(self.queries)}
 
-    fn = ScoreMaskedLMFn("unused", top_k=5, precision="fp32", device="cpu", max_batch_tokens=8192)
+    fn = ScoreMaskedLMFn(MaskedLMSettings(model="unused", top_k=5, precision="fp32", device="cpu",
+                                          max_batch_tokens=8192, torch_threads=0, partitions=4,
+                                          show_progress=False))
     fn._scorer = RecordingScorer()
     sentence = np.arange(20_000, dtype=np.int32).tobytes()
     positions = tuple(range(0, 20_000, 2))

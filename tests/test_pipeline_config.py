@@ -7,13 +7,13 @@ import pytest
 
 from contract.errors import UserError
 from pipelines import cli
-from pipelines.augment import SAMPLE_INPUT, AugmentConfig, AugmentOptions
+from pipelines.augment.config import SAMPLE_INPUT, AugmentConfig
 from pipelines.corpus.config import CorpusConfig
-from pipelines.options import IOOptions
 
 
 def _augment(argv):
-    return AugmentConfig.from_options(cli.parse_pipeline_options(argv, [IOOptions, AugmentOptions]))
+    namespace, _ = cli.parse_args(argv, prog="python -m pipelines.augment", doc="", settings=[AugmentConfig])
+    return AugmentConfig.from_namespace(namespace)
 
 
 def _corpus(argv):

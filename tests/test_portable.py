@@ -9,6 +9,7 @@ the environment (`DOCKER` with our Dockerfile's image) change. The outputs must 
 import pathlib
 
 from pipelines import augment as augment_pipeline
+from pipelines.augment.config import SAMPLE_INPUT
 from pipelines import corpus as corpus_pipeline
 
 import pytest
@@ -34,7 +35,7 @@ def _assert_same_output(a_dir: pathlib.Path, a: dict, b_dir: pathlib.Path, b: di
 
 def test_augment_on_the_portable_runner(tmp_path, tiny_bert, tiny_glove):
     train = tmp_path / "train.tsv"
-    train.write_bytes(pathlib.Path(augment_pipeline.SAMPLE_INPUT).read_bytes() + b"\t1\nno label here\n")
+    train.write_bytes(pathlib.Path(SAMPLE_INPUT).read_bytes() + b"\t1\nno label here\n")
     common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={train}", "--num_aug=3", "--num_shards=2",
               "--emit_candidates", "--max_reject_fraction=0.5"]
     direct = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)

@@ -13,6 +13,7 @@ import pytest
 from contract import layout
 from contract import charts
 from pipelines import report
+from pipelines.augment import report as augment_report
 from pipelines.corpus.report import corpus_histograms
 from tests.test_reliability import SENTENCES, _augment, _corpus, _tsv
 
@@ -23,7 +24,7 @@ def test_top_words_merge_is_bounded_and_exact_in_any_order():
     rng = random.Random(7)
     counts = {f"w{i:03d}": rng.randint(1, 40) for i in range(300)}  # many ties
     expected = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
-    fn = report.TopWordsFn(20)
+    fn = augment_report.TopWordsFn(20)
     for trial in range(5):
         items = list(counts.items())
         rng.shuffle(items)
