@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import SetupOptions
 from contract import fingerprint, layout, schemas
 from contract.errors import UserError
 from contract.layout import AUGMENTED_KIND
+from contract.overlap import refuse_overlap
 from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress
 from pipelines import report as report_lib
@@ -52,6 +53,8 @@ def run(argv=None, save_main_session=False):
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = AugmentConfig.from_namespace(namespace)  # checks every option value
     resolved = read.resolve_input(config)
+    refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
+                                   "glove": resources.resolve_glove(config), "stop_words": config.stop_words})
     run_resources = resources.resolve(config)
     try:
         run_id = outputs.claim_output_dir(config.output, overwrite=config.overwrite)

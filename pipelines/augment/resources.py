@@ -1,7 +1,10 @@
 """What the augmentation loads: the masked LM and its tokenizer, GloVe files, stop words, and each worker's device.
 
-The launcher checks and resolves the run's resources once (`resolve`): a missing GloVe file, stop-word file or model
-folder is one line before any work. Workers load the model and the GloVe index in their DoFns' setup (transforms).
+The launcher checks and resolves the run's resources once (`resolve`), as data, before any work: the GloVe file is
+read through the damage-checking reader and parsed (every line the first line's dimension, every value finite),
+the masked LM is loaded and must hold every weight it needs (never a head initialised at random), and its tokenizer
+must fit its embeddings. A problem is one line naming the file. Workers load the model and the GloVe index again in
+their DoFns' setup (transforms).
 """
 
 import dataclasses
@@ -11,14 +14,17 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from typing import Any, Iterable, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from augment.mlm import describe_precisions
-from contract.errors import UserError
+from augment import mlm as mlm_lib
+from augment.glove import GloveIndex
+from contract.errors import InputError, UserError
 from corpus import tokenizer as tokenizer_lib
+from pipelines import sources
 from pipelines.augment.config import DEFAULT_GLOVE, AugmentConfig
 
 WEIGHT_FILES = {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -61,7 +67,27 @@ def resolve(config: AugmentConfig) -> RunResources:
         raise UserError(f"cannot load the tokenizer of --model {config.model} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                         "directory holding a BERT masked LM and its tokenizer") from None
+    if config.num_aug != 0:
+        _check_masked_lm(config.model, tokenizer)
+        if glove is not None:
+            GloveIndex.from_lines(open_glove_lines(glove), vocab_limit=config.glove_vocab, source=glove)
     return RunResources(glove, stop_words, stop_words_sha256, tokenizer)
+
+
+def _check_masked_lm(model: str, tokenizer) -> None:
+    """Loads the masked LM once: every weight it needs is in the checkpoint, and the tokenizer's ids fit it.
+
+    Raises:
+      UserError: a checkpoint without the masked-LM head (or any weight), or a tokenizer larger than the model.
+    """
+    try:
+        loaded = mlm_lib.load_masked_lm(model)
+    except mlm_lib.MaskedLMError as error:
+        raise UserError(f"--model {error}") from None
+    vocab_size = loaded.config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise UserError(f"--model {model}: its tokenizer has {len(tokenizer):,} tokens but the model has "
+                        f"{vocab_size:,} embeddings (config.json vocab_size); they do not belong together")
 
 
 def _check_model_dir(model: str) -> None:
@@ -102,26 +128,35 @@ def read_stop_words(path: str) -> Tuple[Tuple[str, ...], str]:
 
 # ------------------------------------------------------------------------------------------------------- GloVe
 def open_glove_lines(spec: str) -> Iterable[str]:
-    """Lines of a published GloVe file: `.txt`, `.txt.gz`, or a `.zip` member as `archive.zip:member.txt`.
+    """Lines of a published GloVe file: text (plain, gzip, bz2 or xz, told by its first bytes, checked for
+    truncation), or a `.zip` member as `archive.zip:member.txt` (a `.zip` alone: its only or first `.txt` member).
 
-    A `.zip` without a member name reads its only (or first `.txt`) member.
+    Raises:
+      InputError: a damaged or truncated file or zip member, or a line that is not UTF-8 (naming the line).
     """
     archive, _, member = spec.partition(".zip:")
     if spec.endswith(".zip") or member:
         archive = archive if spec.endswith(".zip") and not member else archive + ".zip"
-        with FileSystems.open(archive, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            with zipfile.ZipFile(io.BytesIO(raw.read())) as bundle:
-                names = [n for n in bundle.namelist() if n.endswith(".txt")] or bundle.namelist()
-                with bundle.open(member or names[0]) as handle:
-                    for line in io.TextIOWrapper(handle, encoding="utf-8"):
-                        yield line
+        try:
+            with FileSystems.open(archive, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                with zipfile.ZipFile(io.BytesIO(raw.read())) as bundle:
+                    names = [n for n in bundle.namelist() if n.endswith(".txt")] or bundle.namelist()
+                    with bundle.open(member or names[0]) as handle:
+                        yield from _decoded_lines(spec, ((None, line.rstrip(b"\r\n")) for line in handle))
+        except (zipfile.BadZipFile, EOFError, zlib.error, KeyError) as error:
+            raise InputError(f"{spec}: damaged or incomplete zip archive ({error}); download the file again") from None
         return
-    with FileSystems.open(spec, compression_type=CompressionTypes.AUTO) as handle:
-        while True:  # Beam's decompressing file object has readline() but is not an io.IOBase
-            line = handle.readline()
-            if not line:
-                return
-            yield line.decode("utf-8")
+    with sources.open_input(spec) as handle:
+        yield from _decoded_lines(spec, sources.iter_lines(handle))
+
+
+def _decoded_lines(spec: str, lines) -> Iterable[str]:
+    for line_number, (_, raw) in enumerate(lines, start=1):
+        try:
+            yield raw.decode("utf-8") + "\n"
+        except UnicodeDecodeError as error:
+            raise InputError(f"{spec} line {line_number} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                             "is this a GloVe text file?") from None
 
 
 def glove_exists(spec: str) -> bool:
@@ -131,10 +166,15 @@ def glove_exists(spec: str) -> bool:
 
 # ------------------------------------------------------------------------------------------- model, tokenizer
 def load_masked_lm(name_or_path: str):
-    """The masked LM, loaded under the project's one transformers lock (`corpus.tokenizer.TRANSFORMERS_LOCK`)."""
-    from transformers import AutoModelForMaskedLM
-    with tokenizer_lib.TRANSFORMERS_LOCK:
-        return AutoModelForMaskedLM.from_pretrained(name_or_path).eval()
+    """The masked LM, complete (`augment.mlm.load_masked_lm`: no weight initialised at random).
+
+    Raises:
+      InputError: the checkpoint lacks weights the masked LM needs.
+    """
+    try:
+        return mlm_lib.load_masked_lm(name_or_path)
+    except mlm_lib.MaskedLMError as error:
+        raise InputError(f"--model {error}") from None
 
 
 def load_tokenizer(name_or_path: str):
@@ -184,7 +224,7 @@ def _claim_gpu(count: int, claim_dir: str) -> Tuple[int, Any]:
 def log_precisions(config: AugmentConfig) -> None:
     """One line at start: the precision paths this machine runs natively, and the one chosen."""
     import torch
-    paths = describe_precisions()
+    paths = mlm_lib.describe_precisions()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     logging.info("augment: precision %s on device %s (%d GPU(s) visible); this CPU: %s", config.precision,
                  config.device, gpus, ", ".join(f"{name} {how}" for name, how in paths.items()))

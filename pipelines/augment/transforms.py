@@ -163,7 +163,7 @@ class GloveNeighboursFn(beam.DoFn):
         settings = self._settings
 
         def load():
-            return _Holder(GloveIndex.from_lines(resources.open_glove_lines(settings.path),
+            return _Holder(GloveIndex.from_lines(resources.open_glove_lines(settings.path), source=settings.path,
                                                  vocab_limit=settings.vocab_limit))
         self._holder = self._shared.acquire(load, tag=f"glove:{settings.path}:{settings.vocab_limit}")
         self._index = self._holder.value

@@ -16,6 +16,7 @@ from contract import fingerprint, layout, schemas
 from contract.errors import UserError
 from contract.layout import CORPUS_KIND
 from contract.schemas import instance_schema, token_dtype_name, token_typecode
+from contract.overlap import refuse_overlap
 from corpus import tokenizer as tokenizer_lib
 from pipelines import cli, outputs, progress, report, sources
 from pipelines.corpus import resources
@@ -57,6 +58,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     files = sources.input_files(config.input)
     if all(f["bytes"] == 0 for f in files):
         raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
+    refuse_overlap(config.output, {"input": [f["path"] for f in files], "tokenizer": config.tokenizer})
     tokenizer = resources.load_tokenizer(config.tokenizer)
     instances = _instance_settings(config, tokenizer)
     try:
