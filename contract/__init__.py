@@ -7,4 +7,9 @@
   seeds      the stable hash every seed derives from
   fingerprint the tokenizer fingerprint a manifest records and a reader compares
   tasks      the one task table (GLUE and generic), with every alias
+
+`__version__` is the project's one version: the package's (pyproject.toml reads it) and every manifest's
+`code_version`.
 """
+
+__version__ = "0.2.0"
