@@ -184,8 +184,6 @@ print(sorted(figures), "matplotlib" in sys.modules)
     assert result.stdout.split("] ")[-1].strip() == "False"
     assert result.stdout.startswith("['instance_length.svg', 'random_next_share.svg', 'rejects_by_reason.svg', "
                                     "'tokens_per_document.svg']"), result.stdout
-    # matplotlib is installed (the distillation's loss curve uses it), so its absence above is the report's doing.
-    assert subprocess.run([sys.executable, "-c", "import matplotlib"], timeout=120).returncode == 0
 
 
 @pytest.mark.slow
