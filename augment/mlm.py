@@ -11,7 +11,7 @@ candidates. `MaskedLMScorer` computes exactly that for many queries at once:
 
 A query reads at most the first 511 pieces of its sentence, and only a mask before position 511 has candidates;
 `window_queries` builds just those queries, holding just those pieces, so a sentence of any length costs at most
-511 queries of bounded size (a 100k-piece sentence used to cost 100k queries of 100k pieces each).
+511 queries of bounded size (without the window, a 100k-piece sentence would cost 100k queries of 100k pieces each).
 """
 
 import contextlib

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything to check on a lent GPU machine, in one go (each step has a time limit; 7 minutes at most in all),
+# Everything to check on a GPU machine, in one go (each step has a time limit; 7 minutes at most in all),
 # results under $OUT.
 #
 # Usage (from the repository root, the project pip-installed; the real data in $TINYBERT_SHARED_DATA or ./shared/data,

@@ -8,7 +8,7 @@ One sentence built by repeating the polarity-200 sentences (../shared/data; a ge
 through the library steps the pipeline runs for it: plan_fields (basic tokenization + WordPieces), the masked-LM
 queries inside the 512-token window and their candidates (a tiny 2-layer BERT with the real bert-base-uncased vocab
 where present: the model's cost is bounded by the window, the length-dependent work is what is measured), and
-Algorithm 1 with --num_aug draws. Issue 11 measured 66 s for 400 KB before queries were cut to the window.
+Algorithm 1 with --num_aug draws.
 """
 
 import argparse

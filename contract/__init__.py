@@ -12,4 +12,10 @@
   filesystem the few file operations the claim and the reader need: local, fsspec (Beam's in pipelines/outputs)
   claim      the output claim: an in-progress marker first, --overwrite deletes only what is ours
   finished   the one reader of a finished output: completion marker, manifest, kind, file paths
+  overlap    an output is never, and never contains, one of the run's inputs
+
+`__version__` is the project's one version: the package's (pyproject.toml reads it) and every manifest's
+`code_version`.
 """
+
+__version__ = "0.2.0"

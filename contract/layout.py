@@ -1,7 +1,9 @@
 """Names and versions of an output directory, shared by the writers (pipelines/) and the reader (distill/)."""
 
+from contract import __version__
+
 FORMAT_VERSION = 1  # manifest format; a reader refuses a newer major version
-CODE_VERSION = "0.1.0"
+CODE_VERSION = __version__  # the package version, recorded in every manifest
 MANIFEST_NAME = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"  # written last; readers refuse a directory without it
 IN_PROGRESS_MARKER = "_IN_PROGRESS"  # the claim of a running run

@@ -1,4 +1,4 @@
-"""Issue 14: --word_rule unicode (letters of any script, source spacing kept), --stop_words, --glove none."""
+"""--word_rule unicode (letters of any script, source spacing kept), --stop_words, --glove none."""
 
 import gzip
 import json

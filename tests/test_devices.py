@@ -121,8 +121,8 @@ def test_precision_paths_from_cpu_flags():
 
 @pytest.mark.slow
 def test_the_prepared_gpu_check_runs_in_smoke_mode(tmp_path, shared_data):
-    """bench/gpu_check.sh is what a lent GPU machine runs, once, in a short budget: every step must work, so its
-    --smoke mode (tiny sizes, on the CPU) runs here as a GPU session would start it."""
+    """bench/gpu_check.sh measures a GPU machine in one run with a time limit per step: every step must work, so its
+    --smoke mode (tiny sizes, on the CPU) runs here the way it is started on a GPU machine."""
     env = {**os.environ, "OUT": str(tmp_path / "gpu-check"), "PYTHON": sys.executable,
            "TINYBERT_SHARED_DATA": str(shared_data)}
     result = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--smoke"], cwd=tmp_path,

@@ -1,4 +1,4 @@
-"""The package rule of DESIGN.md: distill/, augment/, corpus/ and contract/ never import pipelines/ or apache_beam.
+"""The package rule of docs/design.md: distill/, augment/, corpus/ and contract/ never import pipelines/ or apache_beam.
 
 Each package is imported in a fresh interpreter (another test may already have imported Beam into this one), with
 the repository root first on the path, and sys.modules is checked afterwards. Importing distill sets no csv limit.

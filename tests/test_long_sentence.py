@@ -1,4 +1,4 @@
-"""Issue 11: planning a long sentence is linear; masked-LM queries exist only inside the 512-token window.
+"""Planning a long sentence is linear; masked-LM queries exist only inside the 512-token window.
 
 The work is counted (queries built, pieces each holds), never timed; bench/long_sentence.py prints the seconds.
 """
