@@ -6,7 +6,6 @@ except CoLA); any other data set is a generic TSV/CSV/JSONL/Parquet table with n
 
 import dataclasses
 import math
-import numbers
 import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -92,26 +91,15 @@ class Example:
 
 
 def label_text(value: object) -> str:
-    """A label value as the text it is compared and written as: a string as it is; a number in JSON's canonical
-    form (`1` and `1.0` are both "1", 0.7 is "0.7"); a JSON boolean as "true"/"false".
+    """`contract.tasks.label_text`, its refusal as a `bad_label` reject.
 
     Raises:
-      RejectedRecord: no label (null, NaN), or a value that is not a string, number or boolean (a list, an object).
+      RejectedRecord: no label (null, NaN), or a value that is not a string, number or boolean.
     """
-    if value is None:
-        raise RejectedRecord("bad_label", "no label (null)")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        if not math.isfinite(number):
-            raise RejectedRecord("bad_label", f"{number!r} is not a label")
-        return str(int(number)) if number.is_integer() else repr(number)
-    raise RejectedRecord("bad_label", f"a {type(value).__name__} is not a label")
+    try:
+        return task_table.label_text(value)
+    except ValueError as error:
+        raise RejectedRecord("bad_label", str(error)) from None
 
 
 def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from contract.errors import ERRORS_SUBDIR, InputError
 from contract.filesystem import Filesystem
 from contract.layout import (FORMAT_VERSION, IN_PROGRESS_MARKER, MANIFEST_NAME, OUTPUT_KINDS, REJECTS_SUBDIR,
-                             SUCCESS_MARKER)
+                             SUCCESS_MARKER, TRAINING_MARKER)
 
 
 class OutputExistsError(RuntimeError):
@@ -88,6 +88,38 @@ def claim_output_dir(output_dir: str, *, fs: Filesystem, overwrite: bool,
     run_id = _write_marker(fs, output_dir, argv)
     _delete_own_output(fs, output_dir, old)
     return run_id
+
+
+def claim_training_dir(output_dir: str, *, fs: Filesystem, argv: Optional[Sequence[str]] = None) -> str:
+    """Claims a training run's --output before anything is loaded; returns the run's id (for `release_claim`).
+
+    A training output carries a lasting mark (`_TINYBERT_TRAINING`) beside the in-progress marker, so that a later
+    run knows the folder is a training run's: it may continue from its checkpoint there (or start afresh with
+    --no_resume, replacing only the files training writes). A folder without the mark that holds anything (a copy
+    of a teacher, someone's config.json) is refused whole; a live run's folder is refused.
+
+    Raises:
+      OutputInUseError: a live run holds the directory.
+      OutputExistsError: the root, a file, or a non-empty folder that no training run of ours wrote.
+    """
+    if fs.is_root(output_dir):
+        raise OutputExistsError(f"--output {output_dir} is the root of the filesystem; choose a directory inside it")
+    listing = fs.list(output_dir)
+    if listing is None:
+        raise OutputExistsError(f"--output {output_dir} is a file, not a directory; choose a directory")
+    if listing and TRAINING_MARKER not in listing:
+        raise OutputExistsError(
+            f"--output {output_dir} holds files no training run of ours wrote (e.g. {sorted(listing)[0]}); nothing "
+            "was changed: choose a new or empty folder")
+    if not listing:
+        fs.mkdirs(output_dir)
+        fs.write_new(fs.join(output_dir, TRAINING_MARKER), json.dumps({"kind": "training"}).encode("utf-8"))
+    elif IN_PROGRESS_MARKER in listing:
+        marker = _read_marker(fs, output_dir)
+        if marker is not None and _marker_is_live(marker):
+            raise _in_use_error(fs, output_dir, marker)
+        fs.delete(fs.join(output_dir, _move_marker_aside(fs, output_dir, marker)))
+    return _write_marker(fs, output_dir, argv)
 
 
 def check_claim(output_dir: str, run_id: Optional[str], *, fs: Filesystem) -> None:

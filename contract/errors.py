@@ -7,6 +7,7 @@ records it as a small JSON record (`error_record`) in the run's output folder be
 reads it back (`message_of_record`).
 """
 
+import errno
 import json
 import lzma
 import zlib
@@ -25,6 +26,14 @@ class UserError(ValueError):
 
 class InputError(UserError):
     """A damaged or wrongly laid out input file, found while reading it (possibly on a worker)."""
+
+
+def disk_full(error: BaseException, path: str) -> Optional[UserError]:
+    """The one line for a write that failed because the disk is full (errno ENOSPC), else None."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on device writing {path}; free some space (or choose another --output) and "
+                         "run the command again")
+    return None
 
 
 def find_user_error(error: Optional[BaseException]) -> Optional[UserError]:

@@ -7,6 +7,7 @@ CODE_VERSION = __version__  # the package version, recorded in every manifest
 MANIFEST_NAME = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"  # written last; readers refuse a directory without it
 IN_PROGRESS_MARKER = "_IN_PROGRESS"  # the claim of a running run
+TRAINING_MARKER = "_TINYBERT_TRAINING"  # a training output's lasting mark: written by distill.run, so it may resume
 DATASET_CARD = "README.md"  # read by `datasets.load_dataset(OUTPUT_DIR)`: the configs, splits and label names
 REJECTS_SUBDIR = "rejects"
 

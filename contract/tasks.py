@@ -5,6 +5,8 @@ from this table; a task name any of them accepts resolves through `canonical_nam
 """
 
 import dataclasses
+import math
+import numbers
 from typing import Dict, Optional, Tuple
 
 _BINARY = ("0", "1")
@@ -91,3 +93,27 @@ TASK_ALIASES: Dict[str, str] = {**{_key(name): name for name in GLUE_TASKS}, **_
 def canonical_name(name: str) -> Optional[str]:
     """The GLUE name of `name` ("sst2", "STS_B", "mnli-mm" -> "SST-2", "STS-B", "MNLI"), or None."""
     return TASK_ALIASES.get(_key(name))
+
+
+def label_text(value: object) -> str:
+    """A label value as the text it is compared and written as, the same for every reader: a string as it is; a
+    number in JSON's canonical form (`1` and `1.0` are both "1", 0.7 is "0.7"); a JSON boolean as "true"/"false".
+
+    Raises:
+      ValueError: no label (null, NaN, infinity), or a value that is not a string, number or boolean (a list, an
+        object); the message says which.
+    """
+    if value is None:
+        raise ValueError("no label (null)")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{number!r} is not a label")
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise ValueError(f"a {type(value).__name__} is not a label")

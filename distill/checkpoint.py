@@ -6,6 +6,7 @@ plain values, so that loading it never runs code from the file. It lives in the 
 `check_output_dir` makes sure is a usable directory before anything is loaded.
 """
 
+import io
 import logging
 import os
 import pickle
@@ -15,7 +16,7 @@ from typing import Any, Dict, Mapping, Sequence
 import numpy as np
 import torch
 
-from contract.errors import UserError, describe
+from contract.errors import UserError, describe, disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,27 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def write_checkpoint(state: Mapping[str, Any], path: str) -> None:
-    """Writes `state` to `path` through a temporary name, so a kill leaves the previous checkpoint whole."""
+    """Writes `state` to `path` through a temporary name, so a kill leaves the previous checkpoint whole.
+
+    The bytes are made in memory and written by Python, so that a full disk is an OSError that says so (torch's own
+    writer reports it as an internal assertion).
+
+    Raises:
+      UserError: no space left on the device.
+    """
     tmp_path = path + ".tmp"
-    torch.save(dict(state), tmp_path)
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    try:
+        with open(tmp_path, "wb") as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as error:
+        full = disk_full(error, path)
+        if full is None:
+            raise
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise full from None
     os.replace(tmp_path, path)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from contract import tasks as task_table
 from contract.errors import UserError
+from contract.tasks import label_text
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,17 @@ def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
                         "dev.tsv") from error
 
 
+def _no_usable_row(path: str, task: GlueTask, seen: Dict[str, int]) -> UserError:
+    """The one line for a dev file none of whose rows can be scored: the labels it holds and the model's."""
+    shown = ", ".join(repr(label) for label in sorted(seen)[:8]) + (", ..." if len(seen) > 8 else "")
+    known = list(task.labels) if task.labels is not None else "numbers"
+    return UserError(f"dev file {path} has no row that can be scored: its labels ({shown or 'none'}) are none of "
+                     f"the model's {known}; pass the task's dev file (or the model trained on its labels)")
+
+
 def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
     texts, labels, malformed = [], [], 0
+    seen: Dict[str, int] = {}
     with open(path, encoding="utf-8", newline="") as handle:
         reader = _csv_reader(handle, delimiter="\t", quotechar=None)
         for row_number, row in enumerate(reader):
@@ -189,6 +199,7 @@ def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
             try:
                 fields = tuple(row[c] for c in task.text_columns)
                 raw_label = row[task.label_column].strip()
+                seen[raw_label] = seen.get(raw_label, 0) + 1
                 label = float(raw_label) if task.labels is None else task.labels.index(raw_label)
                 if task.labels is None and not np.isfinite(label):
                     raise ValueError(raw_label)
@@ -197,6 +208,8 @@ def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
                 continue
             texts.append(fields)
             labels.append(label)
+    if not texts:
+        raise _no_usable_row(path, task, seen)
     if malformed:
         logger.warning("%s: %d malformed rows skipped (too few columns or bad label)", path, malformed)
     return DevSet(texts, labels, malformed, path)
@@ -244,11 +257,13 @@ def read_named_dev(task: GlueTask, path: str) -> DevSet:
     if not os.path.isfile(path):
         raise UserError(f"dev file {path} does not exist; pass a TSV/CSV (with a header), JSONL or Parquet file")
     texts, labels, malformed = [], [], 0
+    seen: Dict[str, int] = {}
     try:
         for record in _named_records(path):
             try:
                 fields = tuple(str(record[name]) for name in task.text_fields)
-                raw_label = str(record[task.label_field]).strip()
+                raw_label = label_text(record[task.label_field]).strip()
+                seen[raw_label] = seen.get(raw_label, 0) + 1
                 label = float(raw_label) if task.labels is None else task.labels.index(raw_label)
                 if task.labels is None and not np.isfinite(label):
                     raise ValueError(raw_label)
@@ -263,6 +278,8 @@ def read_named_dev(task: GlueTask, path: str) -> DevSet:
     except Exception as error:  # pylint: disable=broad-except  # pyarrow's errors on a damaged Parquet file
         raise UserError(f"dev file {path} cannot be read ({type(error).__name__}); pass a TSV/CSV, JSONL or "
                         "Parquet file") from error
+    if not texts and seen:
+        raise _no_usable_row(path, task, seen)
     if not texts:
         raise UserError(f"dev file {path} has no row with the columns {list(task.text_fields)} and "
                         f"{task.label_field!r} (and a label in {list(task.labels) if task.labels else 'numbers'}); "

@@ -23,7 +23,10 @@ from typing import List, Optional
 
 from distill import config as config_lib
 from contract.errors import UserError, describe, find_user_error
+from contract import claim
+from contract.filesystem import LocalFilesystem
 from contract.options import StrictParser
+from contract.overlap import refuse_overlap
 from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
 
 logger = logging.getLogger("distill")
@@ -103,6 +106,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     device = devices.resolve_device(args.device)
     if args.output and os.path.isdir(args.output):
         raise UserError(f"--output {args.output} is a directory; name the JSON file to write")
+    refuse_overlap(args.output, {"data": args.data, "model": args.model})
     try:
         model = BertForSequenceClassification.from_pretrained(args.model)
     except Exception as error:  # pylint: disable=broad-except  # any unreadable model folder: one line
@@ -128,14 +132,35 @@ def run_training(config: config_lib.TrainConfig) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = devices.resolve_device(config.run.device, local_rank)
+    run_id = _claim_output(config) if rank == 0 else None
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         trainer = Trainer(config, device=device, rank=rank, world_size=world_size)
-        return trainer.train()
+        logged = trainer.train()
+        if trainer.step >= trainer.total_steps:  # a halted run (--halt_at_step) leaves its claim, as a killed one
+            claim.release_claim(config.run.output, run_id, fs=LocalFilesystem())
+        return logged
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _claim_output(config: config_lib.TrainConfig) -> str:
+    """Refuses an --output that overlaps an input, then claims it (contract.claim.claim_training_dir).
+
+    Raises:
+      UserError: the output is, contains or lies inside an input; it holds files no training run wrote; a live
+        run holds it.
+    """
+    cfg_d, cfg_data = config.distill, config.data
+    refuse_overlap(config.run.output, {"model" if cfg_d.mode == FINETUNE else "teacher": cfg_d.teacher,
+                                       "student": cfg_d.student, "data": cfg_data.data,
+                                       "tokenizer": cfg_data.tokenizer, "dev": cfg_data.dev})
+    try:
+        return claim.claim_training_dir(config.run.output, fs=LocalFilesystem())
+    except claim.OutputExistsError as error:
+        raise UserError(str(error)) from None
 
 
 def _config_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:

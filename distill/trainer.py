@@ -350,6 +350,7 @@ class Trainer:
                     self.scaler.scale(terms["loss"] / accumulation).backward()
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
+            self._check_finite(totals)
             if optim.max_grad_norm > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.student.parameters(), optim.max_grad_norm)
@@ -374,6 +375,30 @@ class Trainer:
         if self.run_log is not None:
             self.run_log.close()
         return last_logged
+
+    def _check_finite(self, totals: Dict[str, float]) -> None:
+        """Stops before a non-finite loss reaches the weights: the last checkpoint stays the last good one.
+
+        Raises:
+          UserError: a loss term is NaN or infinite at this step.
+        """
+        bad = {name: value for name, value in totals.items() if not math.isfinite(value)}
+        if bad:
+            terms = ", ".join(f"{name}={value}" for name, value in sorted(totals.items()))
+            raise UserError(f"step {self.step + 1}: the loss is not finite ({terms}); training stopped and saved "
+                            "nothing from this step (the last checkpoint, if any, is kept): lower --learning_rate "
+                            "or check the data and the teacher")
+
+    def _check_weights_finite(self) -> None:
+        """Never saves a student whose weights are not finite.
+
+        Raises:
+          UserError: a weight of the student is NaN or infinite.
+        """
+        for name, parameter in self.student.named_parameters():
+            if not torch.isfinite(parameter.detach()).all():
+                raise UserError(f"step {self.step}: the student's weight {name} is not finite; nothing was saved "
+                                "(the last checkpoint, if any, is kept): lower --learning_rate")
 
     def _mean_over_ranks(self, totals: Dict[str, float]) -> Dict[str, float]:
         if self.world_size == 1:
@@ -410,6 +435,7 @@ class Trainer:
         value = results[split].get(metric, float("nan"))
         if not math.isfinite(value) or (self.best_dev is not None and value <= self.best_dev["value"]):
             return
+        self._check_weights_finite()
         self.best_dev = {"step": self.step, "split": split, "metric": metric, "value": value, "results": results}
         best = os.path.join(self.config.run.output, BEST_DIR)
         staging = best + ".tmp"  # written whole, then swapped in: a kill leaves the previous best intact
@@ -424,6 +450,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly: model (with fit_dense), optimizer, scheduler, scaler, step, the
         RNG states and reader position of every rank, and the resolved config. Written atomically by rank 0."""
+        self._check_weights_finite()
         per_rank = {"rng": checkpoint.rng_state(), "position": self.position.to_dict()}
         if self.world_size > 1:
             gathered: List[Any] = [None] * self.world_size
@@ -467,6 +494,7 @@ class Trainer:
     def _finish(self) -> None:
         """The student for `from_pretrained` (fit_dense beside it), metrics CSV and the loss curve."""
         output = self.config.run.output
+        self._check_weights_finite()
         models.save_student(self.student, self.tokenizer, output, task=self._task_record())
         metrics.write_summaries(output)
         logger.info("student saved with save_pretrained in %s", output)

@@ -240,3 +240,84 @@ def test_a_signal_stops_a_run_with_one_line(demo, tmp_path, signum):
         pytest.skip("the run finished before the signal")
     _one_line(result, signal.Signals(signum).name, "--overwrite")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def corpus(demo):
+    result = _run(demo, "tinybert-corpus", "--input", "demo/corpus.txt", "--output", "out/corpus", "--tokenizer",
+                  "demo/bert", "--max_seq_len", "32", "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return demo / "out" / "corpus"
+
+
+def _general(demo, corpus, output, *argv):
+    return _run(demo, "tinybert-distill", "general", "--data", str(corpus), "--teacher", "demo/bert", "--student",
+                "demo/student.json", "--output", str(output), "--batch_size", "4", "--num_workers", "0", *argv)
+
+
+def test_a_diverging_run_stops_and_saves_no_non_finite_model(demo, corpus, tmp_path):
+    result = _general(demo, corpus, tmp_path / "g", "--max_steps", "6", "--learning_rate", "1e6",
+                      "--checkpoint_interval", "1")
+    _one_line(result, "not finite")
+    from safetensors.numpy import load_file
+    import numpy as np
+    for weights in (tmp_path / "g").rglob("*.safetensors"):
+        assert all(np.isfinite(array).all() for array in load_file(str(weights)).values()), weights
+    if (tmp_path / "g" / "checkpoint.pt").exists():
+        import torch
+        state = torch.load(tmp_path / "g" / "checkpoint.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_a_second_run_into_a_live_runs_output_is_refused(demo, corpus, tmp_path):
+    first = subprocess.Popen([str(BIN / "tinybert-distill"), "general", "--data", str(corpus), "--teacher",
+                              "demo/bert", "--student", "demo/student.json", "--output", str(tmp_path / "g"),
+                              "--batch_size", "4", "--num_workers", "0", "--max_steps", "100000"],
+                             cwd=demo, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "g" / "_IN_PROGRESS").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        second = _general(demo, corpus, tmp_path / "g", "--max_steps", "1")
+        _one_line(second, "in use")
+    finally:
+        first.kill()
+        first.wait()
+    resumed = _general(demo, corpus, tmp_path / "g", "--max_steps", "2")  # the killed run's folder: ours, resumable
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (tmp_path / "g" / "_IN_PROGRESS").exists()
+
+
+def test_eval_on_labels_the_model_does_not_know_is_one_line(demo, tmp_path):
+    lines = (demo / "demo" / "dev.tsv").read_text().splitlines()
+    (tmp_path / "dev.tsv").write_text("\n".join([lines[0]] + [line.rsplit("\t", 1)[0] + "\tpositive"
+                                                               for line in lines[1:]]) + "\n")
+    result = _run(demo, "tinybert-distill", "eval", "--task", "SST-2", "--model", "demo/teacher-sst2", "--data",
+                  str(tmp_path / "dev.tsv"))
+    _one_line(result, "'positive'", "'0', '1'")
+
+
+# ------------------------------------------------------------------------------------------------ corpus records
+def test_a_dump_of_redirects_says_what_it_found(demo, tmp_path):
+    pages = "".join(f"<page><title>R{i}</title><ns>0</ns><id>{i}</id><redirect title='X'/><revision><text>"
+                    f"#REDIRECT [[X]]</text></revision></page>\n" for i in range(39))
+    (tmp_path / "d.xml").write_text(f"<mediawiki>\n{pages}</mediawiki>\n")
+    result = _run(demo, "tinybert-corpus", "--input", str(tmp_path / "d.xml"), "--input_format", "wikipedia-xml",
+                  "--output", str(tmp_path / "o"), "--tokenizer", "demo/bert", "--quiet")
+    _one_line(result, "39 records", "redirect 39")
+
+
+def test_wikipedia_parquet_rows_sharing_an_id_are_rejects(demo, tmp_path):
+    text = (demo / "demo" / "corpus.txt").read_text().split("\n\n")
+    table = pa.table({"id": ["1", "2", "2", "3"], "title": ["a", "b", "c", "d"],
+                      "text": [text[i % len(text)] for i in range(4)]})
+    pq.write_table(table, tmp_path / "w.parquet", row_group_size=2)
+    result = _run(demo, "tinybert-corpus", "--input", str(tmp_path / "w.parquet"), "--input_format",
+                  "wikipedia-parquet", "--output", str(tmp_path / "o"), "--tokenizer", "demo/bert", "--quiet",
+                  "--max_seq_len", "32", "--max_reject_fraction", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rejects = pq.read_table(tmp_path / "o" / "rejects").to_pydict()
+    assert rejects["reason"] == ["duplicate_id"]
+    ids = pq.read_table(tmp_path / "o" / "epoch-0").column("instance_id").to_pylist()
+    assert len(ids) == len(set(ids))

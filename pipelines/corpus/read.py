@@ -60,11 +60,13 @@ class SplitInputFn(beam.DoFn):
                     parquet_file = pq.ParquetFile(handle)
                     _check_text_column(path, parquet_file.schema_arrow)
                     num_row_groups = parquet_file.num_row_groups
+                    repeated = _repeated_ids(parquet_file)
             except (pa.ArrowInvalid, OSError) as error:
                 raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); download "
                                  "it again or check --input_format") from None
             for group in range(num_row_groups):
-                yield {"path": path, "name": name, "start": group, "end": group + 1, "size": size}
+                yield {"path": path, "name": name, "start": group, "end": group + 1, "size": size,
+                       "repeated_ids": repeated}
         else:
             yield {"path": path, "name": name, "start": 0, "end": size, "size": size}
 
@@ -138,9 +140,14 @@ class ReadDocumentsFn(beam.DoFn):
             raise InputError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); download it "
                              "again or check --input_format") from None
         rows = table.to_pydict()
+        repeated = work.get("repeated_ids") or {}
         for index, text in enumerate(rows["text"]):
             row_index = first_row + index
             local_id = rows["id"][index] if "id" in rows and rows["id"][index] is not None else row_index
+            if str(local_id) in repeated and repeated[str(local_id)] != row_index:
+                yield schemas.reject(path, row_index, "duplicate_id",
+                                     {"first_row": repeated[str(local_id)], **{k: rows[k][index] for k in rows}})
+                continue
             paragraphs = [line for line in (documents_lib.normalize_text(p) for p in (text or "").split("\n"))
                           if line]
             if not paragraphs:
@@ -204,6 +211,25 @@ def diagnose(input_format: str, path: str) -> str:
     if head.lstrip().startswith(b"<mediawiki"):
         return "the input looks like a Wikipedia dump: pass --input_format wikipedia-xml"
     return ""
+
+
+def _repeated_ids(parquet_file) -> Dict[str, int]:
+    """{id: the row that has it first} of the ids that more than one row of the file has: a document's key is its
+    file and id, so only the first row of an id is read, the others are `duplicate_id` rejects (their text is kept
+    there). Reads the id column alone."""
+    if "id" not in parquet_file.schema_arrow.names:
+        return {}
+    first: Dict[str, int] = {}
+    repeated: Dict[str, int] = {}
+    for row_index, value in enumerate(parquet_file.read(columns=["id"]).column("id").to_pylist()):
+        if value is None:
+            continue
+        key = str(value)
+        if key in first:
+            repeated[key] = first[key]
+        else:
+            first[key] = row_index
+    return repeated
 
 
 def _checked_pages(pages, path: str):

@@ -57,7 +57,12 @@ def raise_if_failed(manifest: Mapping[str, Any], output_dir: str, *,
     hint = hint() if hint is not None else ""
     failure = manifest["failure"]
     reasons = ", ".join(f"{k} {v}" for k, v in failure["top_reasons"].items())
-    if failure["accepted"] == 0 and failure["rejected"] == 0:
+    skipped = {reason: n for reason, n in (manifest.get("counts", {}).get("rejects") or {}).items() if n}
+    if failure["accepted"] == 0 and failure["rejected"] == 0 and skipped:
+        found = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        what = (f"the input holds {sum(skipped.values()):,} records and none is usable ({found}; those are skipped, "
+                "not errors)")
+    elif failure["accepted"] == 0 and failure["rejected"] == 0:
         what = "the input holds no record"
     elif failure["accepted"] == 0:
         what = f"all {failure['rejected']} input records were rejected ({reasons})"

@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 
 from contract.layout import shard_file_name
 from contract.seeds import stable_hash
+from contract.errors import disk_full
 
 
 def shard_of(key: Any, num_shards: int) -> int:
@@ -47,8 +48,14 @@ def write_bytes_atomically(data: bytes, directory: str, name: str) -> str:
             FileSystems.mkdirs(directory)
         except IOError:  # another worker made it first
             pass
-    with FileSystems.create(tmp_path) as handle:
-        handle.write(data)
+    try:
+        with FileSystems.create(tmp_path) as handle:
+            handle.write(data)
+    except OSError as error:
+        full = disk_full(error, final_path)
+        if full is None:
+            raise
+        raise full from None
     if FileSystems.exists(final_path):  # a retried or duplicated bundle: same rows, same bytes
         FileSystems.delete([final_path])
     FileSystems.rename([tmp_path], [final_path])
