@@ -131,9 +131,16 @@ def test_complete_dumps_split_anywhere_keep_every_page(tmp_path):
 
 
 def test_a_corrupt_gzip_is_one_line(tmp_path, tiny_bert, tiny_glove):
-    path = tmp_path / "train.tsv.gz"
-    path.write_bytes(b"this is not gzip at all\n" * 10)
+    path = tmp_path / "train.tsv"  # the name does not matter: the first bytes say gzip
+    path.write_bytes(b"\x1f\x8b\x08\x00" + b"this is not gzip at all\n" * 10)
     _fails_with(tmp_path, lambda: _augment(tmp_path, tiny_bert, tiny_glove, path), str(path), "damaged gzip")
+
+
+def test_a_name_that_says_gzip_over_plain_text_reads_the_text(tmp_path, tiny_bert, tiny_glove):
+    path = tmp_path / "train.tsv.gz"
+    path.write_bytes(_tsv(SENTENCES))
+    manifest = _augment(tmp_path, tiny_bert, tiny_glove, path)
+    assert manifest["counts"]["stats"]["examples"] == len(SENTENCES) and manifest["counts"]["rejects"] == {}
 
 
 # ------------------------------------------------------------------------------------------ line ends, CSV
