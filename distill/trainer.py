@@ -326,50 +326,52 @@ class Trainer:
             self.teacher.train(self.config.distill.teacher_mode == "train")
         last_logged: Dict[str, Any] = {}
         started, samples = time.time(), 0
-        while True:
-            lr = self.scheduler.get_last_lr()[0]
-            finished = self.step >= self.total_steps
-            halting = cfg_run.halt_at_step is not None and self.step >= cfg_run.halt_at_step
-            if self.step > self.start_step and (self.step % cfg_run.eval_interval == 0 or finished):
-                self.evaluate()
-            if self.step > self.start_step and (self.step % cfg_run.checkpoint_interval == 0 or finished or halting):
-                self.save_checkpoint()
-            if finished or halting:
-                break
+        try:
+            while True:
+                lr = self.scheduler.get_last_lr()[0]
+                finished = self.step >= self.total_steps
+                halting = cfg_run.halt_at_step is not None and self.step >= cfg_run.halt_at_step
+                if self.step > self.start_step and (self.step % cfg_run.eval_interval == 0 or finished):
+                    self.evaluate()
+                if self.step > self.start_step and (self.step % cfg_run.checkpoint_interval == 0 or finished or halting):
+                    self.save_checkpoint()
+                if finished or halting:
+                    break
 
-            totals: Dict[str, float] = {}
-            for micro_step in range(accumulation):
-                batch = next(batches)
-                samples += batch["input_ids"].shape[0]
-                # Gradients are all-reduced only on the last micro-step.
-                sync = (self.model.no_sync() if self.world_size > 1 and micro_step < accumulation - 1
-                        else contextlib.nullcontext())
-                with sync:
-                    with autocast:
-                        terms = self._loss_step(batch)
-                    self.scaler.scale(terms["loss"] / accumulation).backward()
-                for name, value in terms.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
-            self._check_finite(totals)
-            if optim.max_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.student.parameters(), optim.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
-            progress.update(1)
+                totals: Dict[str, float] = {}
+                for micro_step in range(accumulation):
+                    batch = next(batches)
+                    samples += batch["input_ids"].shape[0]
+                    # Gradients are all-reduced only on the last micro-step.
+                    sync = (self.model.no_sync() if self.world_size > 1 and micro_step < accumulation - 1
+                            else contextlib.nullcontext())
+                    with sync:
+                        with autocast:
+                            terms = self._loss_step(batch)
+                        self.scaler.scale(terms["loss"] / accumulation).backward()
+                    for name, value in terms.items():
+                        totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
+                self._check_finite(totals)
+                if optim.max_grad_norm > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.student.parameters(), optim.max_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                progress.update(1)
 
-            if self.step % cfg_run.log_interval == 0 or self.step == 1 or self.step == self.total_steps:
-                totals = self._mean_over_ranks(totals)
-                elapsed = time.time() - started
-                last_logged = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()}, "lr": lr,
-                               "epoch": self.position.epoch, "elapsed_s": round(elapsed, 3),
-                               "samples_per_s": round(samples * self.world_size / max(elapsed, 1e-9), 2)}
-                progress.set_postfix(loss=f"{totals['loss']:.4f}")
-                self._log(last_logged)
-        progress.close()
+                if self.step % cfg_run.log_interval == 0 or self.step == 1 or self.step == self.total_steps:
+                    totals = self._mean_over_ranks(totals)
+                    elapsed = time.time() - started
+                    last_logged = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()}, "lr": lr,
+                                   "epoch": self.position.epoch, "elapsed_s": round(elapsed, 3),
+                                   "samples_per_s": round(samples * self.world_size / max(elapsed, 1e-9), 2)}
+                    progress.set_postfix(loss=f"{totals['loss']:.4f}")
+                    self._log(last_logged)
+        finally:  # the bar's last line before any error line
+            progress.close()
         if self.step >= self.total_steps and self.is_main:
             self._finish()
         if self.run_log is not None:
