@@ -96,6 +96,11 @@ def _hostile_checkpoint(path, marker):
 # Checkpoints
 
 
+def _mark_as_training_output(output):
+    from contract.layout import TRAINING_MARKER
+    (output / TRAINING_MARKER).write_text('{"kind": "training"}')
+
+
 def test_the_hostile_checkpoint_would_run_code_when_unpickled(tmp_path):
     """The payload the tests below use is live: plain pickle runs it (so its absence there means it was refused)."""
     marker = tmp_path / "armed"
@@ -107,6 +112,7 @@ def test_the_hostile_checkpoint_would_run_code_when_unpickled(tmp_path):
 def test_crafted_pickle_checkpoint_is_never_executed(setup, tmp_path, writer):
     output, marker = tmp_path / "out", tmp_path / "pwned"
     output.mkdir()
+    _mark_as_training_output(output)  # a folder a run of ours wrote, its checkpoint tampered with
     if writer == "torch.save":
         _hostile_checkpoint(output / "checkpoint.pt", marker)
     else:  # the legacy (non-zip) format
@@ -122,6 +128,7 @@ def test_crafted_pickle_checkpoint_is_never_executed(setup, tmp_path, writer):
 def test_damaged_checkpoint_is_one_line(setup, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
+    _mark_as_training_output(output)  # a folder a run of ours wrote, its checkpoint tampered with
     (output / "checkpoint.pt").write_bytes(os.urandom(4096))
     _refused(_general(setup, output), str(output / "checkpoint.pt"), "damaged", "--no_resume")
 
@@ -129,6 +136,7 @@ def test_damaged_checkpoint_is_one_line(setup, tmp_path):
 def test_checkpoint_of_tensors_without_the_trainer_keys_is_one_line(setup, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
+    _mark_as_training_output(output)  # a folder a run of ours wrote, its checkpoint tampered with
     torch.save({"weight": torch.zeros(2)}, str(output / "checkpoint.pt"))
     _refused(_general(setup, output), "not a distill checkpoint", "step")
 
@@ -246,7 +254,7 @@ def test_device_cuda_without_cuda_is_refused(setup, tmp_path, monkeypatch):
 def test_output_that_is_a_file_is_refused(setup, tmp_path):
     output = tmp_path / "a-file"
     output.write_text("keep me")
-    _refused(_general(setup, output), f"--output {output} is an existing file")
+    _refused(_general(setup, output), f"--output {output} is a file, not a directory")
     assert output.read_text() == "keep me"
 
 
@@ -354,6 +362,7 @@ def test_an_error_raised_in_a_dataloader_worker_arrives_as_its_one_line(setup):
 def test_cli_crafted_pickle_checkpoint(setup, tmp_path):
     output, marker = tmp_path / "out", tmp_path / "pwned"
     output.mkdir()
+    _mark_as_training_output(output)  # a folder a run of ours wrote, its checkpoint tampered with
     _hostile_checkpoint(output / "checkpoint.pt", marker)
     _cli(_general(setup, output), tmp_path, str(output / "checkpoint.pt"))
     assert not marker.exists()
@@ -370,7 +379,7 @@ def test_cli_device_cuda_without_cuda(setup, tmp_path):
 def test_cli_output_is_a_file(setup, tmp_path):
     output = tmp_path / "a-file"
     output.write_text("keep me")
-    _cli(_general(setup, output), tmp_path, "is an existing file")
+    _cli(_general(setup, output), tmp_path, "is a file, not a directory")
     assert output.read_text() == "keep me"
 
 
