@@ -1,4 +1,4 @@
-"""Task formats: which columns of a training file hold the texts, the label and the id.
+"""Reading a task's training rows: which columns hold the texts, the label and the id (`contract.tasks.Task`).
 
 The eight GLUE tasks are read as the reference reads their `train.tsv` (tab-separated, no quoting, header line
 except CoLA); any other data set is a generic TSV/CSV/JSONL/Parquet table with named text and label columns.
@@ -10,6 +10,7 @@ import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from contract import tasks as task_table
+from contract.tasks import GLUE_TASKS, Task
 
 
 class RejectedRecord(ValueError):
@@ -20,46 +21,8 @@ class RejectedRecord(ValueError):
         self.reason = reason
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskFormat:
-    """Where a task's fields are.
-
-    Attributes:
-      name: task name ("SST-2", ..., or "generic").
-      text_fields: names of the text fields, in the order they are augmented.
-      text_columns: their column indices (GLUE) or None for named columns (generic).
-      label_column: index of the label column (negative counts from the end), or None.
-      id_column: index of the id column, or None (the data row index is the id).
-      label_list: the allowed labels, or None for any (regression: checked as a number).
-      regression: the label is a real number (STS-B).
-      has_header: the first line is a header (copied to train_aug.tsv as the reference does).
-      num_columns: the exact number of columns of a data row, or None to take the header's.
-    """
-    name: str
-    text_fields: Tuple[str, ...]
-    text_columns: Optional[Tuple[int, ...]]
-    label_column: Optional[int]
-    id_column: Optional[int]
-    label_list: Optional[Tuple[str, ...]]
-    regression: bool = False
-    has_header: bool = True
-    num_columns: Optional[int] = None
-
-    @property
-    def default_num_aug(self) -> int:
-        spec = task_table.GLUE_TASKS.get(self.name)
-        return spec.num_aug if spec is not None else task_table.GlueTaskSpec.num_aug
-
-
-# The GLUE tasks' formats, from the one task table.
-GLUE_TASKS: Dict[str, TaskFormat] = {
-    name: TaskFormat(name, spec.text_fields, spec.text_columns, spec.label_column, spec.id_column, spec.labels,
-                     regression=spec.regression, has_header=spec.has_header, num_columns=spec.num_columns)
-    for name, spec in task_table.GLUE_TASKS.items()}
-
-
-def resolve_task(name: str) -> TaskFormat:
-    """The GLUE format of `name` (any case, with or without the dash).
+def resolve_task(name: str) -> Task:
+    """The GLUE task of `name` (any case, with or without the dash).
 
     Raises:
       KeyError: not a GLUE task; the message lists the known ones.
@@ -72,12 +35,11 @@ def resolve_task(name: str) -> TaskFormat:
 
 
 def generic_task(text_fields: Sequence[str], label_field: Optional[str],
-                 label_list: Optional[Sequence[str]] = None) -> TaskFormat:
-    """A named-column task (TSV/CSV with a header, JSONL, Parquet)."""
+                 label_list: Optional[Sequence[str]] = None) -> Task:
+    """A named-column task (TSV/CSV with a header, JSONL, Parquet); any label where `label_list` is None."""
     if not text_fields:
         raise ValueError("a generic task needs at least one text column (--text_columns)")
-    return TaskFormat("generic", tuple(text_fields), None, None, None,
-                      tuple(label_list) if label_list else None, has_header=True)
+    return task_table.generic_task(text_fields, labels=label_list, label_field=label_field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +64,7 @@ def label_text(value: object) -> str:
         raise RejectedRecord("bad_label", str(error)) from None
 
 
-def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
+def _check_label(task: Task, label: Optional[str]) -> Optional[str]:
     if label is None:
         return None
     label = label.strip()
@@ -113,8 +75,8 @@ def _check_label(task: TaskFormat, label: Optional[str]) -> Optional[str]:
             raise RejectedRecord("bad_label", f"{label!r} is not a number") from None
         if not math.isfinite(value):
             raise RejectedRecord("bad_label", f"{label!r} is not finite")
-    elif task.label_list is not None and label not in task.label_list:
-        raise RejectedRecord("bad_label", f"{label!r} is not one of {list(task.label_list)}")
+    elif task.labels is not None and label not in task.labels:
+        raise RejectedRecord("bad_label", f"{label!r} is not one of {list(task.labels)}")
     return label
 
 
@@ -126,7 +88,7 @@ def _is_blank(text: str) -> bool:
     return all(unicodedata.category(char) in _INVISIBLE for char in text)
 
 
-def _check_texts(task: TaskFormat, texts: Sequence[object]) -> Tuple[str, ...]:
+def _check_texts(task: Task, texts: Sequence[object]) -> Tuple[str, ...]:
     for field, text in zip(task.text_fields, texts):
         if text is None:
             raise RejectedRecord("empty_text", f"field {field} is empty")
@@ -137,7 +99,7 @@ def _check_texts(task: TaskFormat, texts: Sequence[object]) -> Tuple[str, ...]:
     return tuple(texts)
 
 
-def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_columns: int) -> Example:
+def parse_glue_row(task: Task, cells: Sequence[str], row_index: int, num_columns: int) -> Example:
     """An example from the cells of one data row of a GLUE train.tsv.
 
     Raises:
@@ -155,12 +117,12 @@ def parse_glue_row(task: TaskFormat, cells: Sequence[str], row_index: int, num_c
     return Example(example_id or str(row_index), row_index, texts, label, tuple(cells))
 
 
-def parse_named_row(task: TaskFormat, record: Dict[str, object], row_index: int, *,
+def parse_named_row(task: Task, record: Dict[str, object], row_index: int, *,
                     label_field: Optional[str], id_field: Optional[str]) -> Example:
     """An example from a named record (a CSV/TSV row with a header, a JSON object, a Parquet row).
 
     Raises:
-      RejectedRecord: a missing column, empty text or a label outside `task.label_list`.
+      RejectedRecord: a missing column, empty text or a label outside `task.labels`.
     """
     missing = [name for name in list(task.text_fields) + [label_field, id_field] if name and name not in record]
     if missing:
@@ -171,7 +133,7 @@ def parse_named_row(task: TaskFormat, record: Dict[str, object], row_index: int,
     return Example(example_id or str(row_index), row_index, texts, label)
 
 
-def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> List[str]:
+def replace_cells(task: Task, cells: List[str], texts: Sequence[str]) -> List[str]:
     """The cells of a GLUE row with its text fields replaced (an augmented row of train_aug.tsv)."""
     out = list(cells)
     for column, text in zip(task.text_columns, texts):
@@ -179,13 +141,7 @@ def replace_cells(task: TaskFormat, cells: List[str], texts: Sequence[str]) -> L
     return out
 
 
-# The hub's `glue`/`nyu-mll/glue` Parquet layout and train.tsv's header, per task (see contract.tasks).
-HUB_TEXT_COLUMNS: Dict[str, Tuple[str, ...]] = {n: t.hub_text_columns for n, t in task_table.GLUE_TASKS.items()}
-HUB_LABEL_NAMES: Dict[str, Optional[Tuple[str, ...]]] = {n: t.hub_label_names for n, t in task_table.GLUE_TASKS.items()}
-GLUE_HEADERS: Dict[str, Optional[Tuple[str, ...]]] = {n: t.glue_header for n, t in task_table.GLUE_TASKS.items()}
-
-
-def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequence[str]]) -> str:
+def hub_label_text(task: Task, value: object, label_names: Optional[Sequence[str]]) -> str:
     """The reference's label string for a hub label (an integer class, a float score, or a name).
 
     Raises:
@@ -194,32 +150,32 @@ def hub_label_text(task: TaskFormat, value: object, label_names: Optional[Sequen
     text = label_text(value)
     if task.regression or isinstance(value, str):
         return text
-    names = list(label_names) if label_names is not None else list(HUB_LABEL_NAMES[task.name] or ())
+    names = list(label_names) if label_names is not None else list(task.hub_label_names or ())
     if isinstance(value, bool) or not text.lstrip("-").isdigit():
         raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name}")
     index = int(text)
     if not 0 <= index < len(names):
         raise RejectedRecord("bad_label", f"label {value!r} is not a class of {task.name} (-1 marks the test split)")
-    if task.label_list == ("0", "1"):
+    if task.labels == ("0", "1"):
         return str(index)
     return names[index]
 
 
-def parse_hub_row(task: TaskFormat, record: Dict[str, object], row_index: int,
+def parse_hub_row(task: Task, record: Dict[str, object], row_index: int,
                   label_names: Optional[Sequence[str]]) -> Example:
     """An example from a row of a GLUE task's hub Parquet file (`datasets` layout), with GLUE-layout cells.
 
     Raises:
       RejectedRecord: a missing column, empty text, or a label outside the task's labels.
     """
-    columns = HUB_TEXT_COLUMNS[task.name]
+    columns = task.hub_text_columns
     missing = [name for name in columns + ("label",) if name not in record]
     if missing:
         raise RejectedRecord("missing_column", f"no column {missing[0]!r}")
     texts = _check_texts(task, [record[name] for name in columns])
     label = _check_label(task, hub_label_text(task, record["label"], label_names))
     example_id = str(record["idx"]) if record.get("idx") is not None else str(row_index)
-    header = GLUE_HEADERS[task.name]
+    header = task.glue_header
     cells = [""] * (len(header) if header else task.num_columns)
     for column, text in zip(task.text_columns, texts):
         cells[column] = text

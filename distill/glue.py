@@ -15,7 +15,7 @@ import numpy as np
 
 from contract import tasks as task_table
 from contract.errors import UserError
-from contract.tasks import label_text
+from contract.tasks import GENERIC, Task, label_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,57 +27,11 @@ def _csv_reader(handle, **kwargs):
     return csv.reader(handle, **kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class GlueTask:
-    """Where a task's dev TSV keeps its texts and label, and how it is scored."""
-    name: str
-    text_columns: Tuple[int, ...]
-    label_column: int  # -1 = last column
-    labels: Optional[Tuple[str, ...]]  # None = regression
-    metrics: Tuple[str, ...]
-    header: bool = True
-    max_seq_len: int = 128
-    # Generic tasks (named columns, any of TSV/CSV/JSONL/Parquet): the text columns in order and the label column.
-    text_fields: Tuple[str, ...] = ()
-    label_field: Optional[str] = None
-
-    @property
-    def generic(self) -> bool:
-        return self.name == GENERIC
-
-    def to_dict(self) -> Dict:
-        """What a saved classifier keeps of its task (tinybert_task.json), so eval needs no task options."""
-        return {"task": self.name, "text_fields": list(self.text_fields) or None, "label_field": self.label_field,
-                "label_list": list(self.labels) if self.labels is not None else None,
-                "regression": self.labels is None, "metrics": list(self.metrics), "max_seq_len": self.max_seq_len}
-
-    @property
-    def main_metric(self) -> str:
-        """The metric the reference keeps the best dev model by: mcc (CoLA), corr = mean of Pearson and Spearman
-        (STS-B), accuracy otherwise (MNLI: of the matched split, see `main_split`)."""
-        if "mcc" in self.metrics:
-            return "mcc"
-        return "corr" if self.labels is None else "acc"
-
-    def main_split(self, splits) -> str:
-        """Which evaluated split decides the best model: MNLI's matched one where present, else the first."""
-        splits = list(splits)
-        return "mnli-m" if "mnli-m" in splits else splits[0]
-
-
-GLUE_TASKS = {name: GlueTask(name, spec.text_columns, spec.label_column, spec.labels, spec.metrics,
-                             header=spec.has_header, max_seq_len=spec.max_seq_len)
-              for name, spec in task_table.GLUE_TASKS.items()}
 MNLI_DEV_FILES = {"mnli-m": "dev_matched.tsv", "mnli-mm": "dev_mismatched.tsv"}
 
 
-GENERIC = "generic"
-GENERIC_CLASSIFICATION_METRICS = ("acc", "macro_f1")
-GENERIC_REGRESSION_METRICS = ("pearson", "spearmanr")
-
-
 def generic_task(text_fields: Sequence[str], label_field: Optional[str], labels: Optional[Sequence[str]], *,
-                 regression: bool = False, max_seq_len: int = 128) -> GlueTask:
+                 regression: bool = False, max_seq_len: int = 128) -> Task:
     """The user's own task: named text columns and label column; accuracy and macro-F1 (classification) or
     Pearson and Spearman (regression).
 
@@ -89,33 +43,32 @@ def generic_task(text_fields: Sequence[str], label_field: Optional[str], labels:
         raise UserError(f"a generic task needs one or two text columns (--text_columns), not {list(text_fields)}")
     if not regression and not labels:
         raise UserError("a generic classification task needs its labels: --label_list (or --regression)")
-    return GlueTask(GENERIC, (), -1, None if regression else tuple(str(label) for label in labels),
-                    GENERIC_REGRESSION_METRICS if regression else GENERIC_CLASSIFICATION_METRICS,
-                    max_seq_len=max_seq_len, text_fields=text_fields, label_field=label_field or "label")
+    return task_table.generic_task(text_fields, labels=None if regression else labels,
+                                   label_field=label_field or "label", regression=regression, max_seq_len=max_seq_len)
 
 
-def task_from_dict(values: Dict) -> GlueTask:
-    """The task a saved classifier recorded (`GlueTask.to_dict`)."""
+def task_from_dict(values: Dict) -> Task:
+    """The task a saved classifier recorded (`Task.to_dict`)."""
     if str(values.get("task")) != GENERIC:
         return get_task(str(values.get("task")))
     return generic_task(values.get("text_fields") or (), values.get("label_field"), values.get("label_list"),
                         regression=bool(values.get("regression")), max_seq_len=int(values.get("max_seq_len") or 128))
 
 
-def get_task(name: str) -> GlueTask:
+def get_task(name: str) -> Task:
     """Looks a task up case-insensitively ("sst-2", "SST2", "mnli-mm" -> MNLI).
 
     Raises:
       UserError: unknown task.
     """
-    key = task_table.canonical_name(name)
-    if key is not None:
-        return GLUE_TASKS[key]
-    raise UserError(f"unknown task {name!r}; GLUE tasks are {', '.join(GLUE_TASKS)}")
+    try:
+        return task_table.glue_task(name)
+    except KeyError as error:
+        raise UserError(error.args[0]) from None
 
 
 def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
-                 teacher: Optional[str] = None) -> GlueTask:
+                 teacher: Optional[str] = None) -> Task:
     """The task of a task run: a GLUE task by name, or for `--task generic` the one the augmented data's manifest
     records (text_fields, label_list, regression). A generic manifest without a label_list takes the teacher's
     label names where config.json names them.
@@ -165,7 +118,7 @@ class DevSet:
     path: str
 
 
-def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
+def read_dev_tsv(task: Task, path: str) -> DevSet:
     """Reads one GLUE dev TSV (a generic task: any named table, see `read_named_dev`); rows that do not parse are
     counted in `malformed` and logged once."""
     if task.generic:
@@ -180,7 +133,7 @@ def read_dev_tsv(task: GlueTask, path: str) -> DevSet:
                         "dev.tsv") from error
 
 
-def _no_usable_row(path: str, task: GlueTask, seen: Dict[str, int]) -> UserError:
+def _no_usable_row(path: str, task: Task, seen: Dict[str, int]) -> UserError:
     """The one line for a dev file none of whose rows can be scored: the labels it holds and the model's."""
     shown = ", ".join(repr(label) for label in sorted(seen)[:8]) + (", ..." if len(seen) > 8 else "")
     known = list(task.labels) if task.labels is not None else "numbers"
@@ -188,13 +141,13 @@ def _no_usable_row(path: str, task: GlueTask, seen: Dict[str, int]) -> UserError
                      f"the model's {known}; pass the task's dev file (or the model trained on its labels)")
 
 
-def _read_dev_rows(task: GlueTask, path: str) -> DevSet:
+def _read_dev_rows(task: Task, path: str) -> DevSet:
     texts, labels, malformed = [], [], 0
     seen: Dict[str, int] = {}
     with open(path, encoding="utf-8", newline="") as handle:
         reader = _csv_reader(handle, delimiter="\t", quotechar=None)
         for row_number, row in enumerate(reader):
-            if task.header and row_number == 0:
+            if task.has_header and row_number == 0:
                 continue
             try:
                 fields = tuple(row[c] for c in task.text_columns)
@@ -247,7 +200,7 @@ def _named_records(path: str):
             yield dict(zip(header, row)) if len(row) == len(header) else None
 
 
-def read_named_dev(task: GlueTask, path: str) -> DevSet:
+def read_named_dev(task: Task, path: str) -> DevSet:
     """A generic task's dev file (TSV/CSV with a header, JSONL or Parquet) by column names; rows without the
     texts or with a label outside the task's are counted as malformed.
 
@@ -289,7 +242,7 @@ def read_named_dev(task: GlueTask, path: str) -> DevSet:
     return DevSet(texts, labels, malformed, path)
 
 
-def dev_sets(task: GlueTask, path: str) -> Dict[str, DevSet]:
+def dev_sets(task: Task, path: str) -> Dict[str, DevSet]:
     """The dev sets to evaluate, by split name: one file, or for MNLI matched and mismatched kept apart.
 
     A directory is looked into for dev.tsv (MNLI: dev_matched.tsv and dev_mismatched.tsv).
@@ -310,7 +263,7 @@ def dev_sets(task: GlueTask, path: str) -> Dict[str, DevSet]:
     return {task.name.lower(): read_dev_tsv(task, path)}
 
 
-def compute_metrics(task: GlueTask, predictions: np.ndarray, labels: Sequence) -> Dict[str, float]:
+def compute_metrics(task: Task, predictions: np.ndarray, labels: Sequence) -> Dict[str, float]:
     """GLUE's metrics for `task`: predictions are class indices, or scores for regression."""
     from scipy import stats
     labels = np.asarray(labels)
@@ -352,7 +305,7 @@ def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((tp * tn - fp * fn) / denominator) if denominator > 0 else 0.0
 
 
-def evaluate(model, tokenizer, task: GlueTask, sets: Dict[str, DevSet], *, device, batch_size: int,
+def evaluate(model, tokenizer, task: Task, sets: Dict[str, DevSet], *, device, batch_size: int,
              max_seq_len: int) -> Dict[str, Dict[str, float]]:
     """Scores a sequence classifier on each dev set: {split: {metric: value, "examples", "malformed_rows"}}.
 

@@ -27,6 +27,7 @@ from contract import claim
 from contract.filesystem import LocalFilesystem
 from contract.options import StrictParser
 from contract.overlap import refuse_overlap
+from contract.tasks import GENERIC
 from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
 
 logger = logging.getLogger("distill")
@@ -90,7 +91,7 @@ def eval_task(args: argparse.Namespace, model_config):
                             "--text_columns, --label_column and --label_list)")
         with open(saved, encoding="utf-8") as handle:
             return glue.task_from_dict(json.load(handle))
-    if args.task.lower() != glue.GENERIC:
+    if args.task.lower() != GENERIC:
         return glue.get_task(args.task)
     labels = _split(args.label_list)
     id2label = getattr(model_config, "id2label", None) or {}

@@ -128,7 +128,7 @@ class Trainer:
             shuffle_buffer=cfg_data.shuffle_buffer, seed=seed, rank=self.rank, world_size=self.world_size,
             num_workers=cfg_data.num_workers, regression_labels=self.label_targets and self.task.labels is None,
             class_labels=self.task.labels if self.finetune else None, pad_to_max_length=cfg_data.pad_to_max_length,
-            text_fields=self.task.text_fields or None)
+            text_fields=self.task.text_fields if self.task.generic else None)
         return self.output_dir.rows("data")
 
     def _load_models(self) -> None:

@@ -7,7 +7,7 @@ import pathlib
 import pyarrow.parquet as pq
 import pytest
 
-from augment.tasks import GLUE_TASKS
+from contract.tasks import GLUE_TASKS
 from contract.schemas import augmented_schema
 from pipelines import augment as augment_pipeline
 from pipelines.augment import resources

@@ -2,9 +2,10 @@
 
 import pytest
 
+from contract.errors import UserError
+from contract.tasks import GLUE_TASKS
 from distill import config as config_lib
 from distill import run
-from contract.errors import UserError
 from distill.config import DataConfig, DistillConfig, OptimConfig, RunConfig, TrainConfig
 from distill.trainer import lr_factor
 
@@ -45,7 +46,7 @@ def test_lr_factor():
 
 def test_main_dev_metric_per_task_is_the_references():
     from distill import glue
-    assert {name: task.main_metric for name, task in glue.GLUE_TASKS.items()} == {
+    assert {name: task.main_metric for name, task in GLUE_TASKS.items()} == {
         "CoLA": "mcc", "SST-2": "acc", "MRPC": "acc", "STS-B": "corr", "QQP": "acc", "MNLI": "acc", "QNLI": "acc",
         "RTE": "acc"}
     mnli = glue.get_task("MNLI")

@@ -7,7 +7,7 @@ import re
 from typing import Optional, Tuple
 
 from augment.mlm import MAX_POSITIONS, PRECISIONS
-from augment.tasks import GLUE_TASKS, TaskFormat
+from contract.tasks import GLUE_TASKS, Task
 from augment.words import WORD_RULES
 from contract import options as options_lib
 from contract.options import option, require
@@ -51,7 +51,7 @@ class AugmentConfig(IOConfig):
     glove_vocab: int = option(100_000, help="use the first N GloVe words")
     num_aug: Optional[int] = option(
         None, help="draws per sentence (N); default per task: " + ", ".join(
-            f"{name} {task.default_num_aug}" for name, task in GLUE_TASKS.items()) + ", generic 20")
+            f"{name} {task.num_aug}" for name, task in GLUE_TASKS.items()) + ", generic 20")
     top_k: int = option(15, help="candidates per word (M)")
     replace_prob: float = option(0.4, help="replacement probability (p)")
     precision: str = option(
@@ -102,9 +102,9 @@ class AugmentConfig(IOConfig):
             model=sources.absolute(namespace.model, may_be_hub_name=True), glove=sources.absolute(namespace.glove),
             stop_words=sources.absolute(namespace.stop_words))
 
-    def resolved_num_aug(self, task: TaskFormat) -> int:
+    def resolved_num_aug(self, task: Task) -> int:
         """--num_aug, or the task's default N."""
-        return self.num_aug if self.num_aug is not None else task.default_num_aug
+        return self.num_aug if self.num_aug is not None else task.num_aug
 
 
 # ---------------------------------------------------------------------------------------- transform settings
@@ -171,7 +171,7 @@ class DrawSettings:
       show_progress: print the progress lines of the augmented examples.
       report_histograms: (rows per example, candidate list length) bins of report/, or None for no report.
     """
-    task: TaskFormat
+    task: Task
     num_aug: int
     replace_prob: float
     seed: int

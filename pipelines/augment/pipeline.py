@@ -136,7 +136,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
         header=_manifest_header(config, resolved, run_resources, num_aug=num_aug, header_line=header_line),
         shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats}, quality=quality,
         dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
-                      "label_names": list(task.label_list) if task.label_list else None},
+                      "label_names": list(task.labels) if task.labels else None},
         run_id=run_id, manifest_fields=report_done)
 
 
@@ -179,7 +179,7 @@ def _manifest_header(config: AugmentConfig, resolved: read.ResolvedInput, run_re
         "kind": AUGMENTED_KIND, "task": task.name, "text_fields": list(task.text_fields), "label_field": "label",
         # where the input (and a dev file in its layout) holds the label
         "input_label_column": resolved.layout.label_field,
-        "label_list": list(task.label_list) if task.label_list else None, "regression": task.regression,
+        "label_list": list(task.labels) if task.labels else None, "regression": task.regression,
         "tokenizer": fingerprint.tokenizer_fingerprint(run_resources.tokenizer, config.model), "model": config.model,
         "glove": run_resources.glove, "glove_vocab": config.glove_vocab, "num_aug": num_aug, "top_k": config.top_k,
         "word_rule": config.word_rule, "stop_words": None if config.stop_words is None else {

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from augment.tasks import (GLUE_HEADERS, HUB_LABEL_NAMES, HUB_TEXT_COLUMNS, Example, RejectedRecord, TaskFormat,
-                           generic_task, parse_glue_row, parse_hub_row, parse_named_row, resolve_task)
+from augment.tasks import (Example, RejectedRecord, generic_task, parse_glue_row, parse_hub_row, parse_named_row,
+                           resolve_task)
+from contract.tasks import Task
 from contract.errors import InputError, UserError
 from pipelines import sources
 from pipelines.augment.config import AugmentConfig
@@ -35,7 +36,7 @@ class InputLayout:
       input_format: tsv, csv, jsonl or parquet.
       label_field, id_field: a generic task's label and id columns (None for GLUE tasks).
     """
-    task: TaskFormat
+    task: Task
     input_format: str
     label_field: Optional[str] = None
     id_field: Optional[str] = None
@@ -89,7 +90,7 @@ def _resolve_layout(config: AugmentConfig, first_path: str) -> InputLayout:
     fmt = config.input_format if config.input_format != "auto" else (_format_of(first_path) or "tsv")
     if fmt not in ("tsv", "parquet"):
         raise UserError(f"GLUE task {task.name} reads its train.tsv or the hub's Parquet (columns "
-                        f"{', '.join(HUB_TEXT_COLUMNS[task.name])}, label, idx); --input_format must be tsv or "
+                        f"{', '.join(task.hub_text_columns)}, label, idx); --input_format must be tsv or "
                         "parquet, or use --task generic")
     return InputLayout(task, fmt)
 
@@ -98,7 +99,7 @@ def read_header(path: str, layout: InputLayout) -> Optional[str]:
     """The header line train_aug.tsv starts with (the input's own, as the reference copies it), or None."""
     task, fmt = layout.task, layout.input_format
     if fmt == "parquet" and task.text_columns is not None:  # hub Parquet of a GLUE task: the GLUE layout
-        header = GLUE_HEADERS[task.name]
+        header = task.glue_header
         return "\t".join(header) if header else None
     if not task.has_header or fmt in ("jsonl", "parquet"):
         return None
@@ -123,7 +124,7 @@ def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], config: AugmentCo
     top = max(reasons, key=reasons.get) if reasons else ""
     if task.text_columns is not None and fmt == "tsv":
         columns = first.split("\t")
-        expected = GLUE_HEADERS.get(task.name)
+        expected = task.glue_header
         if expected and len(columns) != len(expected) or top == "wrong_column_count":
             expected_layout = "<TAB>".join(expected) if expected else f"{task.num_columns} tab-separated columns"
             return (f"the header has {len(columns)} column{'s' * (len(columns) != 1)}; {task.name} expects "
@@ -133,8 +134,8 @@ def diagnose(resolved: ResolvedInput, reasons: Dict[str, int], config: AugmentCo
         wanted = list(task.text_fields) + ([config.label_column] if config.label_column else [])
         return (f"the input's columns are {found[:12]}; --text_columns/--label_column name {wanted}"
                 if found else f"--text_columns/--label_column name {wanted}; check them against the input's fields")
-    if top == "bad_label" and task.label_list:
-        return f"labels must be one of {list(task.label_list)} (--label_list)"
+    if top == "bad_label" and task.labels:
+        return f"labels must be one of {list(task.labels)} (--label_list)"
     if top == "undecodable_utf8":
         return "the input is not UTF-8 text; convert it (e.g. iconv -t utf-8)"
     return ""
@@ -239,14 +240,14 @@ def _parquet_records(path: str, layout: InputLayout) -> Iterator[Record]:
                          "check the file or --input_format") from None
 
 
-def hub_label_names(task: TaskFormat, schema: pa.Schema) -> Optional[List[str]]:
+def hub_label_names(task: Task, schema: pa.Schema) -> Optional[List[str]]:
     """The label names a hub Parquet file declares (its `huggingface` schema metadata), else the known GLUE ones."""
     try:
         info = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
         names = info.get("info", {}).get("features", {}).get("label", {}).get("names")
     except (ValueError, AttributeError):
         names = None
-    return list(names) if names else (list(HUB_LABEL_NAMES[task.name]) if HUB_LABEL_NAMES[task.name] else None)
+    return list(names) if names else (list(task.hub_label_names) if task.hub_label_names else None)
 
 
 def _lines(handle) -> Iterator[bytes]:
