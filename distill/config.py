@@ -41,7 +41,8 @@ class DistillConfig:
     mode: str = _field(GENERAL, help="general, task or finetune", cli=False)
     stage: str = _field(INTERMEDIATE, help="task stage: intermediate (attention + hidden states) or prediction "
                                            "(logits)", choices=(INTERMEDIATE, PREDICTION))
-    task: Optional[str] = _field(None, help="GLUE task name (SST-2, MNLI, ...), or generic: the fields and labels "
+    task: Optional[str] = _field(None, help="default: the task the data's manifest names. GLUE task name (SST-2, "
+                                            "MNLI, ...), or generic: the fields and labels "
                                             "the augmented data's manifest records")
     temperature: float = _field(1.0, help="softmax temperature of the prediction-layer loss")
     soft_ce_reduction: str = _field(
@@ -58,7 +59,6 @@ class DistillConfig:
     def __post_init__(self):
         _require(self.mode in (GENERAL, TASK, FINETUNE), f"mode must be {GENERAL}, {TASK} or {FINETUNE}, not {self.mode!r}")
         _require(self.stage in (INTERMEDIATE, PREDICTION), f"--stage must be {INTERMEDIATE} or {PREDICTION}")
-        _require(self.mode == GENERAL or bool(self.task), "--task is required for task distillation")
         _require(self.mode != GENERAL or self.stage == INTERMEDIATE, "general distillation has only the intermediate stage")
         _require(self.temperature > 0, f"--temperature must be > 0, not {self.temperature}")
         _require_choice("soft_ce_reduction", self.soft_ce_reduction, SOFT_CE_REDUCTIONS)

@@ -67,7 +67,7 @@ def get_task(name: str) -> Task:
         raise UserError(error.args[0]) from None
 
 
-def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
+def resolve_task(task_name: Optional[str], manifest: Dict[str, Any], data_path: str, *,
                  teacher: Optional[str] = None) -> Task:
     """The task of a task run: a GLUE task by name, or for `--task generic` the one the augmented data's manifest
     records (text_fields, label_list, regression). A generic manifest without a label_list takes the teacher's
@@ -78,6 +78,14 @@ def resolve_task(task_name: str, manifest: Dict[str, Any], data_path: str, *,
         generic classification task whose labels nobody names.
     """
     recorded = str(manifest.get("task") or "")
+    if task_name is None:  # no --task: the one the data records
+        if not recorded:
+            raise UserError(f"{data_path}: its manifest names no task; pass --task")
+        task_name = recorded
+    elif task_name.lower() != GENERIC and recorded and recorded.lower() != GENERIC \
+            and task_table.canonical_name(task_name) != task_table.canonical_name(recorded):
+        raise UserError(f"--task {task_name} but {data_path} holds {recorded} data; drop --task (the data names its "
+                        "task) or pass the data of that task")
     if task_name.lower() != GENERIC:
         task = get_task(task_name)
         label_list = manifest.get("label_list")

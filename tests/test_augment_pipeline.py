@@ -269,3 +269,30 @@ def test_every_record_rejected_fails_without_success(tmp_path, tiny_bert, tiny_g
     manifest = outputs.read_manifest(str(out), require_success=False)
     assert manifest["status"] == "failed" and manifest["counts"]["rejects"] == {"bad_label": 1, "empty_text": 1}
     assert manifest["outputs"]["rejects"]["totals"]["rows"] == 2  # the rejects are there to look at
+
+
+def test_generic_labels_without_a_list_are_recorded_sorted(tmp_path, tiny_bert, tiny_glove):
+    path = tmp_path / "data.jsonl"
+    records = [{"text": f"a {w} film about the sea .", "y": y} for w, y in
+               [("warm", "pos"), ("dull", "neg"), ("odd", "meh"), ("bright", 1), ("slow", 1.0)]]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    out, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--task=generic", f"--input={path}", "--text_columns=text",
+                         "--label_column=y", "--num_aug=2")
+    assert manifest["label_list"] == ["1", "meh", "neg", "pos"]  # sorted; 1 and 1.0 are one label
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert all(label in card for label in ("meh", "neg", "pos"))
+
+
+def test_num_aug_zero_needs_no_weights_and_no_glove(tmp_path, tiny_bert):
+    import shutil
+    tokenizer_only = tmp_path / "tokenizer-only"
+    shutil.copytree(tiny_bert, tokenizer_only)
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        if (tokenizer_only / weights).exists():
+            (tokenizer_only / weights).unlink()
+    out = tmp_path / "orig"
+    manifest = augment_pipeline.run(["--runner=DirectRunner", f"--model={tokenizer_only}", f"--input={SAMPLE_INPUT}",
+                                     f"--output={out}", "--num_aug=0", "--num_shards=1", "--quiet"])
+    rows = _rows(out)
+    assert len(rows) == manifest["counts"]["stats"]["examples"] == 32 and manifest["glove"] is None
+    assert all(row["aug_index"] == 0 for row in rows)

@@ -51,3 +51,22 @@ def test_main_dev_metric_per_task_is_the_references():
         "RTE": "acc"}
     mnli = glue.get_task("MNLI")
     assert mnli.main_split(["mnli-mm", "mnli-m"]) == "mnli-m" and mnli.main_split(["mnli-mm"]) == "mnli-mm"
+
+
+def test_the_task_comes_from_the_data_manifest_unless_given():
+    from distill import glue
+    manifest = {"task": "SST-2", "label_list": ["0", "1"]}
+    assert glue.resolve_task(None, manifest, "data").name == "SST-2"
+    assert glue.resolve_task("sst2", manifest, "data").name == "SST-2"
+    with pytest.raises(UserError, match="--task MNLI but data holds SST-2 data"):
+        glue.resolve_task("MNLI", manifest, "data")
+    with pytest.raises(UserError, match="names no task"):
+        glue.resolve_task(None, {}, "data")
+    generic = {"task": "generic", "text_fields": ["text"], "label_list": ["a", "b"], "input_label_column": "y"}
+    task = glue.resolve_task(None, generic, "data")
+    assert task.generic and task.labels == ("a", "b") and task.label_field == "y"
+
+
+def test_task_distillation_needs_no_task_flag():
+    parsed = run._parser().parse_args(["task", "--data", "d", "--teacher", "t", "--student", "s", "--output", "o"])
+    assert parsed.task is None

@@ -79,7 +79,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
     """Adds the augmentation graph for `config` (and the input and resources resolved from it) to `pipeline`."""
     task = resolved.layout.task
     num_aug = config.resolved_num_aug(task)
-    if run_resources.glove is None:
+    if run_resources.glove is None and num_aug:
         logging.info("GloVe is off: candidate words of several WordPieces keep themselves (counted as "
                      "words_without_glove); pass --glove PATH to give them GloVe neighbours")
     report_histograms = None if config.no_report else report.augment_histograms(
@@ -129,6 +129,15 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
             named_counts=named_counts, histograms=report_histograms, run_id=run_id,
             settings={"task": task.name, "num_aug": num_aug, "replace_prob": config.replace_prob,
                       "top_k": config.top_k, "seed": config.seed})
+    if task.generic and task.labels is None and resolved.layout.label_field:
+        # No --label_list: the labels the examples hold become the manifest's label_list, sorted (the class order a
+        # trainer uses), so that a classifier can be trained on the output without naming them again.
+        labels_seen = (read_out.examples | "LabelOf" >> beam.Map(lambda keyed: keyed[1].label)
+                       | "DistinctLabels" >> beam.Distinct()
+                       | "ListLabels" >> beam.combiners.ToList()
+                       | "LabelListField" >> beam.Map(_label_list_field))
+        report_done = labels_seen if report_done is None else (
+            (report_done, labels_seen) | "ManifestFields" >> beam.Flatten())
     quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
                                   max_reject_fraction=config.max_reject_fraction)
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
@@ -150,6 +159,10 @@ def _augment(pipeline: beam.Pipeline, examples: beam.PCollection, *, config: Aug
     planned = spread | "PlanExamples" >> beam.ParDo(PlanExamplesFn(PlanSettings(
         model=config.model, word_rule=config.word_rule, stop_words=run_resources.stop_words,
         glove=settings.glove))).with_outputs(PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
+    if settings.num_aug == 0:  # the original rows only: no candidate is ever drawn, so none is looked up
+        no_answers = pipeline | "NoMaskedLMAnswers" >> beam.Create([])
+        glove_neighbours = pipeline | "NoGloveNeighbours" >> beam.Create([])
+        return _draw(examples, planned.plans, no_answers, glove_neighbours, settings), ()
     mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(MaskedLMSettings(
         model=config.model, top_k=config.top_k, precision=config.precision, device=config.device,
         max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
@@ -160,15 +173,24 @@ def _augment(pipeline: beam.Pipeline, examples: beam.PCollection, *, config: Aug
         glove_neighbours, lookup_stats = glove.neighbours, (mlm.stats, glove.stats)
     else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
         glove_neighbours, lookup_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), (mlm.stats,)
+    return _draw(examples, planned.plans, mlm.answers, glove_neighbours, settings), lookup_stats
+
+
+def _draw(examples: beam.PCollection, plans: beam.PCollection, mlm_answers: beam.PCollection,
+          glove_neighbours: beam.PCollection, settings: DrawSettings):
+    """Each example's plan joined with its masked-LM answers, and Algorithm 1 with the GloVe neighbours."""
     total_examples = examples | "CountExamples" >> beam.combiners.Count.Globally()
-    augmented = ({"example": planned.plans, "mlm": mlm.answers}
-                 | "JoinAnswers" >> beam.CoGroupByKey()
-                 | "AugmentExamples" >> beam.ParDo(
-                     AugmentExamplesFn(settings), glove=beam.pvalue.AsDict(glove_neighbours),
-                     total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
-                         AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS,
-                         AugmentExamplesFn.REPORT, AugmentExamplesFn.REPLACED_WORDS, main="rows"))
-    return augmented, lookup_stats
+    return ({"example": plans, "mlm": mlm_answers}
+            | "JoinAnswers" >> beam.CoGroupByKey()
+            | "AugmentExamples" >> beam.ParDo(
+                AugmentExamplesFn(settings), glove=beam.pvalue.AsDict(glove_neighbours),
+                total_examples=beam.pvalue.AsSingleton(total_examples)).with_outputs(
+                    AugmentExamplesFn.TSV, AugmentExamplesFn.CANDIDATES, AugmentExamplesFn.STATS,
+                    AugmentExamplesFn.REPORT, AugmentExamplesFn.REPLACED_WORDS, main="rows"))
+
+
+def _label_list_field(labels) -> Dict[str, Any]:
+    return {"label_list": sorted(label for label in labels if label is not None), "label_list_from": "labels seen"}
 
 
 def _manifest_header(config: AugmentConfig, resolved: read.ResolvedInput, run_resources: resources.RunResources, *,
@@ -199,6 +221,9 @@ def _summarize(config: AugmentConfig, resolved: read.ResolvedInput, started: flo
     manifest = outputs.read_manifest(config.output, require_success=False)
     outputs.raise_if_failed(manifest, config.output,
                             hint=lambda: read.diagnose(resolved, manifest["counts"].get("rejects", {}), config))
+    if manifest.get("label_list_from") == "labels seen":
+        logging.info("augment: no --label_list: the %d labels seen, sorted, are recorded as the label_list: %s",
+                     len(manifest["label_list"]), manifest["label_list"])
     print(outputs.summary("augment", manifest, config.shown_output, time.time() - started, rows_output="data"),
           flush=True)
     return manifest

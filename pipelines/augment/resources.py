@@ -60,7 +60,7 @@ def resolve(config: AugmentConfig) -> RunResources:
                         "(e.g. glove.6B.300d.txt from the Stanford GloVe site), or --glove none")
     stop_words, stop_words_sha256 = (read_stop_words(config.stop_words) if config.stop_words is not None
                                      else (None, None))
-    _check_model_dir(config.model)
+    _check_model_dir(config.model, weights=config.num_aug != 0)
     try:
         tokenizer = load_tokenizer(config.model)
     except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
@@ -90,19 +90,23 @@ def _check_masked_lm(model: str, tokenizer) -> None:
                         f"{vocab_size:,} embeddings (config.json vocab_size); they do not belong together")
 
 
-def _check_model_dir(model: str) -> None:
+def _check_model_dir(model: str, *, weights: bool) -> None:
+    """A --model folder holds a config.json, and the weights where the masked LM will run."""
     if os.path.isdir(model):
         names = set(os.listdir(model))
         if "config.json" not in names:
             raise UserError(f"--model {model} has no config.json; pass a directory written by save_pretrained (or "
                             "a hub name)")
-        if not names & WEIGHT_FILES:
+        if weights and not names & WEIGHT_FILES:
             raise UserError(f"--model {model} holds no weights (model.safetensors or pytorch_model.bin); save the "
                             "model with save_pretrained into it")
 
 
 def resolve_glove(config: AugmentConfig) -> Optional[str]:
-    """The GloVe file to use, or None when GloVe is off (--glove none, or omitted with --word_rule unicode)."""
+    """The GloVe file to use, or None when GloVe is off (--glove none, omitted with --word_rule unicode, or
+    --num_aug 0: no candidate is drawn, so none is looked up)."""
+    if config.num_aug == 0:
+        return None
     if config.glove is None:
         return DEFAULT_GLOVE if config.word_rule == "reference" else None
     return None if config.glove.strip().lower() in ("", "none") else config.glove

@@ -65,8 +65,10 @@ class FinalizeOutputFn(beam.DoFn):
             manifest["failure"] = failure
         if self._dataset_card is not None:
             rejected = outputs.get(REJECTS_SUBDIR, {}).get("totals", {}).get("rows", 0)
-            _write_text(join_path(self._output_dir, DATASET_CARD),
-                        dataset_card(**self._dataset_card, with_rejects=rejected > 0))
+            card = dict(self._dataset_card)
+            if "label_names" in card and card["label_names"] is None and manifest.get("label_list"):
+                card["label_names"] = manifest["label_list"]  # known only once the rows were read
+            _write_text(join_path(self._output_dir, DATASET_CARD), dataset_card(**card, with_rejects=rejected > 0))
         _write_text(join_path(self._output_dir, MANIFEST_NAME), encode_manifest(manifest))
         if failure is None:
             _write_text(join_path(self._output_dir, SUCCESS_MARKER), "")
