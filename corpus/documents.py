@@ -92,31 +92,51 @@ class BadLine:
     raw: bytes
 
 
-def iter_text_documents(lines: Iterable[Tuple[int, bytes]]) -> Iterator[Union[TextDocument, BadLine]]:
+def text_line(raw: bytes) -> Optional[str]:
+    """A line of text input as the reader takes it: normalized ("" for a blank line), or None where it is not UTF-8."""
+    try:
+        return normalize_text(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_text_documents(lines: Iterable[Tuple[int, bytes]], *, continues_document: bool = False,
+                        end: Optional[int] = None) -> Iterator[Union[TextDocument, BadLine]]:
     """Documents of the reference's text format: one sentence per line, a blank line between documents.
 
     Args:
       lines: (byte offset, line without its end) pairs, e.g. `pipelines.sources.iter_lines` (which reads `\\n`,
         `\\r\\n` and `\\r` ends alike).
+      continues_document: the lines start inside a document that began before them (`corpus.text_ranges`): its
+        lines up to the next blank line are someone else's and left out (bad lines among them still come out).
+      end: read only what starts before this offset: lines at or after it are read just to finish a document that
+        started before it; None reads every line.
 
     Streams line by line. A line that is not UTF-8 comes out as a `BadLine` (the rest of its document is kept).
     A line holding several CJK sentences is cut into them (`split_cjk`).
     """
     lines_of_document: List[str] = []
     first: Optional[int] = None
+    inherited = continues_document
     for line_offset, raw in lines:
-        try:
-            line = normalize_text(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield BadLine(line_offset, "non_utf8_line", raw)
+        if end is not None and line_offset >= end and (inherited or not lines_of_document):
+            return  # nothing at or after `end` is ours unless it finishes our open document
+        line = text_line(raw)
+        if line is None:
+            if end is None or line_offset < end:
+                yield BadLine(line_offset, "non_utf8_line", raw)
             continue
         if line:
+            if inherited:
+                continue
             if first is None:
                 first = line_offset
             lines_of_document.extend(split_cjk(line))
         elif lines_of_document:
             yield TextDocument(first, lines_of_document)
             lines_of_document, first = [], None
+        else:
+            inherited = False
     if lines_of_document:
         yield TextDocument(first, lines_of_document)
 

@@ -5,13 +5,23 @@ Beam 2.77's DaskRunner translates the pipeline into dask bags, and two of its de
    output, a manifest) is skipped while the job reports DONE;
 2. a ParDo with tagged outputs (`with_outputs`) becomes one bag holding every output, and each consumer of any of
    its outputs reads all of them mixed together.
-`AllLeavesDaskRunner` keeps Beam's translations of Create, ParDo, GroupByKey and Flatten, adds the one Beam lacks
-for Impulse (the root that `beam.Create` expands to elsewhere), tags each ParDo output with its output tag so that
-each consumer reads only its own PCollection, and computes every leaf bag.
+`AllLeavesDaskRunner` keeps Beam's translations of Create, ParDo and Flatten, adds the one Beam lacks for Impulse
+(the root that `beam.Create` expands to elsewhere), tags each ParDo output with its output tag so that each consumer
+reads only its own PCollection, and computes every leaf bag.
+
+It also makes a run use the cluster. Beam's translation keeps a bag's partition count from its root to its end: a
+pipeline that starts from Impulse (one element, one partition) ran every stage as one task, on one worker thread,
+whatever the cluster. Here a Reshuffle (a no-op in Beam's translation) cuts its bag into `partitions` pieces, and
+a GroupByKey groups into `partitions` pieces; `partitions` is `--dask_npartitions` where given, else twice the
+cluster's worker threads (two per thread: a slow piece does not leave a thread idle for the rest of the stage). A
+GroupByKey places a key by a hash that every process computes alike: dask's own placement uses Python's `hash()`,
+salted per process for str and bytes keys, so two workers could place one key in two pieces.
 """
 
 import collections
 import dataclasses
+import hashlib
+import pickle
 from typing import Any, Dict
 
 import apache_beam as beam
@@ -19,8 +29,9 @@ from apache_beam import pvalue
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.dask import transform_evaluator as evaluators
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
-from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.dask.overrides import _Reshuffle, dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
+
 
 def _concat_partitions(per_input_partitions):
     """[[partition, ...] per side input] -> [[element, ...] per side input]."""
@@ -66,6 +77,7 @@ def _tagged_bundle(items, fn, window_fn, label, side_specs, side_values, args, k
 class _BagVisitor(PipelineVisitor):
     """Translates every primitive into a dask bag; ParDo bags are tagged and split per consumed output."""
     bag_kwargs: Dict[str, Any]
+    partitions: int  # pieces of a reshuffled or grouped bag (module docstring)
     bags: Dict[Any, Any] = dataclasses.field(default_factory=collections.OrderedDict)
 
     tagged: set = dataclasses.field(default_factory=set)  # nodes whose bag holds (tag, element) pairs
@@ -88,6 +100,10 @@ class _BagVisitor(PipelineVisitor):
         if isinstance(transform, beam.Impulse):  # Beam's Dask translations lack it: one empty-bytes element
             import dask.bag
             self.bags[node] = dask.bag.from_sequence([b""], npartitions=1)
+        elif isinstance(transform, _Reshuffle):
+            self.bags[node] = input_bag.repartition(npartitions=self.partitions)
+        elif isinstance(op, evaluators.GroupByKey):
+            self.bags[node] = input_bag.groupby(_StableKey.of, npartitions=self.partitions).map(_grouped)
         elif isinstance(op, evaluators.ParDo):
             import dask
             side_specs = [(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs]
@@ -97,6 +113,31 @@ class _BagVisitor(PipelineVisitor):
             self.tagged.add(node)
         else:
             self.bags[node] = op.apply(input_bag=input_bag, side_inputs=None)
+
+
+class _StableKey:
+    """A Beam key whose hash is the same in every process (`hash()` of a str is salted per process)."""
+    __slots__ = ("key", "_hash")
+
+    def __init__(self, key):
+        self.key = key
+        self._hash = int.from_bytes(hashlib.blake2b(pickle.dumps(key, protocol=4), digest_size=8).digest(), "big")
+
+    @classmethod
+    def of(cls, windowed_pair):
+        return cls(windowed_pair[0])
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _StableKey) and self._hash == other._hash and self.key == other.key
+
+
+def _grouped(item):
+    """(stable key, [windowed (key, value)]) -> (key, [value]), as Beam's GroupByKey translation gives."""
+    stable, pairs = item
+    return stable.key, [evaluators.defenestrate(pair[1]) for pair in pairs]
 
 
 def _apply_tagged_pardo(op, input_bag, side_specs, side_values):
@@ -119,7 +160,8 @@ class AllLeavesDaskRunner(DaskRunner):
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
-        visitor = _BagVisitor(bag_kwargs)
+        threads = sum(client.nthreads().values()) or 1
+        visitor = _BagVisitor(bag_kwargs, partitions=bag_kwargs.get("npartitions") or 2 * threads)
         pipeline.visit(visitor)
         consumed = set()
         for node in visitor.bags:

@@ -1,6 +1,7 @@
 """python -m pipelines.corpus: readers, transforms and end-to-end runs read back with pyarrow."""
 
 import bz2
+import gzip
 import json
 import shutil
 
@@ -15,6 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from contract.schemas import instance_schema
+from corpus import documents as documents_lib
 from corpus import wiki
 from pipelines import corpus, sources
 from pipelines.corpus.read import ReadDocuments, ReadSettings
@@ -228,6 +230,36 @@ def test_text_reader_rejects_non_utf8_line(tmp_path):
                     equal_to([(11, "non_utf8_line", "Bad \\xff line.")]), label="Rejects")
 
 
+def test_text_splits_into_ranges_and_compressed_text_says_once_why_not(tmp_path, caplog):
+    from pipelines.corpus.read import SplitInputFn
+    plain, packed = tmp_path / "corpus.txt", tmp_path / "corpus.txt.gz"
+    _write_text_corpus(plain, copies=2)
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    split = SplitInputFn(ReadSettings(input_format="text", split_bytes=100))
+    size = plain.stat().st_size
+    ranges = list(split.process({"path": str(plain), "bytes": size, "name": "corpus.txt"}))
+    assert [(r["start"], r["end"]) for r in ranges] == [(s, min(s + 100, size)) for s in range(0, size, 100)]
+    with caplog.at_level("WARNING"):
+        whole = list(split.process({"path": str(packed), "bytes": packed.stat().st_size, "name": "corpus.txt.gz"}))
+    assert len(whole) == 1 and whole[0]["compressed"]
+    assert [r.getMessage() for r in caplog.records if "cannot be split" in r.getMessage()] == [
+        f"{packed}: gzip text cannot be split into --split_bytes ranges (a gzip stream is only read from its "
+        "start), so one worker reads all of it; decompress it to spread it over the workers"]
+    for path in (plain, packed):
+        with TestPipeline() as p:
+            documents = (p | ReadDocuments(sources.input_files(str(path)), ReadSettings(
+                input_format="text", split_bytes=100))).documents
+            assert_that(documents | beam.Map(lambda doc: (doc[0].split("#")[1], doc[1])),
+                        equal_to(_documents_of(plain)))
+
+
+def _documents_of(path):
+    with open(path, "rb") as handle:
+        return [(str(item.offset), item.lines) for item in
+                documents_lib.iter_text_documents(sources.iter_lines(handle))
+                if isinstance(item, documents_lib.TextDocument)]
+
+
 def test_end_to_end_wikipedia_xml(tmp_path, tokenizer_dir):
     path = tmp_path / "enwiki-test-multistream.xml.bz2"
     _write_multistream(path, _pages())
@@ -302,13 +334,18 @@ def test_end_to_end_parquet_with_dedup(tmp_path, tokenizer_dir):
                                                               "train-00000-of-00001.parquet#13"}
 
 
-def test_same_shards_whatever_the_runner_mode(tmp_path, tokenizer_dir):
+def test_same_shards_whatever_the_runner_mode_and_range_size(tmp_path, tokenizer_dir):
     path = tmp_path / "corpus.txt"
     _write_text_corpus(path, copies=4)
+    processes = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     runs = {
         "one": ["--direct_num_workers=1"],
         "threads": ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
-        "processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        "processes": processes,
+        # Text files split into byte ranges: ranges smaller than a line, than a document, and of a few documents.
+        "split-1": ["--split_bytes=1", *processes],
+        "split-37": ["--split_bytes=37"],
+        "split-300": ["--split_bytes=300", *processes],
     }
     results = {}
     for name, flags in runs.items():
@@ -318,7 +355,7 @@ def test_same_shards_whatever_the_runner_mode(tmp_path, tokenizer_dir):
                          json.loads((output / "manifest.json").read_text()))
     files, blobs, manifest = results["one"]
     assert len(files) == 9 and manifest["counts"]["corpus"]["instances"] > 10
-    for name in ("threads", "processes"):
+    for name in runs:
         assert results[name][0] == files
         assert results[name][1] == blobs, name
         assert results[name][2]["outputs"] == manifest["outputs"] and results[name][2]["counts"] == manifest["counts"]

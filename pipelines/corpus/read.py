@@ -1,11 +1,12 @@
-"""Input files to documents: work items (byte ranges of a dump, Parquet row groups, whole text files), then the
-documents of Wikipedia XML dumps, `wikimedia/wikipedia` Parquet files and plain text, bad records as rejects.
+"""Input files to documents: work items (byte ranges of a dump or of a text file, Parquet row groups, whole
+compressed text files), then the documents of Wikipedia XML dumps, `wikimedia/wikipedia` Parquet files and plain text, bad records as rejects.
 
 A document is (key, paragraphs, already_split): its key starts with the file's name relative to the folder all
 inputs share; text input comes already split into sentences (one a line), the others as paragraphs.
 """
 
 import dataclasses
+import logging
 from typing import Any, Dict, Optional, Sequence
 
 import apache_beam as beam
@@ -17,7 +18,7 @@ from apache_beam.metrics import Metrics
 from contract import schemas
 from contract.errors import InputError
 from corpus import documents as documents_lib
-from corpus import wiki
+from corpus import text_ranges, wiki
 from pipelines import cli, progress, sources
 
 
@@ -27,7 +28,7 @@ class ReadSettings:
 
     Attributes:
       input_format: one of config.INPUT_FORMATS.
-      split_bytes: work range size for splittable dumps.
+      split_bytes: work range size for splittable dumps and uncompressed text.
       wiki_markup: one of config.WIKI_MARKUPS, how wikipedia-xml pages become paragraphs.
       show_progress: count the documents read in the progress lines.
       errors_dir: where a worker records the InputError it stops with (`cli.errors_dir`); None records nothing.
@@ -40,7 +41,8 @@ class ReadSettings:
 
 
 class SplitInputFn(beam.DoFn):
-    """An input file to work items: byte ranges of a splittable dump, Parquet row groups, or the whole file."""
+    """An input file to work items: byte ranges of a splittable dump or of uncompressed text, Parquet row groups, or
+    the whole file (compressed text: logged once per file where it is larger than a range)."""
 
     def __init__(self, settings: ReadSettings):
         self._settings = settings
@@ -68,7 +70,17 @@ class SplitInputFn(beam.DoFn):
                 yield {"path": path, "name": name, "start": group, "end": group + 1, "size": size,
                        "repeated_ids": repeated}
         else:
-            yield {"path": path, "name": name, "start": 0, "end": size, "size": size}
+            with _open_raw(path) as handle:
+                compression = sources.compression_of(handle.read(8))
+            if compression is None:
+                for start, end in text_ranges.plan_ranges(size, self._settings.split_bytes):
+                    yield {"path": path, "name": name, "start": start, "end": end, "size": size}
+                return
+            if size > self._settings.split_bytes and compression in ("gzip", "bz2", "xz"):  # others: refused on read
+                logging.warning("%s: %s text cannot be split into --split_bytes ranges (a %s stream is only read "
+                                "from its start), so one worker reads all of it; decompress it to spread it over "
+                                "the workers", path, compression, compression)
+            yield {"path": path, "name": name, "start": 0, "end": size, "size": size, "compressed": True}
 
 
 class ReadDocumentsFn(beam.DoFn):
@@ -158,8 +170,13 @@ class ReadDocumentsFn(beam.DoFn):
 
     def _read_text(self, work):
         path = work["path"]
-        with sources.open_input(path) as handle:
-            for item in documents_lib.iter_text_documents(sources.iter_lines(handle)):
+        with (sources.open_input(path) if work.get("compressed") else _open_raw(path)) as handle:
+            if work.get("compressed"):
+                items = documents_lib.iter_text_documents(sources.iter_lines(handle))
+            else:
+                items = text_ranges.iter_range_documents(handle, work["start"], work["end"],
+                                                         iter_lines=sources.iter_lines)
+            for item in items:
                 if isinstance(item, documents_lib.BadLine):
                     yield schemas.reject(path, item.offset, item.reason, item.raw)
                 else:
