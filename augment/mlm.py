@@ -228,7 +228,10 @@ def load_masked_lm(name_or_path: str):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # its load report would list what we refuse below anyway
         try:
-            model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
+            # sdpa: the fused attention kernel (no attention scores materialised); bf16 runs measured 1.7x faster
+            # than eager attention on an avx512_bf16 CPU, fp32 results are those of the reference's own loading.
+            model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True,
+                                                               attn_implementation="sdpa")
         finally:
             hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())

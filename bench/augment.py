@@ -10,7 +10,10 @@ Both sides use the same randomly initialised (seeded) BERT-base-shaped masked LM
 vocabulary, the same GloVe file and the same sentences, in this process. Prints sentences/s of each, the ratio, how
 many candidate lists are identical, the split of the fp32 run's wall time (model loading, GloVe loading, GloVe
 neighbours, masked-LM scoring and the encoder's forwards within it, everything else: `_Split`), the top-k overlap
-of --precision bf16 and int8 against fp32, and peak RSS of a pipeline run at 1x and 4x the examples (each in a
+of --precision bf16 and int8 against fp32, a roofline per precision on a CPU (the machine's measured GEMM rate: a
+`linear` of the encoder's largest shape at the run's batch size; the rate the encoder achieved in the run: its GEMM
+work over its time; and the share of the run's wall time outside the encoder's GEMMs, had they run at the machine's
+rate), and peak RSS of a pipeline run at 1x and 4x the examples (each in a
 fresh subprocess). With --device cuda the reference procedure runs its
 forwards on the same GPU, and the pipeline runs get --device (the GPU default of 65536 tokens per forward applies).
 """
@@ -102,6 +105,9 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
     return time.perf_counter() - start, candidates, produced
 
 
+ENCODER = "  of which the encoder"
+
+
 class _Split:
     """Wall seconds spent inside chosen functions while a run goes on in this process (the DirectRunner runs its
     one worker here): each function is wrapped at its owner for the duration, nested calls counted once."""
@@ -116,14 +122,17 @@ class _Split:
             "GloVe loading": (GloveIndex, "from_lines"),
             "GloVe neighbours": (GloveIndex, "neighbours"),
             "masked-LM scoring": (MaskedLMScorer, "candidates"),
-            "  of which the encoder": (bert.BertModel, "forward"),
+            ENCODER: (bert.BertModel, "forward"),
         }
         self.seconds = {name: 0.0 for name in self._targets}
+        self.encoder_shapes = []  # (rows, length) of every encoder forward: its GEMM work, for the roofline
 
     def _wrap(self, name, function, is_classmethod):
         depth = [0]
 
         def timed(*args, **kwargs):
+            if name == ENCODER and depth[0] == 0 and kwargs.get("input_ids") is not None:
+                self.encoder_shapes.append(tuple(kwargs["input_ids"].shape))
             depth[0] += 1
             start = time.perf_counter()
             try:
@@ -154,6 +163,57 @@ class _Split:
         own = sum(seconds for name, seconds in self.seconds.items() if not name.startswith(" "))
         return (f"  split of the wall time: {', '.join(parts)}; everything else (Beam, reading, planning, "
                 f"augmenting, writing, report) {total - own:.1f} s of {total:.1f} s")
+
+
+def _gemm_rate(precision: str, *, tokens: int, hidden: int, intermediate: int) -> float:
+    """The machine's GEMM rate (GFLOP/s) for a precision: a (tokens x hidden) by (intermediate x hidden) `linear`,
+    the encoder's largest product, in this process's torch threads; best of 3 after a warm-up."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(tokens, hidden, generator=generator)
+    layer = torch.nn.Linear(hidden, intermediate).eval()
+    if precision == "bf16":
+        inputs, layer = inputs.to(torch.bfloat16), layer.to(torch.bfloat16)
+    elif precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+        layer = quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
+    best = float("inf")
+    with torch.inference_mode():
+        for repeat in range(4):
+            start = time.perf_counter()
+            layer(inputs)
+            if repeat:
+                best = min(best, time.perf_counter() - start)
+    return 2.0 * tokens * hidden * intermediate / best / 1e9
+
+
+def _encoder_gflop(shapes, *, layers: int, hidden: int, intermediate: int) -> float:
+    """The matrix-product work (GFLOP) of encoder forwards of these (rows, length) shapes: per layer the Q, K, V,
+    output, and two feed-forward projections, and the attention's two batched products (scores and mix)."""
+    total = 0.0
+    for rows, length in shapes:
+        tokens = rows * length
+        total += layers * (2.0 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate)
+                           + 4.0 * rows * length * length * hidden)
+    return total / 1e9
+
+
+def _roofline(precision: str, split: "_Split", wall: float, *, layers: int, hidden: int, tokens: int) -> dict:
+    """How far a run is from the machine's GEMM limit, printed and returned."""
+    peak = _gemm_rate(precision, tokens=tokens, hidden=hidden, intermediate=4 * hidden)
+    work = _encoder_gflop(split.encoder_shapes, layers=layers, hidden=hidden, intermediate=4 * hidden)
+    encoder = split.seconds[ENCODER]
+    ideal = work / peak  # the encoder's GEMMs at the machine's rate
+    figures = {"machine_gemm_gflops": peak, "encoder_gflop": work, "encoder_s": encoder,
+               "encoder_gflops": work / encoder if encoder else 0.0, "gemm_s_at_machine_rate": ideal,
+               "outside_encoder_gemms_pct": 100.0 * (wall - ideal) / wall}
+    print(f"  roofline {precision}: machine GEMM rate {peak:.0f} GFLOP/s (linear {tokens}x{hidden} by "
+          f"{4 * hidden}x{hidden}); encoder {figures['encoder_gflops']:.0f} GFLOP/s achieved "
+          f"({100.0 * figures['encoder_gflops'] / peak:.0f}% of it; {work:.0f} GFLOP in {encoder:.1f} s)")
+    print(f"    the encoder's GEMMs at the machine rate: {ideal:.1f} s of {wall:.1f} s wall; outside them "
+          f"{figures['outside_encoder_gemms_pct']:.0f}% (in the encoder {max(0.0, encoder - ideal):.1f} s, "
+          f"outside the encoder {wall - encoder:.1f} s)")
+    return figures
 
 
 def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pathlib.Path, *extra: str,
@@ -244,6 +304,10 @@ def main(argv=None):
         print(f"  candidate lists identical to the reference procedure: {same}/{len(base_cands)} "
               f"({100.0 * same / max(1, len(base_cands)):.1f}%)")
         print(split.describe(ours_s))
+        tokens = args.max_batch_tokens or 8192
+        shape = {"layers": args.layers, "hidden": args.hidden, "tokens": tokens}
+        if args.device == "cpu":
+            figures["fp32"]["roofline"] = _roofline("fp32", split, ours_s, **shape)
 
         for precision in [] if args.skip_two_workers else args.two_workers_precisions.split(","):
             # Two processes of one thread each: on a shared machine a stolen core stalls only its own process,
@@ -258,8 +322,9 @@ def main(argv=None):
         for precision in [p for p in args.precisions.split(",") if p]:
             if precision == "int8" and args.device != "cpu":
                 continue  # dynamic quantization runs on the CPU only
+            low_split = _Split()
             low_s, low, _ = _pipeline(model_dir, glove, tmp / "train.tsv", tmp / precision, f"--precision={precision}",
-                                      *device_flags)
+                                      *device_flags, split=low_split)
             mlm_keys = [k for k, (source, _) in ours.items() if source == "mlm"]
             overlap = sum(len(set(low[k][1]) & set(ours[k][1])) / max(1, len(ours[k][1])) for k in mlm_keys)
             figures[precision] = {"seconds": low_s, "ratio": base_s / low_s, "cpu_s": _CPU_SECONDS[-1],
@@ -268,6 +333,9 @@ def main(argv=None):
             print(f"pipeline {precision}, 1 worker:        {low_s:7.1f} s  {len(rows) / low_s:7.2f} sentences/s  "
                   f"ratio {base_s / low_s:5.2f}x  top-15 overlap with fp32 {100.0 * overlap / max(1, len(mlm_keys)):.1f}%")
             print(f"  CPU time: {_CPU_SECONDS[-1]:.1f} s, ratio to the reference {base_cpu / _CPU_SECONDS[-1]:.2f}x")
+            print(low_split.describe(low_s))
+            if args.device == "cpu":
+                figures[precision]["roofline"] = _roofline(precision, low_split, low_s, **shape)
 
         if not args.skip_memory:
             small = max(10, args.limit // 4)

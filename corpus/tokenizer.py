@@ -3,41 +3,25 @@
 `load(name_or_path)` returns a `LoadedTokenizer`: the `tokenizers.Tokenizer` that `transformers.AutoTokenizer`
 would build (truncation and padding off) and the names of its special tokens. Two ways lead there:
 
-* for a BERT WordPiece tokenizer saved as `tokenizer.json` + `tokenizer_config.json` (a local directory, or a hub
-  name already in the local Hugging Face cache), the tokenizer is rebuilt here with `tokenizers` alone, the way
-  transformers' `BertTokenizer` rebuilds it: the WordPiece vocab of tokenizer.json, a `BertNormalizer` from the
-  config's `do_lower_case` / `strip_accents` / `tokenize_chinese_chars` (the config wins over tokenizer.json's own
-  normalizer, as in transformers), the BERT pre-tokenizer, and the special tokens as added tokens. Importing
-  transformers imports torch (about 3 s per process); a corpus job needs neither.
-* anything else (another model family, a config key this rebuild does not model, extra added tokens, a hub name
+* a BERT WordPiece tokenizer (a local directory, or a hub name already in the local Hugging Face cache) saved as
+  `tokenizer.json` + `tokenizer_config.json`, or in the classic layout (`vocab.txt`, with or without a
+  `tokenizer_config.json`, beside a `config.json` of model_type bert), is rebuilt with `tokenizers` alone
+  (`corpus.bert_rebuild`), the way transformers' `BertTokenizer` builds it. Importing transformers imports torch
+  (about 3 s per process); a corpus job needs neither.
+* anything else (another model family, a config key the rebuild does not model, extra added tokens, a hub name
   not in the cache) goes through `transformers.AutoTokenizer` itself.
 
-tests/test_tokenizer.py holds the two ways equal (same ids on adversarial text, same vocab, same special ids) on
-every configuration the first way accepts, and checks which way each one takes.
+tests/test_tokenizer.py holds the two ways equal (same ids on adversarial and real text, same vocab, same special
+ids) on every configuration the first way accepts, and checks which way each one takes.
 """
 
 import dataclasses
-import json
 import os
 import threading
 from typing import Any, Dict, Optional
 
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-MODEL_CONFIG_FILE = "config.json"
-
-BERT_CLASSES = frozenset({"BertTokenizer", "BertTokenizerFast"})
-SPECIAL_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-BERT_DEFAULTS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                 "mask_token": "[MASK]", "do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
-# Config keys that do not change how text becomes ids (bookkeeping, decoding, padding side, length limits).
-_PASSIVE_KEYS = frozenset({
-    "tokenizer_class", "backend", "is_local", "local_files_only", "model_max_length", "name_or_path",
-    "clean_up_tokenization_spaces", "padding_side", "truncation_side", "model_input_names", "special_tokens_map_file",
-    "added_tokens_decoder", "extra_special_tokens", "additional_special_tokens", "do_basic_tokenize", "never_split",
-    "max_len", "init_inputs", "full_tokenizer_file", "auto_map", "processor_class", "split_special_tokens",
-})
+from corpus import bert_rebuild
+from corpus.bert_rebuild import MODEL_CONFIG_FILE, SPECIAL_NAMES, TOKENIZER_FILE, VOCAB_FILE
 
 # transformers' loading is not thread-safe (AutoTokenizer, and models materialised from the meta device); runners may
 # call DoFn.setup from several threads of one process. Every transformers load of the project takes this one lock.
@@ -74,7 +58,7 @@ class LoadedTokenizer:
 
 # Files a tokenizer is saved as (fast, WordPiece, BPE, SentencePiece): a folder with none of them holds no tokenizer,
 # whatever transformers would make of its config.json (a 5-token vocabulary, every word [UNK]).
-VOCABULARY_FILES = (TOKENIZER_FILE, "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+VOCABULARY_FILES = (TOKENIZER_FILE, VOCAB_FILE, "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                     "tokenizer.model")
 
 
@@ -96,7 +80,7 @@ def _model_vocab_size(name_or_path: str) -> Optional[int]:
     if not os.path.isfile(path):
         return None
     try:
-        size = _read_json(path).get("vocab_size")
+        size = bert_rebuild.read_json(path).get("vocab_size")
     except (OSError, ValueError, AttributeError):
         return None
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
@@ -140,7 +124,7 @@ def load_with_transformers(name_or_path: str) -> LoadedTokenizer:
       TokenizerError: nothing loadable, or no fast implementation.
     """
     tokenizer = load_transformers_tokenizer(name_or_path)
-    special = {name: _token_text(getattr(tokenizer, name, None)) for name in SPECIAL_NAMES}
+    special = {name: bert_rebuild.token_text(getattr(tokenizer, name, None)) for name in SPECIAL_NAMES}
     return LoadedTokenizer(name_or_path, _without_truncation(tokenizer.backend_tokenizer), special, "transformers")
 
 
@@ -163,15 +147,10 @@ def load_transformers_tokenizer(name_or_path: str):
     return tokenizer
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The transformers-free rebuild
-
-
 def _tokenizer_files(name_or_path: str) -> Optional[Dict[str, str]]:
     """{file name: local path} of the tokenizer files, from a directory or the local hub cache; None if absent."""
-    names = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_TOKENS_FILE, MODEL_CONFIG_FILE)
     if os.path.isdir(name_or_path):
-        found = {name: os.path.join(name_or_path, name) for name in names}
+        found = {name: os.path.join(name_or_path, name) for name in bert_rebuild.FILES}
         return {name: path for name, path in found.items() if os.path.isfile(path)}
     if os.path.exists(name_or_path) or name_or_path.count("/") > 1:
         return None  # a file, or a path that is not a repo id: transformers gives the clear error
@@ -180,7 +159,7 @@ def _tokenizer_files(name_or_path: str) -> Optional[Dict[str, str]]:
     except ImportError:
         return None
     found = {}
-    for name in names:
+    for name in bert_rebuild.FILES:
         try:
             path = try_to_load_from_cache(name_or_path, name)
         except Exception:  # an invalid repo id: let transformers report it
@@ -191,90 +170,12 @@ def _tokenizer_files(name_or_path: str) -> Optional[Dict[str, str]]:
 
 
 def _rebuild_bert(name_or_path: str, files: Dict[str, str]) -> Optional[LoadedTokenizer]:
-    """The BERT tokenizer transformers would build from these files, or None where this rebuild does not apply."""
-    if TOKENIZER_FILE not in files or CONFIG_FILE not in files:
+    """The BERT tokenizer transformers would build from these files, or None where the rebuild does not apply."""
+    rebuilt = bert_rebuild.rebuild(files)
+    if rebuilt is None:
         return None
-    try:
-        config = _read_json(files[CONFIG_FILE])
-        tokenizer_json = _read_json(files[TOKENIZER_FILE])
-        special_map = _read_json(files[SPECIAL_TOKENS_FILE]) if SPECIAL_TOKENS_FILE in files else {}
-        model_config = _read_json(files[MODEL_CONFIG_FILE]) if MODEL_CONFIG_FILE in files else {}
-    except (OSError, ValueError):
-        return None  # unreadable: transformers reports it in its own words
-    if not all(isinstance(item, dict) for item in (config, tokenizer_json, special_map, model_config)):
-        return None
-    tokenizer_class = config.get("tokenizer_class")
-    if tokenizer_class is None:
-        # Without a class in the tokenizer config, AutoTokenizer follows the model config's model_type.
-        if model_config.get("model_type") != "bert":
-            return None
-    elif tokenizer_class not in BERT_CLASSES:
-        return None
-    model = tokenizer_json.get("model") or {}
-    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
-        return None
-    settings = {**BERT_DEFAULTS}
-    for key, value in config.items():
-        if key in BERT_DEFAULTS:
-            settings[key] = value
-        elif key not in _PASSIVE_KEYS:
-            return None  # a setting this rebuild does not model: transformers knows what it means
-    for name in SPECIAL_NAMES:
-        if name in special_map and _token_text(special_map[name]) != _token_text(settings[name]):
-            return None
-    special = {name: _token_text(settings[name]) for name in SPECIAL_NAMES}
-    if special_map.get("additional_special_tokens") or config.get("additional_special_tokens") \
-            or config.get("extra_special_tokens"):
-        return None
-    if config.get("do_basic_tokenize", True) is False or config.get("never_split"):
-        return None
-    vocab = model["vocab"]
-    if any(not isinstance(token, str) or token not in vocab for token in special.values()):
-        return None
-    # transformers registers exactly the special tokens as added tokens (matched before normalization, never
-    # split); a tokenizer.json or config with others is left to transformers.
-    expected = {token: vocab[token] for token in special.values()}
-    added = tokenizer_json.get("added_tokens") or []
-    if any(item.get("content") not in expected or item.get("id") != expected[item.get("content")]
-           for item in added):
-        return None
-    for token_id, item in (config.get("added_tokens_decoder") or {}).items():
-        content = item.get("content") if isinstance(item, dict) else None
-        if content not in expected or int(token_id) != expected[content]:
-            return None
-    for flag in ("do_lower_case", "tokenize_chinese_chars"):
-        if not isinstance(settings[flag], bool):
-            return None
-    if settings["strip_accents"] is not None and not isinstance(settings["strip_accents"], bool):
-        return None
-
-    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
-    backend = Tokenizer(WordPiece(vocab, unk_token=special["unk_token"],
-                                  continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
-                                  max_input_chars_per_word=model.get("max_input_chars_per_word", 100)))
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=settings["tokenize_chinese_chars"],
-        strip_accents=settings["strip_accents"], lowercase=settings["do_lower_case"])
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    # In id order, as transformers adds them; special tokens are not normalized (matched as written).
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                for token in sorted(set(special.values()), key=lambda t: vocab[t])])
+    backend, special = rebuilt
     return LoadedTokenizer(name_or_path, backend, special, "tokenizers")
-
-
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _token_text(token: Any) -> Optional[str]:
-    """A special token as text: transformers keeps them as str, AddedToken or {"content": ...}."""
-    if token is None:
-        return None
-    if isinstance(token, dict):
-        return token.get("content")
-    return str(getattr(token, "content", token))
 
 
 def _without_truncation(backend):

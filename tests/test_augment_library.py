@@ -198,3 +198,20 @@ def test_example_rng_depends_only_on_seed_and_id():
     assert example_rng(42, "7").random() == example_rng(42, "7").random()
     assert example_rng(42, "7").random() != example_rng(42, "8").random()
     assert example_rng(42, "7").random() != example_rng(43, "7").random()
+
+
+def test_masked_lm_loads_with_fused_attention(tiny_bert):
+    from augment.mlm import load_masked_lm
+    assert load_masked_lm(tiny_bert).config._attn_implementation == "sdpa"
+
+
+def test_bf16_casts_only_the_masked_rows_once_per_batch(model, tokenizer):
+    """The bf16 encoder's weights are cast once, at construction: inside the loop the only cast is the masked rows'
+    hidden states (rows x hidden) into the float32 head, one per batch (autocast would cast every weight per call)."""
+    scorer = MaskedLMScorer(model, tokenizer, top_k=15, precision="bf16", max_batch_tokens=64)
+    queries = [MaskedQuery(tuple(range(2000, 2000 + length)), index) for length in (5, 9, 12) for index in range(length)]
+    batches = len(list(scorer._batches(sorted(set(queries)))))
+    with torch.profiler.profile() as profile:
+        scorer.candidates(queries)
+    assert batches > 3
+    assert sum(event.name == "aten::_to_copy" for event in profile.events()) == batches
