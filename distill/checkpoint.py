@@ -140,3 +140,15 @@ def check_resumable(state: Mapping[str, Any], *, path: str, world_size: int, con
                    if saved.get(group, {}).get(k) != v}
         if changed:
             logger.warning("resuming with changed %s options (saved, now): %s", group, changed)
+
+
+def check_finite_weights(model: torch.nn.Module, *, step: int) -> None:
+    """Never saves a model whose weights are not finite.
+
+    Raises:
+      UserError: a weight is NaN or infinite.
+    """
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            raise UserError(f"step {step}: the student's weight {name} is not finite; nothing was saved (the last "
+                            "checkpoint, if any, is kept): lower --learning_rate")

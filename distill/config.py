@@ -187,3 +187,16 @@ def from_namespace(namespace: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """Builds a TrainConfig from parsed options plus fixed values (e.g. mode="task")."""
     return TrainConfig(**{group: _group_from_namespace(namespace, config_class, **fixed)
                           for group, config_class in GROUPS.items()})
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate at optimizer step `step` as a fraction of the peak.
+
+    "linear": warm-up to the peak over `warmup_steps`, then linear decay to 0 at `total_steps`;
+    "constant": the peak throughout.
+    """
+    if schedule == CONSTANT:
+        return 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))

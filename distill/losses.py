@@ -4,10 +4,13 @@ Shapes: attention scores are (batch, heads, seq, seq) and *pre-softmax* (`QK^T /
 hidden states are (batch, seq, hidden), index 0 being the embedding output.
 """
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from contract.errors import UserError
 
 # The reference adds -10000 to masked attention scores; anything at or below this is a masked position.
 MASKED_SCORE_THRESHOLD = -1e2
@@ -117,3 +120,17 @@ def intermediate_losses(*, student_scores, teacher_scores, student_hidden, teach
     att = attention_score_loss(student_scores, teacher_scores, attention_map)
     rep = hidden_state_loss(student_hidden, teacher_hidden, hidden_map, fit_dense)
     return {"loss": att + rep, "att_loss": att, "rep_loss": rep}
+
+
+def check_finite(terms: Dict[str, float], *, step: int) -> None:
+    """Stops before a non-finite loss reaches the weights: the last checkpoint stays the last good one.
+
+    Raises:
+      UserError: a loss term is NaN or infinite at `step`.
+    """
+    if all(math.isfinite(value) for value in terms.values()):
+        return
+    shown = ", ".join(f"{name}={value}" for name, value in sorted(terms.items()))
+    raise UserError(f"step {step}: the loss is not finite ({shown}); training stopped and saved nothing from this "
+                    "step (the last checkpoint, if any, is kept): lower --learning_rate or check the data and the "
+                    "teacher")

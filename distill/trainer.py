@@ -22,27 +22,15 @@ from torch import nn
 
 from contract.errors import UserError, describe
 from distill import checkpoint, devices, encoding, glue, losses, metrics, models
+from distill import config as config_lib
 from distill import data as data_lib
-from distill.config import CONSTANT, FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig
+from distill.config import FINETUNE, GENERAL, LINEAR, PREDICTION, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"  # the best-on-dev student of the prediction stage
 BEST_EVAL_JSON = "eval_results.json"
 CONFIG_NAME = "distill_config.json"
-
-
-def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
-    """The learning rate at optimizer step `step` as a fraction of the peak.
-
-    "linear": warm-up to the peak over `warmup_steps`, then linear decay to 0 at `total_steps`;
-    "constant": the peak throughout.
-    """
-    if schedule == CONSTANT:
-        return 1.0
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 class Trainer:
@@ -254,7 +242,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
-        return lr_factor(step, schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
+        return config_lib.lr_factor(step, schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
                          total_steps=self.total_steps)
 
     def _batches(self) -> Iterator[Dict[str, Any]]:
@@ -351,7 +339,7 @@ class Trainer:
                         self.scaler.scale(terms["loss"] / accumulation).backward()
                     for name, value in terms.items():
                         totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
-                self._check_finite(totals)
+                losses.check_finite(totals, step=self.step + 1)
                 if optim.max_grad_norm > 0:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.student.parameters(), optim.max_grad_norm)
@@ -377,30 +365,6 @@ class Trainer:
         if self.run_log is not None:
             self.run_log.close()
         return last_logged
-
-    def _check_finite(self, totals: Dict[str, float]) -> None:
-        """Stops before a non-finite loss reaches the weights: the last checkpoint stays the last good one.
-
-        Raises:
-          UserError: a loss term is NaN or infinite at this step.
-        """
-        bad = {name: value for name, value in totals.items() if not math.isfinite(value)}
-        if bad:
-            terms = ", ".join(f"{name}={value}" for name, value in sorted(totals.items()))
-            raise UserError(f"step {self.step + 1}: the loss is not finite ({terms}); training stopped and saved "
-                            "nothing from this step (the last checkpoint, if any, is kept): lower --learning_rate "
-                            "or check the data and the teacher")
-
-    def _check_weights_finite(self) -> None:
-        """Never saves a student whose weights are not finite.
-
-        Raises:
-          UserError: a weight of the student is NaN or infinite.
-        """
-        for name, parameter in self.student.named_parameters():
-            if not torch.isfinite(parameter.detach()).all():
-                raise UserError(f"step {self.step}: the student's weight {name} is not finite; nothing was saved "
-                                "(the last checkpoint, if any, is kept): lower --learning_rate")
 
     def _mean_over_ranks(self, totals: Dict[str, float]) -> Dict[str, float]:
         if self.world_size == 1:
@@ -437,7 +401,7 @@ class Trainer:
         value = results[split].get(metric, float("nan"))
         if not math.isfinite(value) or (self.best_dev is not None and value <= self.best_dev["value"]):
             return
-        self._check_weights_finite()
+        checkpoint.check_finite_weights(self.student, step=self.step)
         self.best_dev = {"step": self.step, "split": split, "metric": metric, "value": value, "results": results}
         best = os.path.join(self.config.run.output, BEST_DIR)
         staging = best + ".tmp"  # written whole, then swapped in: a kill leaves the previous best intact
@@ -452,7 +416,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly: model (with fit_dense), optimizer, scheduler, scaler, step, the
         RNG states and reader position of every rank, and the resolved config. Written atomically by rank 0."""
-        self._check_weights_finite()
+        checkpoint.check_finite_weights(self.student, step=self.step)
         per_rank = {"rng": checkpoint.rng_state(), "position": self.position.to_dict()}
         if self.world_size > 1:
             gathered: List[Any] = [None] * self.world_size
@@ -496,7 +460,7 @@ class Trainer:
     def _finish(self) -> None:
         """The student for `from_pretrained` (fit_dense beside it), metrics CSV and the loss curve."""
         output = self.config.run.output
-        self._check_weights_finite()
+        checkpoint.check_finite_weights(self.student, step=self.step)
         models.save_student(self.student, self.tokenizer, output, task=self._task_record())
         metrics.write_summaries(output)
         logger.info("student saved with save_pretrained in %s", output)

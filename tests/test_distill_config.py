@@ -7,7 +7,6 @@ from contract.tasks import GLUE_TASKS
 from distill import config as config_lib
 from distill import run
 from distill.config import DataConfig, DistillConfig, OptimConfig, RunConfig, TrainConfig
-from distill.trainer import lr_factor
 
 
 def _config(mode, stage, schedule):
@@ -38,9 +37,9 @@ def test_lr_schedule_is_validated():
 
 
 def test_lr_factor():
-    linear = [lr_factor(s, schedule="linear", warmup_steps=2, total_steps=6) for s in range(6)]
+    linear = [config_lib.lr_factor(s, schedule="linear", warmup_steps=2, total_steps=6) for s in range(6)]
     assert linear == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
-    assert [lr_factor(s, schedule="constant", warmup_steps=0, total_steps=6) for s in range(6)] == [1.0] * 6
+    assert [config_lib.lr_factor(s, schedule="constant", warmup_steps=0, total_steps=6) for s in range(6)] == [1.0] * 6
     assert config_lib.LR_SCHEDULES == ("auto", "linear", "constant")
 
 
