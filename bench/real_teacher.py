@@ -30,7 +30,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+DATA = os.environ.get("TINYBERT_SHARED_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
 STUDENT_SHAPE = {"num_hidden_layers": 3, "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
 # (option, default steps, learning rate) per training run; --scale multiplies the steps.
 STAGES = {"teacher": (60, 1e-4), "general": (200, 3e-4), "intermediate": (60, 1e-4), "prediction": (60, 1e-4),
