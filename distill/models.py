@@ -102,6 +102,23 @@ def register_scores_attention() -> None:
     AttentionMaskInterface.register(SCORES_ATTENTION, sdpa_mask)  # boolean mask, None when nothing is padded
 
 
+def _from_pretrained(model_class, name_or_path: str, **kwargs):
+    """`model_class.from_pretrained(..., output_loading_info=True)` without transformers' load report: the callers
+    say in one line of their own what a missing task head means for the run (the report's "Consider training on your
+    downstream task" is wrong for a teacher, and expected when fine-tuning or in the intermediate stage)."""
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        return model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logger.setLevel(level)
+
+
+def _missing_head(loading_info) -> List[str]:
+    return sorted(key for key in (loading_info or {}).get("missing_keys", []) if key.startswith("classifier."))
+
+
 def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optional[int] = None) -> nn.Module:
     """Loads a Hugging Face BERT teacher, frozen, in eval mode, returning attention scores.
 
@@ -117,14 +134,14 @@ def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optiona
     register_scores_attention()
     model_class = BertForSequenceClassification if classification else BertModel
     try:
-        model, info = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION,
-                                                  output_loading_info=True)
+        model, info = _from_pretrained(model_class, name_or_path, attn_implementation=SCORES_ATTENTION)
     except Exception as error:  # pylint: disable=broad-except  # OSError, ValueError, SafetensorError...: one line
         raise UserError(f"cannot load teacher {name_or_path!r} ({describe(error)}); pass a directory saved with "
                         "save_pretrained or a hub name") from error
     if classification and warn_if_untrained_head(model, info, name_or_path) and num_labels is not None \
             and model.config.num_labels != num_labels:  # its head is random anyway: give it the task's size
-        model = model_class.from_pretrained(name_or_path, attn_implementation=SCORES_ATTENTION, num_labels=num_labels)
+        model, _ = _from_pretrained(model_class, name_or_path, attn_implementation=SCORES_ATTENTION,
+                                    num_labels=num_labels)
     if classification and num_labels is not None and model.config.num_labels != num_labels:
         raise UserError(f"teacher {name_or_path} has {model.config.num_labels} labels but the task has {num_labels}; "
                         "pass a teacher fine-tuned on this task")
@@ -136,7 +153,7 @@ def load_teacher(name_or_path: str, *, classification: bool, num_labels: Optiona
 def warn_if_untrained_head(model, loading_info, name_or_path: str) -> Optional[str]:
     """Warns (and returns the cause) when a task teacher's classifier was not in its weights: e.g. a BertModel or
     BertForMaskedLM passed as a task teacher, whose head transformers initialises at random."""
-    missing = [key for key in (loading_info or {}).get("missing_keys", []) if key.startswith("classifier.")]
+    missing = _missing_head(loading_info)
     architectures = list(getattr(model.config, "architectures", None) or [])
     cause = None
     if missing:
@@ -258,10 +275,13 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
     if os.path.isdir(spec):
         check_model_source(spec, "--student", config_file_ok=True)
         try:
-            bert = model_class.from_pretrained(spec, config=config, attn_implementation=SCORES_ATTENTION)
+            bert, info = _from_pretrained(model_class, spec, config=config, attn_implementation=SCORES_ATTENTION)
         except Exception as error:  # pylint: disable=broad-except  # damaged weights: one line
             raise UserError(f"cannot load student {spec!r} ({describe(error)}); pass a directory saved by "
                             "distill.run or save_pretrained") from error
+        if classification and _missing_head(info):
+            logger.info("student %s has no task head yet (%s new): the intermediate stage leaves it untrained, the "
+                        "prediction stage trains it", spec, ", ".join(_missing_head(info)))
     else:
         config._attn_implementation = SCORES_ATTENTION
         bert = model_class(config)
@@ -298,12 +318,15 @@ def build_classifier(name_or_path: str, *, labels: Optional[Tuple[str, ...]]) ->
     extra = ({"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
              if labels else {"problem_type": "regression"})
     try:
-        bert = BertForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation=SCORES_ATTENTION,
+        bert, info = _from_pretrained(
+            BertForSequenceClassification, name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation=SCORES_ATTENTION,
             **extra)
     except Exception as error:  # pylint: disable=broad-except  # one line
         raise UserError(f"cannot load a model to fine-tune from {name_or_path!r} ({describe(error)}); pass a hub "
                         "name or a directory saved with save_pretrained") from error
+    if _missing_head(info) or info.get("mismatched_keys"):
+        logger.info("%s: the task head is new (random weights, %d outputs); fine-tuning trains it", name_or_path,
+                    num_labels)
     return Student(bert, bert.config.hidden_size)
 
 
