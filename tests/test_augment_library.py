@@ -209,7 +209,9 @@ def test_bf16_casts_only_the_masked_rows_once_per_batch(model, tokenizer):
     """The bf16 encoder's weights are cast once, at construction: inside the loop the only cast is the masked rows'
     hidden states (rows x hidden) into the float32 head, one per batch (autocast would cast every weight per call)."""
     scorer = MaskedLMScorer(model, tokenizer, top_k=15, precision="bf16", max_batch_tokens=64)
-    queries = [MaskedQuery(tuple(range(2000, 2000 + length)), index) for length in (5, 9, 12) for index in range(length)]
+    first = len(tokenizer) // 2  # ordinary word pieces of the real vocabulary or of the small one built without it
+    queries = [MaskedQuery(tuple(range(first, first + length)), index) for length in (5, 9, 12)
+               for index in range(length)]
     batches = len(list(scorer._batches(sorted(set(queries)))))
     with torch.profiler.profile() as profile:
         scorer.candidates(queries)
