@@ -13,6 +13,7 @@
   claim      the output claim: an in-progress marker first, --overwrite deletes only what is ours
   finished   the one reader of a finished output: completion marker, manifest, kind, file paths
   overlap    an output is never, and never contains, one of the run's inputs
+  compression compressed inputs told by their magic numbers: the one table every reader uses
 
 `__version__` is the project's one version: the package's (pyproject.toml reads it) and every manifest's
 `code_version`.

@@ -19,8 +19,6 @@ memory holds one page, and a malformed page is one reject rather than the end of
 
 import bz2
 import dataclasses
-import gzip
-import lzma
 import os
 import re
 import unicodedata
@@ -30,7 +28,8 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import mwparserfromhell
 from mwparserfromhell import nodes as wiki_nodes
 
-from contract.errors import DECOMPRESSION_ERRORS, DamagedStream, InputError, damaged_stream
+from contract import compression
+from contract.errors import DECOMPRESSION_ERRORS, DamagedStream, damaged_stream
 from corpus import wikimarkup
 
 _CHUNK = 1 << 20
@@ -75,12 +74,6 @@ def is_multistream_bz2(handle: BinaryIO) -> bool:
     return False
 
 
-# (first bytes, format) of the compressed dumps we read; zip and zstd are named in the error of an unread format.
-_MAGIC_NUMBERS = ((b"BZh", "bz2"), (b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
-                  (b"(\xb5/\xfd", "zstd"))
-_STREAM_OPENERS = {"bz2": bz2.BZ2File, "gzip": lambda raw: gzip.GzipFile(fileobj=raw), "xz": lzma.LZMAFile}
-
-
 def compression_of(raw: BinaryIO, path: str) -> Optional[str]:
     """bz2, gzip, xz or None (plain XML), from the first bytes of the seekable `raw` (left where it was).
 
@@ -89,12 +82,10 @@ def compression_of(raw: BinaryIO, path: str) -> Optional[str]:
     """
     position = raw.tell()
     raw.seek(0)
-    head = raw.read(8)
+    head = raw.read(compression.HEAD_BYTES)
     raw.seek(position)
-    kind = next((name for magic, name in _MAGIC_NUMBERS if head.startswith(magic)), None)
-    if kind is not None and kind != "bz2" and kind not in _STREAM_OPENERS:
-        raise InputError(f"{path} is a {kind} file, which is not read here; decompress it (bz2, gzip and xz dumps "
-                         "are read as they are)")
+    kind = compression.compression_of(head)
+    compression.check_readable(kind, path)
     return kind
 
 
@@ -196,7 +187,7 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
     if ranged_bz2:
         chunks, owns_all = _bz2_range(raw, start, end, at_end), True
     elif kind is not None:
-        chunks, owns_all = _decompressed(_STREAM_OPENERS[kind](raw), raw), True
+        chunks, owns_all = _decompressed(compression.open_stream(kind, raw), raw), True
     else:
         chunks, owns_all = _plain_bytes(raw, start, end), False
     buffer = b""

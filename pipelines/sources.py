@@ -11,18 +11,16 @@
 - An input that names a directory means the files in it (not hidden, not `_`-prefixed markers).
 """
 
-import bz2
 import codecs
 import csv
-import gzip
 import io
-import lzma
 import os
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from contract import compression
 from contract.errors import DECOMPRESSION_ERRORS, InputError, UserError, damaged_stream
 
 CHUNK = 1 << 20
@@ -61,21 +59,6 @@ class _CheckedStream(io.RawIOBase):
         finally:
             self._raw.close()
         super().close()
-
-
-# (first bytes, name) of the compressed formats a file may be in; the readable ones have an opener below.
-MAGIC_NUMBERS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
-                 (b"(\xb5/\xfd", "zstd"))
-_OPENERS = {"gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"), "bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
-            "xz": lambda raw: lzma.LZMAFile(raw, mode="rb")}
-
-
-def compression_of(head: bytes) -> Optional[str]:
-    """The compressed format whose magic number `head` starts with, or None (not compressed, as far as we read)."""
-    for magic, name in MAGIC_NUMBERS:
-        if head.startswith(magic):
-            return name
-    return None
 
 
 class _Prefixed(io.RawIOBase):
@@ -118,19 +101,20 @@ def open_input(path: str) -> BinaryIO:
       InputError: a zip or zstd file (formats a stream of records is not read from).
     """
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    head = raw.read(8)
+    head = raw.read(compression.HEAD_BYTES)
     try:
         raw.seek(0)
     except (OSError, AttributeError, ValueError):
         raw = _Prefixed(head, raw)
-    kind = compression_of(head)
+    kind = compression.compression_of(head)
     if kind is None:
         return raw
-    if kind not in _OPENERS:
+    try:
+        compression.check_readable(kind, path)
+    except InputError:
         raw.close()
-        raise InputError(f"{path} is a {kind} file, which is not read here; decompress it (gzip, bz2 and xz files "
-                         "are read as they are)")
-    return io.BufferedReader(_CheckedStream(path, raw, _OPENERS[kind](raw), kind), CHUNK)
+        raise
+    return io.BufferedReader(_CheckedStream(path, raw, compression.open_stream(kind, raw), kind), CHUNK)
 
 
 def iter_lines(handle: BinaryIO) -> Iterator[Tuple[int, bytes]]:

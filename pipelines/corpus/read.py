@@ -15,6 +15,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from contract import compression as compression_lib
 from contract import schemas
 from contract.errors import InputError
 from corpus import documents as documents_lib
@@ -71,7 +72,7 @@ class SplitInputFn(beam.DoFn):
                        "repeated_ids": repeated}
         else:
             with _open_raw(path) as handle:
-                compression = sources.compression_of(handle.read(8))
+                compression = compression_lib.compression_of(handle.read(compression_lib.HEAD_BYTES))
             if compression is None:
                 for start, end in text_ranges.plan_ranges(size, self._settings.split_bytes):
                     yield {"path": path, "name": name, "start": start, "end": end, "size": size}
