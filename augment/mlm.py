@@ -17,7 +17,7 @@ A query reads at most the first 511 pieces of its sentence, and only a mask befo
 import contextlib
 import copy
 import dataclasses
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -186,8 +186,16 @@ class MaskedLMScorer:
                 yield items[start:start + rows]
 
     @torch.inference_mode()
-    def candidates(self, queries: Iterable[MaskedQuery]) -> Dict[MaskedQuery, List[str]]:
-        """The candidate pieces of every query, best first; [] where the mask falls beyond 512 tokens."""
+    def candidates(self, queries: Iterable[MaskedQuery], *,
+                   on_batch: Optional[Callable[[Dict[MaskedQuery, List[str]]], None]] = None
+                   ) -> Dict[MaskedQuery, List[str]]:
+        """The candidate pieces of every query, best first; [] where the mask falls beyond 512 tokens.
+
+        Args:
+          queries: the questions (duplicates are answered once).
+          on_batch: called with each forward batch's answers as soon as they are known (the candidate store writes
+            them then, so that a run killed later keeps them).
+        """
         unique = sorted(set(queries))
         result: Dict[MaskedQuery, List[str]] = {query: [] for query in unique}
         for batch in self._batches(unique):
@@ -203,6 +211,8 @@ class MaskedLMScorer:
             for item, ids_row in zip(batch, top):
                 pieces = [self._id_to_piece[i] for i in ids_row]
                 result[item[0]] = [piece for piece in pieces if not piece.startswith("##")]
+            if on_batch is not None:
+                on_batch({item[0]: result[item[0]] for item in batch})
         return result
 
 

@@ -13,7 +13,8 @@ REJECTS_SUBDIR = "rejects"
 
 AUGMENTED_KIND = "augmented-task"  # python -m pipelines.augment
 CORPUS_KIND = "general-distillation"  # python -m pipelines.corpus
-OUTPUT_KINDS = (AUGMENTED_KIND, CORPUS_KIND)
+STORE_FILL_KIND = "candidate-store-fill"  # python -m pipelines.augment --score_only: a manifest, rejects, no rows
+OUTPUT_KINDS = (AUGMENTED_KIND, CORPUS_KIND, STORE_FILL_KIND)
 
 
 def shard_file_name(index: int, num_shards: int) -> str:

@@ -11,6 +11,13 @@ SHARED_DATA = pathlib.Path(os.environ.get("TINYBERT_SHARED_DATA")
                            or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_home(tmp_path_factory, monkeypatch):
+    """Every test has its own XDG_CACHE_HOME (subprocesses inherit it): a run's default candidate store never lands
+    in the real ~/.cache, and no test sees another's answers."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data, or a skip with the reason where a machine does not have it."""

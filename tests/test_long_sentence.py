@@ -53,7 +53,7 @@ def test_a_20k_word_sentence_builds_at_most_511_small_queries(tokenizer):
 def test_pipeline_scorer_builds_only_window_queries_and_counts_the_rest():
     """ScoreMaskedLMFn with a recording scorer: a 20k-piece sentence gives at most 511 queries to the model."""
     from pipelines.augment.config import MaskedLMSettings
-    from pipelines.augment.transforms import ScoreMaskedLMFn
+    from pipelines.augment.scoring import ScoreMaskedLMFn
 
     class RecordingScorer:
         def __init__(self):

@@ -2,10 +2,12 @@
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import re
 from typing import Optional, Tuple
 
+from augment import store as store_lib
 from augment.mlm import MAX_POSITIONS, PRECISIONS
 from contract.tasks import GLUE_TASKS, Task
 from augment.words import WORD_RULES
@@ -67,6 +69,12 @@ class AugmentConfig(IOConfig):
                                         "cores / workers when running several worker processes on one machine")
     mlm_partitions: int = option(4, help="hash partitions per input length for masked-LM batching (parallelism at "
                                          "scale)")
+    candidate_store: Optional[str] = option(
+        None, help="where masked-LM answers are kept across runs (any Beam filesystem path; default "
+                   "$XDG_CACHE_HOME/tinybert/candidates, else ~/.cache/tinybert/candidates); 'none' turns it off")
+    score_only: bool = option(False, help="only fill --candidate_store with the input's masked-LM answers: OUTPUT "
+                                          "gets its manifest and rejects, no rows (a later run draws from the store, "
+                                          "without the model's weights if need be)")
     shown_output: Optional[str] = option(None, help="--output as given, for the summary", cli=False)
 
     def __post_init__(self):
@@ -82,6 +90,8 @@ class AugmentConfig(IOConfig):
                 f"--max_batch_tokens must hold one full-length query ({MAX_POSITIONS} tokens); got "
                 f"{self.max_batch_tokens}")
         require(self.torch_threads >= 0, f"--torch_threads must be >= 0 (got {self.torch_threads})")
+        require(not (self.score_only and self.store_root() is None),
+                "--score_only fills the candidate store: pass --candidate_store PATH (not none)")
         super().__post_init__()  # --max_reject_fraction
         require(DEVICE_PATTERN.fullmatch(self.device) is not None,
                 f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
@@ -100,14 +110,45 @@ class AugmentConfig(IOConfig):
         return options_lib.from_namespace(
             namespace, cls, shown_output=namespace.output, output=sources.absolute(namespace.output),
             model=sources.absolute(namespace.model, may_be_hub_name=True), glove=sources.absolute(namespace.glove),
-            stop_words=sources.absolute(namespace.stop_words))
+            stop_words=sources.absolute(namespace.stop_words),
+            candidate_store=_store_location(namespace.candidate_store))
+
+    def store_root(self) -> Optional[str]:
+        """The candidate store's root, or None when --candidate_store none turned it off."""
+        value = self.candidate_store
+        return None if value is None or value.strip().lower() in ("", "none") else value
 
     def resolved_num_aug(self, task: Task) -> int:
         """--num_aug, or the task's default N."""
         return self.num_aug if self.num_aug is not None else task.num_aug
 
 
+def _store_location(value: Optional[str]) -> str:
+    """--candidate_store made absolute; its default under the user's cache folder (XDG); "none" as given."""
+    if value is not None and value.strip().lower() in ("", "none"):
+        return "none"
+    if value is None:
+        return store_lib.default_root(os.environ, os.path.expanduser("~"))
+    return sources.absolute(value)
+
+
 # ---------------------------------------------------------------------------------------- transform settings
+@dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    """The candidate store a `ScoreMaskedLMFn` reads and fills.
+
+    Attributes:
+      root: the store's root folder (any Beam filesystem path).
+      model_id: the model's folder in the store (`augment.store.ModelFingerprint.model_id`).
+      settings_id: the precision's and top_k's folder in it (`augment.store.settings_id`).
+      weightless: the model's weights are not at hand: every answer must come from the store.
+    """
+    root: str
+    model_id: str
+    settings_id: str
+    weightless: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
     """How `PlanExamplesFn` splits texts into words and which lookups it asks for.
@@ -137,6 +178,9 @@ class MaskedLMSettings:
       torch_threads: intra-op threads per worker process; 0 keeps torch's default.
       partitions: hash partitions per input length (how many groups score in parallel).
       show_progress: print the progress lines of the scored queries.
+      store: the candidate store answers are looked up in and written to; None: every answer is computed.
+      errors_dir: where a worker records a UserError (`cli.errors_dir`), e.g. an answer missing from the store of a
+        run without weights.
     """
     model: str
     top_k: int
@@ -146,6 +190,8 @@ class MaskedLMSettings:
     torch_threads: int
     partitions: int
     show_progress: bool
+    store: Optional[StoreSettings] = None
+    errors_dir: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,22 +12,23 @@ shards under data/, train_aug.tsv in the reference layout, optional candidates/,
 
 import logging
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import SetupOptions
 
 from contract import fingerprint, layout, schemas
 from contract.errors import UserError
-from contract.layout import AUGMENTED_KIND
+from contract.layout import AUGMENTED_KIND, STORE_FILL_KIND
 from contract.overlap import refuse_overlap
 from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress
 from pipelines import report as report_lib
 from pipelines.augment import read, report, resources
 from pipelines.augment.config import AugmentConfig, DrawSettings, GloveSettings, MaskedLMSettings, PlanSettings
-from pipelines.augment.transforms import (AugmentExamplesFn, FindGloveNeighbours, FindMaskedLMCandidates,
-                                          PlanExamplesFn, ReadExamples, ReadExamplesFn, WriteTrainAugTsvFn)
+from pipelines.augment.scoring import DescribeStoreFn, FindMaskedLMCandidates, ScoreMaskedLMFn
+from pipelines.augment.transforms import (AugmentExamplesFn, FindGloveNeighbours, PlanExamplesFn, ReadExamples,
+                                          ReadExamplesFn, WriteTrainAugTsvFn)
 from pipelines.runners import resolve_runner
 
 PROG = "python -m pipelines.augment"
@@ -87,18 +88,37 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
 
     read_out = pipeline | "ReadExamples" >> ReadExamples(
         [f["path"] for f in resolved.files], layout=resolved.layout, errors_dir=cli.errors_dir(config.output))
+    output = config.output
+    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, 1, schemas.REJECT_SCHEMA)
+    reject_stats = read_out[ReadExamplesFn.REJECTS] | "WriteRejects" >> outputs.WriteShards(output, rejects_set)
+    reasons = (read_out[ReadExamplesFn.REJECTS] | "RejectReasons" >> beam.Map(lambda kv: (kv[1]["reason"], 1))
+               | "CountRejects" >> outputs.CountByKey())
+    shard_stats = {"rejects": (rejects_set, reject_stats)}
+    header_line = read.read_header(resolved.files[0]["path"], resolved.layout)
+    header = _manifest_header(config, resolved, run_resources, num_aug=num_aug, header_line=header_line)
+    quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
+                                  max_reject_fraction=config.max_reject_fraction)
+    if config.score_only:  # the store's answers only: no draw, no rows
+        planned = _plan(read_out.examples, config=config, run_resources=run_resources, glove=False)
+        mlm = _find_masked_lm(planned, config=config, run_resources=run_resources, show_progress=not config.quiet)
+        examples = read_out.examples | "ExampleCounts" >> beam.Map(lambda _: ("examples", 1))
+        stats = (mlm.stats, examples) | "MergeStats" >> beam.Flatten() | "CountStats" >> outputs.CountByKey()
+        store_counts = mlm[ScoreMaskedLMFn.STORE] | "CountStore" >> outputs.CountByKey()
+        _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
+            output_dir=output, header={**header, "kind": STORE_FILL_KIND}, shard_stats=shard_stats,
+            counts={"rejects": reasons, "stats": stats, "store": store_counts}, quality=quality, run_id=run_id,
+            manifest_fields=_describe_store(pipeline, run_resources, store_counts))
+        return
+
     draw = DrawSettings(task=task, num_aug=num_aug, replace_prob=config.replace_prob, seed=config.seed,
                         emit_candidates=config.emit_candidates, glove=run_resources.glove is not None,
                         word_rule=config.word_rule, show_progress=not config.quiet,
                         report_histograms=report_histograms)
-    augmented, lookup_stats = _augment(pipeline, read_out.examples, config=config, run_resources=run_resources,
-                                       settings=draw)
+    augmented, lookup_stats, store_counts = _augment(pipeline, read_out.examples, config=config,
+                                                     run_resources=run_resources, settings=draw)
 
-    output = config.output
-    header_line = read.read_header(resolved.files[0]["path"], resolved.layout)
     data_set = outputs.ShardSet("data", config.num_shards, augmented_schema(task.text_fields))
     tsv_set = outputs.ShardSet("tsv-parts", config.num_shards, None, file_format="tsv")
-    rejects_set = outputs.ShardSet(layout.REJECTS_SUBDIR, 1, schemas.REJECT_SCHEMA)
     # Augmentation multiplies each example ~N times: rebalance before the shard writers.
     data_stats = (augmented.rows | "SpreadRows" >> beam.Reshuffle()
                   | "WriteData" >> outputs.WriteShards(output, data_set))
@@ -106,16 +126,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
     tsv_done = (pipeline | "TsvTrigger" >> beam.Create([None])
                 | "WriteTrainAugTsv" >> beam.ParDo(WriteTrainAugTsvFn(output, header_line, tsv_set),
                                                    beam.pvalue.AsList(tsv_stats)))
-    reject_stats = read_out[ReadExamplesFn.REJECTS] | "WriteRejects" >> outputs.WriteShards(output, rejects_set)
-    reasons = (read_out[ReadExamplesFn.REJECTS] | "RejectReasons" >> beam.Map(lambda kv: (kv[1]["reason"], 1))
-               | "CountRejects" >> outputs.CountByKey())
     stats = ((augmented[AugmentExamplesFn.STATS], *lookup_stats, tsv_done) | "MergeStats" >> beam.Flatten()
              | "CountStats" >> outputs.CountByKey())
-    shard_stats = {"data": (data_set, data_stats), "rejects": (rejects_set, reject_stats)}
+    shard_stats["data"] = (data_set, data_stats)
     if config.emit_candidates:
         cand_set = outputs.ShardSet("candidates", config.num_shards, CANDIDATE_SCHEMA)
         shard_stats["candidates"] = (cand_set, augmented[AugmentExamplesFn.CANDIDATES]
                                      | "WriteCandidates" >> outputs.WriteShards(output, cand_set))
+    counts = {"rejects": reasons, "stats": stats}
+    if store_counts is not None:
+        store_counts = store_counts | "CountStore" >> outputs.CountByKey()
+        counts["store"] = store_counts
 
     report_done = None
     if report_histograms is not None:  # report/, written before the manifest and _SUCCESS (which wait for it)
@@ -138,12 +159,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
                        | "LabelListField" >> beam.Map(_label_list_field))
         report_done = labels_seen if report_done is None else (
             (report_done, labels_seen) | "ManifestFields" >> beam.Flatten())
-    quality = outputs.QualityRule(accepted=("stats", "examples"), rejects="rejects",
-                                  max_reject_fraction=config.max_reject_fraction)
+    if store_counts is not None and run_resources.store is not None:
+        described = _describe_store(pipeline, run_resources, store_counts)
+        report_done = described if report_done is None else (
+            (report_done, described) | "ManifestStoreFields" >> beam.Flatten())
     _ = pipeline | "Finalize" >> outputs.FinalizeOutput(
-        output_dir=output,
-        header=_manifest_header(config, resolved, run_resources, num_aug=num_aug, header_line=header_line),
-        shard_stats=shard_stats, counts={"rejects": reasons, "stats": stats}, quality=quality,
+        output_dir=output, header=header, shard_stats=shard_stats, counts=counts, quality=quality,
         dataset_card={"data_glob": "data/*.parquet", "text_fields": list(task.text_fields),
                       "label_names": list(task.labels) if task.labels else None},
         run_id=run_id, manifest_fields=report_done)
@@ -151,29 +172,50 @@ def build_pipeline(pipeline: beam.Pipeline, config: AugmentConfig, *, resolved: 
 
 def _augment(pipeline: beam.Pipeline, examples: beam.PCollection, *, config: AugmentConfig,
              run_resources: resources.RunResources, settings: DrawSettings):
-    """Examples -> the outputs of `AugmentExamplesFn` (rows, TSV lines, candidates, stats, report stats), and the
-    stats of the candidate lookups: plan each example's lookups, answer each distinct masked-LM sentence and GloVe
-    word once, then draw."""
-    # Reading is one task per file: spread the examples over the workers.
-    spread = examples | "SpreadExamples" >> beam.Reshuffle()
-    planned = spread | "PlanExamples" >> beam.ParDo(PlanExamplesFn(PlanSettings(
-        model=config.model, word_rule=config.word_rule, stop_words=run_resources.stop_words,
-        glove=settings.glove))).with_outputs(PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
+    """Examples -> the outputs of `AugmentExamplesFn` (rows, TSV lines, candidates, stats, report stats), the
+    stats of the candidate lookups, and the candidate store's counts (None without masked-LM lookups): plan each
+    example's lookups, answer each distinct masked-LM sentence and GloVe word once, then draw."""
+    planned = _plan(examples, config=config, run_resources=run_resources, glove=settings.glove)
     if settings.num_aug == 0:  # the original rows only: no candidate is ever drawn, so none is looked up
         no_answers = pipeline | "NoMaskedLMAnswers" >> beam.Create([])
         glove_neighbours = pipeline | "NoGloveNeighbours" >> beam.Create([])
-        return _draw(examples, planned.plans, no_answers, glove_neighbours, settings), ()
-    mlm = planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(MaskedLMSettings(
-        model=config.model, top_k=config.top_k, precision=config.precision, device=config.device,
-        max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
-        partitions=config.mlm_partitions, show_progress=settings.show_progress))
+        return _draw(examples, planned.plans, no_answers, glove_neighbours, settings), (), None
+    mlm = _find_masked_lm(planned, config=config, run_resources=run_resources, show_progress=settings.show_progress)
     if settings.glove:
         glove = planned[PlanExamplesFn.GLOVE_WORDS] | "FindGloveNeighbours" >> FindGloveNeighbours(GloveSettings(
             path=run_resources.glove, vocab_limit=config.glove_vocab, top_k=config.top_k))
         glove_neighbours, lookup_stats = glove.neighbours, (mlm.stats, glove.stats)
     else:  # no GloVe: an empty side input, so every multi-piece word keeps itself
         glove_neighbours, lookup_stats = pipeline | "NoGloveNeighbours" >> beam.Create([]), (mlm.stats,)
-    return _draw(examples, planned.plans, mlm.answers, glove_neighbours, settings), lookup_stats
+    return (_draw(examples, planned.plans, mlm.answers, glove_neighbours, settings), lookup_stats,
+            mlm[ScoreMaskedLMFn.STORE])
+
+
+def _plan(examples: beam.PCollection, *, config: AugmentConfig, run_resources: resources.RunResources,
+          glove: bool):
+    """Each example's words and lookups (`PlanExamplesFn`): plans, masked-LM requests, GloVe words."""
+    # Reading is one task per file: spread the examples over the workers.
+    spread = examples | "SpreadExamples" >> beam.Reshuffle()
+    return spread | "PlanExamples" >> beam.ParDo(PlanExamplesFn(PlanSettings(
+        model=config.model, word_rule=config.word_rule, stop_words=run_resources.stop_words,
+        glove=glove))).with_outputs(PlanExamplesFn.MLM_REQUESTS, PlanExamplesFn.GLOVE_WORDS, main="plans")
+
+
+def _find_masked_lm(planned, *, config: AugmentConfig, run_resources: resources.RunResources, show_progress: bool):
+    """The masked-LM answers of the planned requests, from the candidate store or the model (scoring.py)."""
+    return planned[PlanExamplesFn.MLM_REQUESTS] | "FindMaskedLMCandidates" >> FindMaskedLMCandidates(
+        MaskedLMSettings(model=config.model, top_k=config.top_k, precision=config.precision, device=config.device,
+                         max_batch_tokens=config.max_batch_tokens, torch_threads=config.torch_threads,
+                         partitions=config.mlm_partitions, show_progress=show_progress, store=run_resources.store,
+                         errors_dir=cli.errors_dir(config.output)))
+
+
+def _describe_store(pipeline: beam.Pipeline, run_resources: resources.RunResources, store_counts):
+    """The manifest's `candidate_store` fields (None without a store), measured once every answer is written."""
+    if run_resources.store is None:
+        return None
+    return (pipeline | "StoreTrigger" >> beam.Create([None])
+            | "DescribeStore" >> beam.ParDo(DescribeStoreFn(run_resources.store), beam.pvalue.AsList(store_counts)))
 
 
 def _draw(examples: beam.PCollection, plans: beam.PCollection, mlm_answers: beam.PCollection,
@@ -212,6 +254,20 @@ def _manifest_header(config: AugmentConfig, resolved: read.ResolvedInput, run_re
     }
 
 
+def _store_lines(manifest: Dict[str, Any]) -> List[str]:
+    """The summary's line on the masked-LM answers: how many came from the candidate store, and its size."""
+    counts = manifest.get("counts", {}).get("store")
+    if counts is None:
+        return []
+    line = (f"masked LM {counts.get('answers_from_store', 0):,} answers from the candidate store, "
+            f"{counts.get('answers_computed', 0):,} computed")
+    store = manifest.get("candidate_store")
+    if store:
+        line += (f"; store {outputs.human_bytes(store['store_bytes'])} in {store['store_files']:,} files at "
+                 f"{store['path']} (this model: {store['model_id']}/)")
+    return [line]
+
+
 def _summarize(config: AugmentConfig, resolved: read.ResolvedInput, started: float) -> Dict[str, Any]:
     """The finished run's manifest, after printing its summary; a run that failed its quality rule raises.
 
@@ -224,6 +280,6 @@ def _summarize(config: AugmentConfig, resolved: read.ResolvedInput, started: flo
     if manifest.get("label_list_from") == "labels seen":
         logging.info("augment: no --label_list: the %d labels seen, sorted, are recorded as the label_list: %s",
                      len(manifest["label_list"]), manifest["label_list"])
-    print(outputs.summary("augment", manifest, config.shown_output, time.time() - started, rows_output="data"),
-          flush=True)
+    print(outputs.summary("augment", manifest, config.shown_output, time.time() - started, rows_output="data",
+                          extra=_store_lines(manifest)), flush=True)
     return manifest

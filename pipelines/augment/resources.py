@@ -10,6 +10,7 @@ their DoFns' setup (transforms).
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -25,7 +26,8 @@ from augment.glove import GloveIndex
 from contract.errors import InputError, UserError
 from corpus import tokenizer as tokenizer_lib
 from pipelines import sources
-from pipelines.augment.config import DEFAULT_GLOVE, AugmentConfig
+from pipelines.augment import candidate_store
+from pipelines.augment.config import DEFAULT_GLOVE, AugmentConfig, StoreSettings
 
 WEIGHT_FILES = {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json"}
@@ -40,11 +42,13 @@ class RunResources:
       stop_words: the words of --stop_words, or None for the word rule's own list.
       stop_words_sha256: the SHA-256 of the --stop_words file (for the manifest), or None.
       tokenizer: the model's fast tokenizer (its fingerprint goes into the manifest).
+      store: the candidate store of the run's masked-LM answers, or None (off, or no answer is needed).
     """
     glove: Optional[str]
     stop_words: Optional[Tuple[str, ...]]
     stop_words_sha256: Optional[str]
     tokenizer: Any
+    store: Optional[StoreSettings] = None
 
 
 def resolve(config: AugmentConfig) -> RunResources:
@@ -60,18 +64,32 @@ def resolve(config: AugmentConfig) -> RunResources:
                         "(e.g. glove.6B.300d.txt from the Stanford GloVe site), or --glove none")
     stop_words, stop_words_sha256 = (read_stop_words(config.stop_words) if config.stop_words is not None
                                      else (None, None))
-    _check_model_dir(config.model, weights=config.num_aug != 0)
+    needs_answers = config.num_aug != 0 or config.score_only
+    _check_model_dir(config.model, weights=False)
     try:
         tokenizer = load_tokenizer(config.model)
     except Exception as error:  # the hub's and the loader's errors differ; the fix is the same
         raise UserError(f"cannot load the tokenizer of --model {config.model} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                         "directory holding a BERT masked LM and its tokenizer") from None
-    if config.num_aug != 0:
+    store = candidate_store.resolve_store(config) if needs_answers else None
+    if store is not None and store.weightless:  # answers from the store alone: the config must fit the tokenizer
+        _check_vocab_size(config.model, tokenizer)
+    elif needs_answers:
+        _check_model_dir(config.model, weights=True, store_hint=config.store_root() is not None)
         _check_masked_lm(config.model, tokenizer)
-        if glove is not None:
-            GloveIndex.from_lines(open_glove_lines(glove), vocab_limit=config.glove_vocab, source=glove)
-    return RunResources(glove, stop_words, stop_words_sha256, tokenizer)
+    if needs_answers and glove is not None:
+        GloveIndex.from_lines(open_glove_lines(glove), vocab_limit=config.glove_vocab, source=glove)
+    return RunResources(glove, stop_words, stop_words_sha256, tokenizer, store)
+
+
+def _check_vocab_size(model: str, tokenizer) -> None:
+    """The tokenizer's ids fit the model's embeddings (config.json vocab_size), for a folder without weights."""
+    with open(os.path.join(model, "config.json"), encoding="utf-8") as handle:
+        vocab_size = json.load(handle).get("vocab_size", 0)
+    if len(tokenizer) > vocab_size:
+        raise UserError(f"--model {model}: its tokenizer has {len(tokenizer):,} tokens but the model has "
+                        f"{vocab_size:,} embeddings (config.json vocab_size); they do not belong together")
 
 
 def _check_masked_lm(model: str, tokenizer) -> None:
@@ -90,7 +108,7 @@ def _check_masked_lm(model: str, tokenizer) -> None:
                         f"{vocab_size:,} embeddings (config.json vocab_size); they do not belong together")
 
 
-def _check_model_dir(model: str, *, weights: bool) -> None:
+def _check_model_dir(model: str, *, weights: bool, store_hint: bool = False) -> None:
     """A --model folder holds a config.json, and the weights where the masked LM will run."""
     if os.path.isdir(model):
         names = set(os.listdir(model))
@@ -99,13 +117,16 @@ def _check_model_dir(model: str, *, weights: bool) -> None:
                             "a hub name)")
         if weights and not names & WEIGHT_FILES:
             raise UserError(f"--model {model} holds no weights (model.safetensors or pytorch_model.bin); save the "
-                            "model with save_pretrained into it")
+                            "model with save_pretrained into it" + (
+                                " (a run without weights draws from a --candidate_store that a run with them filled "
+                                "for this input, e.g. with --score_only; this store has no model of this config "
+                                "and vocabulary)" if store_hint else ""))
 
 
 def resolve_glove(config: AugmentConfig) -> Optional[str]:
     """The GloVe file to use, or None when GloVe is off (--glove none, omitted with --word_rule unicode, or
     --num_aug 0: no candidate is drawn, so none is looked up)."""
-    if config.num_aug == 0:
+    if config.num_aug == 0 or config.score_only:
         return None
     if config.glove is None:
         return DEFAULT_GLOVE if config.word_rule == "reference" else None

@@ -1,11 +1,10 @@
-"""The augmentation's DoFns, then its composites (`ReadExamples`, `FindMaskedLMCandidates`, `FindGloveNeighbours`).
+"""The augmentation's DoFns, then its composites (`ReadExamples`, `FindGloveNeighbours`; the masked-LM answers are
+in scoring.py).
 
 Each takes a small frozen settings object (config.py); models, tokenizers and GloVe indexes load in `setup()`,
 one per worker process (`apache_beam.utils.shared.Shared`), never per element.
 """
 
-import logging
-import os
 from typing import List, Optional
 
 import apache_beam as beam
@@ -17,16 +16,15 @@ from apache_beam.utils import shared
 
 from augment.augmenter import augment_example, field_candidates, plan_fields
 from augment.glove import GloveIndex
-from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from augment.tasks import Example, replace_cells
 from augment.words import WordRule, WordSplitter, is_letter_word
-from contract import schemas, seeds
+from contract import schemas
 from pipelines import cli, outputs, progress, sources
 from pipelines.augment import read, report, resources
-from pipelines.augment.config import DrawSettings, GloveSettings, MaskedLMSettings, PlanSettings
+from pipelines.augment.config import DrawSettings, GloveSettings, PlanSettings
 
 
-class _Holder:
+class SharedHolder:
     """`shared.Shared` keeps weak references: wrap objects (like tuples or dicts) that cannot have one."""
 
     def __init__(self, value):
@@ -95,63 +93,6 @@ class PlanExamplesFn(beam.DoFn):
         yield key, (example, plans)
 
 
-class ScoreMaskedLMFn(beam.DoFn):
-    """Answers the masked-LM queries of a group of distinct sentences in batches, one model per worker."""
-
-    def __init__(self, settings: MaskedLMSettings):
-        self._settings = settings
-        self._queries = Metrics.counter("ScoreMaskedLM", "distinct_queries")
-        self._truncated = Metrics.counter("ScoreMaskedLM", "queries_beyond_512")
-        self._shared = shared.Shared()  # one model per worker process, whatever the number of threads
-
-    def setup(self):
-        settings = self._settings
-        if settings.torch_threads > 0:
-            import torch
-            torch.set_num_threads(settings.torch_threads)
-
-        def load():
-            device, claim = resources.choose_device(settings.device)
-            holder = _Holder(MaskedLMScorer(
-                resources.load_masked_lm(settings.model), resources.load_tokenizer(settings.model),
-                top_k=settings.top_k, precision=settings.precision, device=device,
-                max_batch_tokens=settings.max_batch_tokens))  # None: the device's default (65536 on a GPU)
-            holder.device_claim = claim  # the GPU stays claimed while this process holds its model
-            logging.info("masked LM on %s (%s, %d tokens per forward, pid %d)", device, settings.precision,
-                         holder.value.max_batch_tokens, os.getpid())
-            return holder
-        tag = (f"mlm:{settings.model}:{settings.top_k}:{settings.precision}:{settings.device}:"
-               f"{settings.max_batch_tokens}")
-        self._holder = self._shared.acquire(load, tag=tag)  # keep a strong reference, or it may be reloaded
-        self._scorer = self._holder.value
-
-    def process(self, element, total_queries=None):
-        _, sentences = element
-        queries = {}
-        beyond = 0
-        for sentence, requests in sentences:
-            # Only masks inside the 512-token window get queries, each holding only the pieces the input can hold:
-            # a sentence of any length costs at most 511 bounded queries.
-            piece_ids = np.frombuffer(sentence, dtype=np.int32)[:WINDOW_PIECES].tolist()
-            positions = sorted({p for _, _, field_positions in requests for p in field_positions})
-            queries[sentence] = window_queries(piece_ids, positions)
-            beyond += len(positions) - len(queries[sentence])
-        answers = self._scorer.candidates(q for qs in queries.values() for q in qs)
-        distinct = len(answers) + beyond  # counted as before: a query past the window is distinct, answered []
-        self._queries.inc(distinct)
-        self._truncated.inc(beyond)
-        if self._settings.show_progress:
-            progress.advance("masked-LM queries", distinct, total=total_queries)
-        yield beam.pvalue.TaggedOutput("stats", ("mlm_distinct_queries", distinct))
-        if beyond:
-            yield beam.pvalue.TaggedOutput("stats", ("mlm_queries_beyond_512_tokens", beyond))
-        for sentence, requests in sentences:
-            by_position = {q.position: answers[q] for q in queries[sentence]}
-            for key, field_index, positions in requests:
-                # A position past the window has no answer: its word keeps itself (field_candidates).
-                yield key, (field_index, {p: by_position[p] for p in positions if p in by_position})
-
-
 class GloveNeighboursFn(beam.DoFn):
     """Nearest GloVe words of every distinct word, with one matrix product per batch of words."""
 
@@ -163,7 +104,7 @@ class GloveNeighboursFn(beam.DoFn):
         settings = self._settings
 
         def load():
-            return _Holder(GloveIndex.from_lines(resources.open_glove_lines(settings.path), source=settings.path,
+            return SharedHolder(GloveIndex.from_lines(resources.open_glove_lines(settings.path), source=settings.path,
                                                  vocab_limit=settings.vocab_limit))
         self._holder = self._shared.acquire(load, tag=f"glove:{settings.path}:{settings.vocab_limit}")
         self._index = self._holder.value
@@ -308,40 +249,6 @@ class ReadExamples(beam.PTransform):
         return (pbegin
                 | "ListFiles" >> beam.Create([(i, f, names[f]) for i, f in enumerate(self._files)])
                 | "ReadFile" >> beam.ParDo(self._read_fn).with_outputs(ReadExamplesFn.REJECTS, main="examples"))
-
-
-class FindMaskedLMCandidates(beam.PTransform):
-    """(sentence, request) pairs -> (example key, (field, {position: candidates})), each distinct sentence once.
-
-    Distinct sentences are grouped by input length and a hash partition, and batched inside the group in sorted
-    order, so which queries share a forward pass depends only on the data, never on the runner's bundles.
-    """
-
-    def __init__(self, settings: MaskedLMSettings):
-        super().__init__()
-        self._score_fn = ScoreMaskedLMFn(settings)
-        self._partitions = settings.partitions
-
-    def expand(self, requests):
-        partitions = self._partitions
-
-        def batch_key(item):
-            sentence, _ = item
-            length = min(2 * (len(sentence) // 4) + 3, MAX_POSITIONS)
-            return (length, seeds.stable_hash(sentence) % partitions), item
-
-        keyed = (requests
-                 | "GroupBySentence" >> beam.GroupByKey()
-                 | "KeyByLength" >> beam.Map(lambda kv: batch_key((kv[0], list(kv[1])))))
-        # The number of distinct queries, known once planning is done: the total of the progress lines.
-        total = (keyed
-                 | "QueriesPerSentence" >> beam.Map(
-                     lambda kv: len({p for _, _, positions in kv[1][1] for p in positions}))
-                 | "CountQueries" >> beam.CombineGlobally(sum))
-        return (keyed
-                | "GroupByLength" >> beam.GroupByKey()
-                | "Score" >> beam.ParDo(self._score_fn, total_queries=beam.pvalue.AsSingleton(total)).with_outputs(
-                    "stats", main="answers"))
 
 
 class FindGloveNeighbours(beam.PTransform):

@@ -1,0 +1,189 @@
+"""The candidate store (augment/store.py) on any Beam filesystem: the model's fingerprint, looking answers up,
+writing them as they are computed, the store's size.
+
+The launcher fingerprints the model (`fingerprint_model`) and records it in the store (`record_model`); a folder
+without weights is matched to a recorded model by its config and vocabulary (`find_recorded_model`). Workers use a
+`CandidateStore` per scoring DoFn: `look_up` reads only the buckets of its queries, `write` lands each batch of
+answers as new parts (a temporary name, then a rename), so a run killed at any moment keeps what it answered.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from augment import store as store_lib
+from augment.mlm import MaskedQuery
+from contract.errors import UserError
+from pipelines import outputs
+from pipelines.augment.config import AugmentConfig, StoreSettings
+
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+VOCAB_NAMES = ("vocab.txt", "tokenizer.json")
+
+
+class CandidateStore:
+    """One model's answers at one precision and top_k, under `root` (any Beam filesystem path).
+
+    Args:
+      root: the store's root folder.
+      model_id: `ModelFingerprint.model_id` of the model.
+      settings_id: `augment.store.settings_id(precision=..., top_k=...)`.
+    """
+
+    def __init__(self, root: str, model_id: str, settings_id: str):
+        self._dir = outputs.join_path(root, model_id, settings_id)
+        self._warned: Set[str] = set()  # one warning per damaged part, however often it is met
+
+    def look_up(self, queries: Iterable[MaskedQuery]) -> Dict[MaskedQuery, List[str]]:
+        """The stored answers of `queries` (those found; a query missing from the result must be computed).
+
+        Reads only the buckets the queries fall in, parts in name order (the first part holding a key gives its
+        answer), and stops reading a bucket once every query of it is found. A part that cannot be read is skipped
+        with one warning: its queries are then answered again.
+        """
+        found: Dict[MaskedQuery, List[str]] = {}
+        for bucket, bucket_queries in sorted(store_lib.buckets_of(set(queries)).items()):
+            wanted = {store_lib.query_key(query): query for query in bucket_queries}
+            for path in self._parts(bucket):
+                if not wanted:
+                    break
+                try:
+                    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                        answers = store_lib.decode_part(handle.read(), wanted)
+                except (OSError, store_lib.DamagedPartError) as error:
+                    self._warn_damaged(path, error)
+                    continue
+                for key, candidates in answers.items():
+                    found[wanted.pop(key)] = candidates
+        return found
+
+    def write(self, answers: Mapping[MaskedQuery, Sequence[str]]) -> None:
+        """Adds `answers` to the store: one new part per bucket they fall in, each complete or absent."""
+        for bucket, bucket_queries in sorted(store_lib.buckets_of(answers).items()):
+            data = store_lib.encode_part({query: answers[query] for query in bucket_queries})
+            name = f"{store_lib.PART_PREFIX}{uuid.uuid4().hex}{store_lib.PART_SUFFIX}"
+            outputs.write_bytes_atomically(data, outputs.join_path(self._dir, bucket), name)
+
+    def _parts(self, bucket: str) -> List[str]:
+        pattern = outputs.join_path(self._dir, bucket, f"{store_lib.PART_PREFIX}*{store_lib.PART_SUFFIX}")
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list
+                      if store_lib.is_part_name(m.path.rsplit("/", 1)[-1]))
+
+    def _warn_damaged(self, path: str, error: Exception) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            logging.warning("candidate store: skipping the damaged part %s (%s); its queries are answered again",
+                            path, error)
+
+
+# ------------------------------------------------------------------------------------------ model fingerprints
+def resolve_store(config: AugmentConfig) -> Optional[StoreSettings]:
+    """The run's store: the model fingerprinted (and recorded in the store), or matched, for a folder without
+    weights, to the one recorded model of its config and vocabulary. None: the store is off, or a folder without
+    weights matches no recorded model (the caller then asks for the weights).
+
+    Raises:
+      UserError: a folder without weights matches several recorded models (they differ in weights only).
+    """
+    root = config.store_root()
+    if root is None:
+        return None
+    parts = fingerprint_parts(config.model)
+    settings = store_lib.settings_id(precision=config.precision, top_k=config.top_k)
+    if parts["weights_sha256"] is not None:
+        fingerprint = store_lib.ModelFingerprint(**parts)
+        record_model(root, fingerprint, config.model)
+        return StoreSettings(root, fingerprint.model_id, settings)
+    if config.score_only:
+        return None
+    matches = [found for found in recorded_models(root) if (found.config_sha256, found.vocab_sha256) == (
+        parts["config_sha256"], parts["vocab_sha256"])]
+    if len(matches) > 1:
+        raise UserError(f"--model {config.model} holds no weights, and {len(matches)} models of its config and "
+                        f"vocabulary are recorded in --candidate_store {root} ("
+                        f"{', '.join(m.model_id for m in matches)}); put the weights back into the folder")
+    if not matches:
+        return None
+    logging.info("augment: --model %s holds no weights: every masked-LM answer comes from the candidate store "
+                 "(model %s)", config.model, matches[0].model_id)
+    return StoreSettings(root, matches[0].model_id, settings, weightless=True)
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_file(model: str, name: str) -> Optional[str]:
+    """A file of a model folder, or of a hub model (from the local Hugging Face cache or the hub); None if absent."""
+    if os.path.isdir(model):
+        path = os.path.join(model, name)
+        return path if os.path.isfile(path) else None
+    from transformers.utils import cached_file
+    try:
+        return cached_file(model, name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except Exception:  # noqa: BLE001 - a name the hub does not know: the tokenizer's loading has said so already
+        return None
+
+
+def fingerprint_parts(model: str) -> Dict[str, Optional[str]]:
+    """{"config_sha256", "vocab_sha256", "weights_sha256"} of a masked LM; weights_sha256 is None for a folder
+    without weights (config and vocabulary alone identify a recorded model)."""
+    config = _model_file(model, "config.json")
+    vocab = {name: _sha256_of(path) for name in VOCAB_NAMES for path in [_model_file(model, name)] if path}
+    weights: Dict[str, str] = {}
+    for index_name in INDEX_NAMES:  # a sharded checkpoint: the index and every shard it names
+        index = _model_file(model, index_name)
+        if index and not weights:
+            weights[index_name] = _sha256_of(index)
+            with open(index, encoding="utf-8") as handle:
+                shards = sorted(set(json.load(handle).get("weight_map", {}).values()))
+            for shard in shards:
+                path = _model_file(model, shard)
+                weights[shard] = _sha256_of(path) if path else "missing"
+    for name in WEIGHT_NAMES:
+        path = None if weights else _model_file(model, name)
+        if path:
+            weights[name] = _sha256_of(path)
+            break  # transformers loads model.safetensors first: that file is the model
+    return {"config_sha256": _sha256_of(config) if config else "none",
+            "vocab_sha256": store_lib.combine_hashes(vocab),
+            "weights_sha256": store_lib.combine_hashes(weights) if weights else None}
+
+
+def record_model(root: str, fingerprint: store_lib.ModelFingerprint, name_or_path: str) -> None:
+    """Writes `<root>/<model id>/model.json` unless it is there."""
+    path = outputs.join_path(root, fingerprint.model_id, store_lib.RECORD_NAME)
+    if not FileSystems.exists(path):
+        outputs.write_bytes_atomically(fingerprint.record(name_or_path), outputs.join_path(
+            root, fingerprint.model_id), store_lib.RECORD_NAME)
+
+
+def recorded_models(root: str) -> List[store_lib.ModelFingerprint]:
+    """The fingerprints recorded in a store (records that cannot be read are skipped)."""
+    pattern = outputs.join_path(root, "*", store_lib.RECORD_NAME)
+    found = []
+    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        try:
+            with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                found.append(store_lib.ModelFingerprint.from_record(handle.read()))
+        except (OSError, ValueError) as error:
+            logging.warning("candidate store: skipping the unreadable model record %s (%s)", metadata.path, error)
+    return found
+
+
+def store_size(root: str) -> Dict[str, int]:
+    """{"files", "bytes"} of everything under the store's root (0 and 0 for a store not made yet)."""
+    metadata = FileSystems.match([outputs.join_path(root, "**")])[0].metadata_list
+    return {"files": len(metadata), "bytes": sum(m.size_in_bytes for m in metadata)}
