@@ -173,6 +173,11 @@ def test_score_only_then_draw_without_weights(tmp_path, tiny_bert, tiny_glove, c
                                f"--candidate_store={tmp_path / 'empty-store'}"])
     err = capsys.readouterr().err
     assert "holds no weights" in err and "--score_only" in err
+    # --prune_store clears the model's answers (found by config and vocabulary for a folder without weights)
+    assert augment_pipeline.run([f"--model={weightless}", f"--candidate_store={tmp_path / 'store'}",
+                                 "--prune_store"]) is None
+    assert "deleted the answers" in capsys.readouterr().out
+    assert not list((tmp_path / "store").iterdir())
 
 
 @pytest.mark.slow

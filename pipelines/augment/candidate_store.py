@@ -162,6 +162,31 @@ def fingerprint_parts(model: str) -> Dict[str, Optional[str]]:
             "weights_sha256": store_lib.combine_hashes(weights) if weights else None}
 
 
+def prune_model(config: AugmentConfig) -> str:
+    """Deletes the answers of --model (`<root>/<model id>/`, every precision and top_k) from the store; a folder
+    without weights names the recorded models of its config and vocabulary. Returns the line to print.
+
+    Raises:
+      UserError: the store holds no answers of the model.
+    """
+    root = config.store_root()
+    parts = fingerprint_parts(config.model)
+    if parts["weights_sha256"] is not None:
+        model_ids = [store_lib.ModelFingerprint(**parts).model_id]
+    else:
+        model_ids = [found.model_id for found in recorded_models(root) if (found.config_sha256, found.vocab_sha256)
+                     == (parts["config_sha256"], parts["vocab_sha256"])]
+    folders = [outputs.join_path(root, model_id) for model_id in model_ids]
+    folders = [folder for folder in folders if FileSystems.exists(folder)]
+    if not folders:
+        raise UserError(f"--candidate_store {root} holds no answers of --model {config.model}")
+    freed = sum(store_size(folder)["bytes"] for folder in folders)
+    FileSystems.delete(folders)
+    return (f"candidate store {root}: deleted the answers of --model {config.model} "
+            f"({', '.join(model_ids)}/, {outputs.human_bytes(freed)}); left: "
+            f"{outputs.human_bytes(store_size(root)['bytes'])}")
+
+
 def record_model(root: str, fingerprint: store_lib.ModelFingerprint, name_or_path: str) -> None:
     """Writes `<root>/<model id>/model.json` unless it is there."""
     path = outputs.join_path(root, fingerprint.model_id, store_lib.RECORD_NAME)

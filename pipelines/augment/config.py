@@ -75,6 +75,8 @@ class AugmentConfig(IOConfig):
     score_only: bool = option(False, help="only fill --candidate_store with the input's masked-LM answers: OUTPUT "
                                           "gets its manifest and rejects, no rows (a later run draws from the store, "
                                           "without the model's weights if need be)")
+    prune_store: bool = option(False, help="delete --model's answers (every precision and top_k) from "
+                                           "--candidate_store, print what was freed, and exit")
     shown_output: Optional[str] = option(None, help="--output as given, for the summary", cli=False)
 
     def __post_init__(self):
@@ -90,8 +92,9 @@ class AugmentConfig(IOConfig):
                 f"--max_batch_tokens must hold one full-length query ({MAX_POSITIONS} tokens); got "
                 f"{self.max_batch_tokens}")
         require(self.torch_threads >= 0, f"--torch_threads must be >= 0 (got {self.torch_threads})")
-        require(not (self.score_only and self.store_root() is None),
-                "--score_only fills the candidate store: pass --candidate_store PATH (not none)")
+        for flag in ("score_only", "prune_store"):
+            require(not (getattr(self, flag) and self.store_root() is None),
+                    f"--{flag} needs a candidate store: pass --candidate_store PATH (not none)")
         super().__post_init__()  # --max_reject_fraction
         require(DEVICE_PATTERN.fullmatch(self.device) is not None,
                 f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")

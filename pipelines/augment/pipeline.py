@@ -24,7 +24,7 @@ from contract.overlap import refuse_overlap
 from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
 from pipelines import cli, outputs, progress
 from pipelines import report as report_lib
-from pipelines.augment import read, report, resources
+from pipelines.augment import candidate_store, read, report, resources
 from pipelines.augment.config import AugmentConfig, DrawSettings, GloveSettings, MaskedLMSettings, PlanSettings
 from pipelines.augment.scoring import DescribeStoreFn, FindMaskedLMCandidates, ScoreMaskedLMFn
 from pipelines.augment.transforms import (AugmentExamplesFn, FindGloveNeighbours, PlanExamplesFn, ReadExamples,
@@ -41,7 +41,8 @@ def run(argv=None, save_main_session=False):
     workers import it; pickling `__main__` would copy module state (locks, loaded models) that cannot travel.
 
     Returns:
-      The manifest of the finished output directory (None after printing the help for -h/--help).
+      The manifest of the finished output directory (None after printing the help for -h/--help, and after
+      --prune_store).
 
     Raises:
       UserError: a bad option, input or output (one line); a run whose records were (nearly) all rejected.
@@ -53,6 +54,9 @@ def run(argv=None, save_main_session=False):
     namespace, options = parsed
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = AugmentConfig.from_namespace(namespace)  # checks every option value
+    if config.prune_store:
+        print(candidate_store.prune_model(config), flush=True)
+        return None
     resolved = read.resolve_input(config)
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
                                    "glove": resources.resolve_glove(config), "stop_words": config.stop_words})
