@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -87,52 +86,31 @@ def _parquet(out: pathlib.Path):
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet"))}
 
 
-def _dask(args, tmp, model, glove, input_path, plain, total, figures):
+def _dask(tmp, model, glove, input_path, plain, total, figures):
     import dask.distributed
+    from tests.builders import shell_dask_cluster
     folder = tmp / "dask"
     folder.mkdir()
-    dask_bin = shutil.which("dask", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("dask")
-    scheduler_file = folder / "scheduler.json"
-    logs = [open(folder / name, "w") for name in ("scheduler.log", "workers.log")]
-    scheduler = subprocess.Popen([dask_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                                  ":0", "--scheduler-file", str(scheduler_file)], cwd=folder, env=_env(),
-                                 stdout=logs[0], stderr=subprocess.STDOUT)
-    workers = None
-    try:
-        while not scheduler_file.exists():
-            time.sleep(0.2)
-        workers = subprocess.Popen([dask_bin, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
-                                    "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
-                                    "--local-directory", str(folder / "workers")], cwd=folder, env=_env(),
-                                   stdout=logs[1], stderr=subprocess.STDOUT)
-        address = json.loads(scheduler_file.read_text())["address"]
+    with shell_dask_cluster(folder, _env()) as address:
         with dask.distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
             pids = client.run(os.getpid)  # {worker address: pid}: the worker processes this script started
 
-            def kill_one_worker():
-                os.kill(sorted(pids.values())[0], signal.SIGKILL)
-            store = tmp / "store-dask"
-            argv = _argv(model, glove, input_path, tmp / "dask-out", store, "--runner=DaskRunner",
-                         f"--dask_client_address={address}", "--torch_threads=1")
-            at_kill, after, code = _kill_halfway(argv, tmp / "dask.log", store, total, kill=kill_one_worker)
-        finished = code == 0 and (tmp / "dask-out" / "_SUCCESS").exists()
-        manifest = json.loads((tmp / "dask-out" / "manifest.json").read_text()) if finished else {}
-        figures["dask"] = {"answers_at_kill": at_kill, "answers_after_kill": after, "finished": finished,
-                           "answers_in_store_at_end": _answers_in(store), "store_counts": manifest.get(
-                               "counts", {}).get("store"), "parquet_equal": finished and _parquet(
-                               tmp / "dask-out") == plain}
-        print(f"dask, a worker killed at {at_kill}/{total} answers: {after} still in the store after the kill, "
-              f"run {'finished' if finished else 'FAILED: ' + (tmp / 'dask.log').read_text()[-2000:]}; "
-              f"store counts {figures['dask']['store_counts']}; Parquet equal to the DirectRunner's: "
-              f"{figures['dask']['parquet_equal']}")
-    finally:
-        for process in (workers, scheduler):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
-        for log in logs:
-            log.close()
+        def kill_one_worker():
+            os.kill(sorted(pids.values())[0], signal.SIGKILL)  # its nanny starts another
+        store = tmp / "store-dask"
+        argv = _argv(model, glove, input_path, tmp / "dask-out", store, "--runner=DaskRunner",
+                     f"--dask_client_address={address}", "--torch_threads=1")
+        at_kill, after, code = _kill_halfway(argv, tmp / "dask.log", store, total, kill=kill_one_worker)
+    finished = code == 0 and (tmp / "dask-out" / "_SUCCESS").exists()
+    manifest = json.loads((tmp / "dask-out" / "manifest.json").read_text()) if finished else {}
+    figures["dask"] = {"answers_at_kill": at_kill, "answers_after_kill": after, "finished": finished,
+                       "answers_in_store_at_end": _answers_in(store),
+                       "store_counts": manifest.get("counts", {}).get("store"),
+                       "parquet_equal": finished and _parquet(tmp / "dask-out") == plain}
+    print(f"dask, a worker killed at {at_kill}/{total} answers: {after} still in the store after the kill, "
+          f"run {'finished' if finished else 'FAILED: ' + (tmp / 'dask.log').read_text()[-2000:]}; "
+          f"store counts {figures['dask']['store_counts']}; Parquet equal to the DirectRunner's: "
+          f"{figures['dask']['parquet_equal']}")
 
 
 def main(argv=None):
@@ -179,7 +157,7 @@ def main(argv=None):
               f"of cold; {rerun['counts']['store']}; Parquet equal to the cold run's: "
               f"{equal}")
         if args.dask:
-            _dask(args, tmp, model, glove, input_path, plain, total, figures)
+            _dask(tmp, model, glove, input_path, plain, total, figures)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 

@@ -4,10 +4,15 @@ They follow the data contracts the pipelines write (manifest.json + Parquet + `_
 against the contract, not against one pipeline's implementation.
 """
 
+import contextlib
 import json
 import os
 import pathlib
-from typing import Dict, List, Optional, Sequence
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -174,3 +179,46 @@ def write_sst2_dev(path: str, *, rows: int = 20, malformed: int = 1, seed: int =
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str]) -> Iterator[str]:
+    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, started as a user starts them (in
+    `folder`, with `env`); yields the scheduler's address once both workers are up, and stops them after.
+
+    Raises:
+      FileNotFoundError: the `dask` command is not installed.
+    """
+    dask = shutil.which("dask", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("dask")
+    if dask is None:
+        raise FileNotFoundError("the dask command is not installed")
+    scheduler_file = folder / "scheduler.json"
+    logs = [open(folder / name, "w") for name in ("scheduler.log", "workers.log")]
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                  ":0", "--scheduler-file", str(scheduler_file)], cwd=folder, env=dict(env),
+                                 stdout=logs[0], stderr=subprocess.STDOUT)
+    workers = None
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert scheduler_file.exists(), (folder / "scheduler.log").read_text()
+        workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
+                                    "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
+                                    "--local-directory", str(folder / "workers")], cwd=folder, env=dict(env),
+                                   stdout=logs[1], stderr=subprocess.STDOUT)
+        address = json.loads(scheduler_file.read_text())["address"]
+        import dask.distributed
+        with dask.distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in (workers, scheduler):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for log in logs:
+            log.close()

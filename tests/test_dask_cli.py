@@ -12,9 +12,10 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests import builders
 
 pytestmark = pytest.mark.slow
 
@@ -29,40 +30,10 @@ def _env():
 
 @contextlib.contextmanager
 def _shell_cluster(folder: pathlib.Path):
-    dask = shutil.which("dask", path=str(BIN)) or shutil.which("dask")
-    if dask is None:
+    if (shutil.which("dask", path=str(BIN)) or shutil.which("dask")) is None:
         pytest.skip("the dask command is not installed")
-    scheduler_file = folder / "scheduler.json"
-    logs = [open(folder / name, "w") for name in ("scheduler.log", "workers.log")]
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                                  ":0", "--scheduler-file", str(scheduler_file)], cwd=folder, env=_env(),
-                                 stdout=logs[0], stderr=subprocess.STDOUT)
-    workers = None
-    try:
-        deadline = time.time() + 60
-        while not scheduler_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert scheduler_file.exists(), (folder / "scheduler.log").read_text()
-        workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
-                                    "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
-                                    "--local-directory", str(folder / "workers")], cwd=folder, env=_env(),
-                                   stdout=logs[1], stderr=subprocess.STDOUT)
-        import json
-        address = json.loads(scheduler_file.read_text())["address"]
-        import dask.distributed
-        with dask.distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+    with builders.shell_dask_cluster(folder, _env()) as address:
         yield address
-    finally:
-        for process in (workers, scheduler):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        for log in logs:
-            log.close()
 
 
 def _files(out: pathlib.Path):

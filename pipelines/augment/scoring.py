@@ -105,8 +105,8 @@ class ScoreMaskedLMFn(beam.DoFn):
         """The answers of queries the store lacks, each forward batch written to the store once computed."""
         store = self._settings.store
         if store is not None and store.weightless:
-            raise UserError(f"--candidate_store {store.root} lacks masked-LM answers of this input (at least {len(missing):,}) "
-                            f"and --model {self._settings.model} holds no weights: fill the store first with a run "
+            raise UserError(f"--candidate_store {store.root} lacks masked-LM answers of this input (at least "
+                            f"{len(missing):,}) and --model {self._settings.model} holds no weights: fill the store first with a run "
                             "that has the weights (--score_only), or put the weights back into the folder")
         if self._scorer is None:
             self._load_scorer()
