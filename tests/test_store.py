@@ -198,3 +198,11 @@ def test_two_runs_at_once_share_a_store(tmp_path, tiny_bert, tiny_glove):
     assert _files(tmp_path / "one") == _files(tmp_path / "two") == _files(plain)
     _, manifest = _run(tmp_path, tiny_bert, tiny_glove, "three", "--num_aug=3")
     assert _store_counts(manifest) == (queries, 0)
+
+
+def test_a_store_inside_the_output_is_refused(tmp_path, tiny_bert, tiny_glove, capsys):
+    with pytest.raises(SystemExit):
+        augment_pipeline.main(["--runner=DirectRunner", f"--model={tiny_bert}", f"--glove={tiny_glove}",
+                               f"--output={tmp_path / 'out'}", f"--candidate_store={tmp_path / 'out' / 'store'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--candidate_store" in err[0], err

@@ -59,7 +59,8 @@ def run(argv=None, save_main_session=False):
         return None
     resolved = read.resolve_input(config)
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
-                                   "glove": resources.resolve_glove(config), "stop_words": config.stop_words})
+                                   "glove": resources.resolve_glove(config), "stop_words": config.stop_words,
+                                   "candidate_store": config.store_root()})
     run_resources = resources.resolve(config)
     try:
         run_id = outputs.claim_output_dir(config.output, overwrite=config.overwrite)
