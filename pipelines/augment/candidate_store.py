@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import uuid
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -84,25 +84,32 @@ class CandidateStore:
 
 
 # ------------------------------------------------------------------------------------------ model fingerprints
-def resolve_store(config: AugmentConfig) -> Optional[StoreSettings]:
-    """The run's store: the model fingerprinted (and recorded in the store), or matched, for a folder without
-    weights, to the one recorded model of its config and vocabulary. None: the store is off, or a folder without
-    weights matches no recorded model (the caller then asks for the weights).
+def resolve_store(config: AugmentConfig) -> Tuple[Optional[StoreSettings], Optional[store_lib.ModelFingerprint]]:
+    """The run's store and the model's fingerprint: the model fingerprinted, or matched, for a folder without
+    weights, to the one recorded model of its config and vocabulary (fingerprint None). (None, None): the store is
+    off, or a folder without weights matches no recorded model (the caller then asks for the weights).
 
     Raises:
-      UserError: a folder without weights matches several recorded models (they differ in weights only).
+      UserError: a folder without weights matches several recorded models (they differ in weights only); a
+        --score_only run whose model cannot be fingerprinted.
     """
     root = config.store_root()
     if root is None:
-        return None
+        return None, None
     parts = fingerprint_parts(config.model)
     settings = store_lib.settings_id(precision=config.precision, top_k=config.top_k)
     if parts["weights_sha256"] is not None:
         fingerprint = store_lib.ModelFingerprint(**parts)
-        record_model(root, fingerprint, config.model)
-        return StoreSettings(root, fingerprint.model_id, settings)
+        return StoreSettings(root, fingerprint.model_id, settings), fingerprint
+    if not os.path.isdir(config.model):
+        if config.score_only:
+            raise UserError(f"--score_only: cannot read the weight files of --model {config.model} to fingerprint it; "
+                            "pass a local folder written by save_pretrained")
+        logging.warning("augment: cannot read the weight files of --model %s to fingerprint it: the candidate store "
+                        "is off for this run", config.model)
+        return None, None
     if config.score_only:
-        return None
+        return None, None
     matches = [found for found in recorded_models(root) if (found.config_sha256, found.vocab_sha256) == (
         parts["config_sha256"], parts["vocab_sha256"])]
     if len(matches) > 1:
@@ -110,10 +117,10 @@ def resolve_store(config: AugmentConfig) -> Optional[StoreSettings]:
                         f"vocabulary are recorded in --candidate_store {root} ("
                         f"{', '.join(m.model_id for m in matches)}); put the weights back into the folder")
     if not matches:
-        return None
+        return None, None
     logging.info("augment: --model %s holds no weights: every masked-LM answer comes from the candidate store "
                  "(model %s)", config.model, matches[0].model_id)
-    return StoreSettings(root, matches[0].model_id, settings, weightless=True)
+    return StoreSettings(root, matches[0].model_id, settings, weightless=True), None
 
 
 def _sha256_of(path: str) -> str:
@@ -124,7 +131,7 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _model_file(model: str, name: str) -> Optional[str]:
+def model_file(model: str, name: str) -> Optional[str]:
     """A file of a model folder, or of a hub model (from the local Hugging Face cache or the hub); None if absent."""
     if os.path.isdir(model):
         path = os.path.join(model, name)
@@ -140,20 +147,20 @@ def _model_file(model: str, name: str) -> Optional[str]:
 def fingerprint_parts(model: str) -> Dict[str, Optional[str]]:
     """{"config_sha256", "vocab_sha256", "weights_sha256"} of a masked LM; weights_sha256 is None for a folder
     without weights (config and vocabulary alone identify a recorded model)."""
-    config = _model_file(model, "config.json")
-    vocab = {name: _sha256_of(path) for name in VOCAB_NAMES for path in [_model_file(model, name)] if path}
+    config = model_file(model, "config.json")
+    vocab = {name: _sha256_of(path) for name in VOCAB_NAMES for path in [model_file(model, name)] if path}
     weights: Dict[str, str] = {}
     for index_name in INDEX_NAMES:  # a sharded checkpoint: the index and every shard it names
-        index = _model_file(model, index_name)
+        index = model_file(model, index_name)
         if index and not weights:
             weights[index_name] = _sha256_of(index)
             with open(index, encoding="utf-8") as handle:
                 shards = sorted(set(json.load(handle).get("weight_map", {}).values()))
             for shard in shards:
-                path = _model_file(model, shard)
+                path = model_file(model, shard)
                 weights[shard] = _sha256_of(path) if path else "missing"
     for name in WEIGHT_NAMES:
-        path = None if weights else _model_file(model, name)
+        path = None if weights else model_file(model, name)
         if path:
             weights[name] = _sha256_of(path)
             break  # transformers loads model.safetensors first: that file is the model
@@ -187,10 +194,15 @@ def prune_model(config: AugmentConfig) -> str:
             f"{outputs.human_bytes(store_size(root)['bytes'])}")
 
 
+def is_recorded(root: str, fingerprint: store_lib.ModelFingerprint) -> bool:
+    """Whether the store records this model (`record_model`: a run checked these very files as a masked LM)."""
+    return FileSystems.exists(outputs.join_path(root, fingerprint.model_id, store_lib.RECORD_NAME))
+
+
 def record_model(root: str, fingerprint: store_lib.ModelFingerprint, name_or_path: str) -> None:
-    """Writes `<root>/<model id>/model.json` unless it is there."""
-    path = outputs.join_path(root, fingerprint.model_id, store_lib.RECORD_NAME)
-    if not FileSystems.exists(path):
+    """Writes `<root>/<model id>/model.json` unless it is there; only for a model checked as a complete masked LM
+    (`is_recorded` lets later runs of the same files skip that check)."""
+    if not is_recorded(root, fingerprint):
         outputs.write_bytes_atomically(fingerprint.record(name_or_path), outputs.join_path(
             root, fingerprint.model_id), store_lib.RECORD_NAME)
 

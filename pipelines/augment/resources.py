@@ -72,20 +72,23 @@ def resolve(config: AugmentConfig) -> RunResources:
         raise UserError(f"cannot load the tokenizer of --model {config.model} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); pass a hub name or a local "
                         "directory holding a BERT masked LM and its tokenizer") from None
-    store = candidate_store.resolve_store(config) if needs_answers else None
-    if store is not None and store.weightless:  # answers from the store alone: the config must fit the tokenizer
+    store, fingerprint = candidate_store.resolve_store(config) if needs_answers else (None, None)
+    if store is not None and (fingerprint is None or candidate_store.is_recorded(store.root, fingerprint)):
+        # answers from the store alone, or these very files were checked by the run that recorded them
         _check_vocab_size(config.model, tokenizer)
     elif needs_answers:
         _check_model_dir(config.model, weights=True, store_hint=config.store_root() is not None)
         _check_masked_lm(config.model, tokenizer)
+        if store is not None:
+            candidate_store.record_model(store.root, fingerprint, config.model)
     if needs_answers and glove is not None:
         GloveIndex.from_lines(open_glove_lines(glove), vocab_limit=config.glove_vocab, source=glove)
     return RunResources(glove, stop_words, stop_words_sha256, tokenizer, store)
 
 
 def _check_vocab_size(model: str, tokenizer) -> None:
-    """The tokenizer's ids fit the model's embeddings (config.json vocab_size), for a folder without weights."""
-    with open(os.path.join(model, "config.json"), encoding="utf-8") as handle:
+    """The tokenizer's ids fit the model's embeddings (config.json vocab_size), without loading the weights."""
+    with open(candidate_store.model_file(model, "config.json"), encoding="utf-8") as handle:
         vocab_size = json.load(handle).get("vocab_size", 0)
     if len(tokenizer) > vocab_size:
         raise UserError(f"--model {model}: its tokenizer has {len(tokenizer):,} tokens but the model has "
