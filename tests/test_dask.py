@@ -57,6 +57,10 @@ def test_augment_on_dask_equals_direct_runner(tmp_path, tiny_bert, tiny_glove, d
     direct = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     dask = augment_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
                                  f"--output={tmp_path / 'dask'}"] + common)
+    # The Dask workers find every masked-LM answer the DirectRunner wrote into the (default) candidate store.
+    answers = direct["counts"]["stats"]["mlm_distinct_queries"]
+    assert direct["counts"].pop("store") == {"answers_computed": answers, "answers_from_store": 0}
+    assert dask["counts"].pop("store") == {"answers_computed": 0, "answers_from_store": answers}
     assert dask["counts"] == direct["counts"]
     assert dask["counts"]["rejects"] == {"empty_text": 1, "wrong_column_count": 1}
     assert dask["outputs"] == direct["outputs"]
@@ -131,7 +135,8 @@ def test_augment_survives_a_killed_worker(tmp_path, tiny_bert, tiny_glove, fault
     train = tmp_path / "train.tsv"
     train.write_text("\n".join(body) + "\n", encoding="utf-8")
     common = [f"--model={tiny_bert}", f"--glove={tiny_glove}", f"--input={train}", "--num_aug=8", "--num_shards=4",
-              "--emit_candidates", "--torch_threads=1"]
+              "--emit_candidates", "--torch_threads=1",
+              "--candidate_store=none"]  # the hit run computes its answers (a warm store would leave little to hit)
     undisturbed = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'undisturbed'}"] + common)
 
     finished, report = threading.Event(), {}

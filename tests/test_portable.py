@@ -41,6 +41,10 @@ def test_augment_on_the_portable_runner(tmp_path, tiny_bert, tiny_glove):
     direct = augment_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
     portable = augment_pipeline.run(PORTABLE + [f"--output={tmp_path / 'portable'}"] + common)
     assert direct["counts"]["rejects"] == {"empty_text": 1, "wrong_column_count": 1}
+    # The portable run finds every masked-LM answer the DirectRunner wrote into the (default) candidate store.
+    answers = direct["counts"]["stats"]["mlm_distinct_queries"]
+    assert direct["counts"].pop("store") == {"answers_computed": answers, "answers_from_store": 0}
+    assert portable["counts"].pop("store") == {"answers_computed": 0, "answers_from_store": answers}
     _assert_same_output(tmp_path / "direct", direct, tmp_path / "portable", portable)
 
 
