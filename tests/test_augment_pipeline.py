@@ -296,3 +296,23 @@ def test_num_aug_zero_needs_no_weights_and_no_glove(tmp_path, tiny_bert):
     rows = _rows(out)
     assert len(rows) == manifest["counts"]["stats"]["examples"] == 32 and manifest["glove"] is None
     assert all(row["aug_index"] == 0 for row in rows)
+
+
+def test_bf16_pipeline_runs_the_fused_encoder_and_repeats_itself(tmp_path, tiny_bert, tiny_glove, monkeypatch):
+    """--precision bf16 on a CPU goes through augment.fused_encoder; the same run twice writes the same bytes, and
+    it keeps every example with the same originals as fp32."""
+    from augment import fused_encoder
+    if not fused_encoder.available():
+        pytest.skip("this torch build has no oneDNN fused Linear")
+    calls = []
+    original = fused_encoder.FusedMaskedEncoder.__call__
+    monkeypatch.setattr(fused_encoder.FusedMaskedEncoder, "__call__",
+                        lambda self, *args: calls.append(args[0].shape) or original(self, *args))
+    first, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--precision=bf16", name="bf16-a")
+    second, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--precision=bf16", name="bf16-b")
+    fp32, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", name="fp32")
+    assert calls and manifest["counts"]["stats"]["examples"] == 32
+    for f in manifest["outputs"]["data"]["files"]:
+        assert (first / f["path"]).read_bytes() == (second / f["path"]).read_bytes()
+    originals = [[(r["sentence"], r["label"]) for r in _rows(out) if r["aug_index"] == 0] for out in (first, fp32)]
+    assert originals[0] == originals[1] and len(originals[0]) == 32
