@@ -316,3 +316,22 @@ def test_bf16_pipeline_runs_the_fused_encoder_and_repeats_itself(tmp_path, tiny_
         assert (first / f["path"]).read_bytes() == (second / f["path"]).read_bytes()
     originals = [[(r["sentence"], r["label"]) for r in _rows(out) if r["aug_index"] == 0] for out in (first, fp32)]
     assert originals[0] == originals[1] and len(originals[0]) == 32
+
+
+def test_glove_is_parsed_once_per_run_in_process_and_again_when_the_file_changes(tmp_path, tiny_bert, tiny_glove,
+                                                                                    monkeypatch):
+    from augment.glove import GloveIndex
+    parsed = []
+    original = GloveIndex.from_lines.__func__
+    monkeypatch.setattr(GloveIndex, "from_lines",
+                        classmethod(lambda cls, *a, **k: parsed.append(k.get("source")) or original(cls, *a, **k)))
+    _, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=2")
+    assert parsed == [tiny_glove] and manifest["counts"]["stats"]["examples"] == 32
+    assert resources._GLOVE_CACHE == {}  # released when the run ends
+    copy = tmp_path / "glove.txt"
+    copy.write_text("a 1 0\nb 0 1\n", encoding="utf-8")
+    first = resources.load_glove(str(copy), 10)
+    assert resources.load_glove(str(copy), 10) is first
+    copy.write_text("a 1 0\nb 0 1\nc 1 1\n", encoding="utf-8")
+    assert len(resources.load_glove(str(copy), 10)) == 3
+    resources.forget_glove()
