@@ -15,7 +15,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from augment.augmenter import augment_example, field_candidates, plan_fields
-from augment.glove import GloveIndex
 from augment.tasks import Example, replace_cells
 from augment.words import WordRule, WordSplitter, is_letter_word
 from contract import schemas
@@ -104,8 +103,7 @@ class GloveNeighboursFn(beam.DoFn):
         settings = self._settings
 
         def load():
-            return SharedHolder(GloveIndex.from_lines(resources.open_glove_lines(settings.path), source=settings.path,
-                                                 vocab_limit=settings.vocab_limit))
+            return SharedHolder(resources.load_glove(settings.path, settings.vocab_limit))
         self._holder = self._shared.acquire(load, tag=f"glove:{settings.path}:{settings.vocab_limit}")
         self._index = self._holder.value
 
