@@ -17,6 +17,7 @@ A query reads at most the first 511 pieces of its sentence, and only a mask befo
 import contextlib
 import copy
 import dataclasses
+import types
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -240,6 +241,16 @@ class MaskedLMScorer:
             if on_batch is not None:
                 on_batch({item[0]: result[item[0]] for item in batch})
         return result
+
+
+def expected_variant(precision: str, *, device_type: str, config) -> str:
+    """The `MaskedLMScorer.variant` of a scorer built with its defaults (as the pipeline builds it) for a model of
+    `config` on a `device_type` ("cpu" or "cuda") device: known before the weights are loaded (the candidate store
+    keys its answers on it)."""
+    if precision == "bf16" and device_type == "cpu":
+        from augment import fused_encoder
+        return "bf16-fused" if fused_encoder.supports(types.SimpleNamespace(config=config)) is None else "bf16"
+    return precision
 
 
 class MaskedLMError(ValueError):

@@ -1,7 +1,8 @@
 """The candidate store's keys, layout and part format: masked-LM answers kept across runs, keyed by what decides them.
 
 An answer (the candidate pieces of one `MaskedQuery`) depends on the model (its weights, config and vocabulary), the
-precision, `top_k`, how a query becomes the model's input (`build_input`: the 512-token window, the segment ids, the
+precision and how the scorer runs it (`MaskedLMScorer.variant`: bf16 through the fused CPU encoder answers slightly
+otherwise than plain bf16), `top_k`, how a query becomes the model's input (`build_input`: the 512-token window, the segment ids, the
 `##` filter: `ANSWER_VERSION` names that code, bump it when it changes) and the query itself (the window's piece ids
 and the masked position). Those, and nothing else, make its key; the word rule and the stop words only choose which
 queries a run asks (a query holds the pieces it asks about), and the seed, `--num_aug` and `--replace_prob` only how
@@ -13,7 +14,7 @@ Layout under the store's root:
   <model id>/<settings id>/<bucket>/part-<uuid>.parquet  answers: (key, candidates), one part per scored batch
 
 `<model id>` is a hash of the fingerprint (`rm -r <root>/<model id>` clears one model's answers), `<settings id>`
-reads like `fp32-top15-w511-v1`, and `<bucket>` (`053-a`) is the query's input length and a hash prefix of its
+reads like `fp32-top15-w511-v1` or `bf16-fused-top15-w511-v1`, and `<bucket>` (`053-a`) is the query's input length and a hash prefix of its
 sentence: the pipeline scores sentences grouped by input length, so a group reads only the buckets of its own
 sentences, never the whole store. Writers never change a part: each writes new parts under new names (temporary name,
 then rename), so any number of writers can share a store, and a part that cannot be read is skipped (its queries are
@@ -85,9 +86,15 @@ def combine_hashes(named_hashes: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def settings_id(*, precision: str, top_k: int) -> str:
-    """The folder of one model's answers at a precision and top_k: `fp32-top15-w511-v1`."""
-    return f"{precision}-top{top_k}-w{WINDOW_PIECES}-v{ANSWER_VERSION}"
+def settings_id(*, variant: str, top_k: int) -> str:
+    """The folder of one model's answers for a scorer variant (`MaskedLMScorer.variant`: the precision and how it
+    runs, e.g. `fp32`, `bf16-fused`, `int8`) and top_k: `fp32-top15-w511-v1`."""
+    return f"{variant}-top{top_k}-w{WINDOW_PIECES}-v{ANSWER_VERSION}"
+
+
+def settings_pattern(*, precision: str, top_k: int) -> str:
+    """A glob of the settings folders of every variant of `precision` (`bf16*-top15-w511-v1`)."""
+    return f"{precision}*-top{top_k}-w{WINDOW_PIECES}-v{ANSWER_VERSION}"
 
 
 def _sentence_bytes(piece_ids: Sequence[int]) -> bytes:

@@ -26,8 +26,8 @@ def test_the_key_holds_the_query_and_the_settings_hold_precision_and_top_k():
     assert store_lib.query_key(query) == store_lib.query_key(MaskedQuery((5, 6, 7), 1))
     others = [MaskedQuery((5, 6, 7), 2), MaskedQuery((5, 6, 8), 1), MaskedQuery((5, 6, 7, 9), 1)]
     assert len({store_lib.query_key(q) for q in [query, *others]}) == 4
-    ids = {store_lib.settings_id(precision=p, top_k=k) for p in ("fp32", "bf16", "int8") for k in (5, 15)}
-    assert len(ids) == 6
+    ids = {store_lib.settings_id(variant=v, top_k=k) for v in ("fp32", "bf16", "bf16-fused", "int8") for k in (5, 15)}
+    assert len(ids) == 8
     base = store_lib.ModelFingerprint("c" * 64, "v" * 64, "w" * 64)
     changed = [store_lib.ModelFingerprint("d" * 64, "v" * 64, "w" * 64),
                store_lib.ModelFingerprint("c" * 64, "u" * 64, "w" * 64),
@@ -37,6 +37,17 @@ def test_the_key_holds_the_query_and_the_settings_hold_precision_and_top_k():
     # a sentence's queries share one bucket, named by its input length
     assert len(store_lib.buckets_of([query, *others[:1]])) == 1
     assert store_lib.bucket_of((5, 6, 7)).startswith("009-")
+
+
+def test_the_expected_variant_is_the_scorers(tiny_bert):
+    """The store's settings folder is named before the weights load: the prediction equals the built scorer's."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from augment.mlm import MaskedLMScorer, expected_variant
+    model, tokenizer = AutoModelForMaskedLM.from_pretrained(tiny_bert), AutoTokenizer.from_pretrained(tiny_bert)
+    for precision in ("fp32", "bf16", "int8"):
+        built = MaskedLMScorer(model, tokenizer, precision=precision).variant
+        assert expected_variant(precision, device_type="cpu", config=model.config) == built, precision
+    assert expected_variant("bf16", device_type="cuda", config=model.config) == "bf16"
 
 
 def test_parts_round_trip_and_a_truncated_part_is_refused():
@@ -119,7 +130,7 @@ def test_precision_top_k_and_model_never_reuse_an_answer(tmp_path, tiny_bert, ti
     from transformers import AutoTokenizer
     _, manifest = _run(tmp_path, tiny_bert, tiny_glove, "base", "--num_aug=2")
     queries = manifest["counts"]["stats"]["mlm_distinct_queries"]
-    for name, extra in (("int8", ["--precision=int8"]), ("top_k", ["--top_k=7"])):
+    for name, extra in (("int8", ["--precision=int8"]), ("bf16", ["--precision=bf16"]), ("top_k", ["--top_k=7"])):
         _, manifest = _run(tmp_path, tiny_bert, tiny_glove, name, "--num_aug=2", *extra)
         assert _store_counts(manifest) == (0, queries), name
     other = demo_assets.build_masked_lm(str(tmp_path / "other-bert"), AutoTokenizer.from_pretrained(tiny_bert),

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from augment import mlm as mlm_lib
 from augment import store as store_lib
 from augment.mlm import MaskedQuery
 from contract.errors import UserError
@@ -97,7 +98,8 @@ def resolve_store(config: AugmentConfig) -> Tuple[Optional[StoreSettings], Optio
     if root is None:
         return None, None
     parts = fingerprint_parts(config.model)
-    settings = store_lib.settings_id(precision=config.precision, top_k=config.top_k)
+    settings = expected_settings_id(model=config.model, precision=config.precision, top_k=config.top_k,
+                                    device=config.device)
     if parts["weights_sha256"] is not None:
         fingerprint = store_lib.ModelFingerprint(**parts)
         return StoreSettings(root, fingerprint.model_id, settings), fingerprint
@@ -118,9 +120,39 @@ def resolve_store(config: AugmentConfig) -> Tuple[Optional[StoreSettings], Optio
                         f"{', '.join(m.model_id for m in matches)}); put the weights back into the folder")
     if not matches:
         return None, None
+    # Draw from the answers of whichever variant of the precision scored them (bf16 on a GPU, fused bf16 on a CPU):
+    # this machine's own where the store holds it.
+    stored = stored_settings(root, matches[0].model_id, precision=config.precision, top_k=config.top_k)
+    if settings not in stored and len(stored) > 1:
+        raise UserError(f"--candidate_store {root} holds answers of several scorer variants of --precision "
+                        f"{config.precision} for this model ({', '.join(stored)}); put the weights back into "
+                        f"{config.model}, or --prune_store and score again")
+    settings = settings if settings in stored or not stored else stored[0]
     logging.info("augment: --model %s holds no weights: every masked-LM answer comes from the candidate store "
                  "(model %s)", config.model, matches[0].model_id)
     return StoreSettings(root, matches[0].model_id, settings, weightless=True), None
+
+
+def expected_settings_id(*, model: str, precision: str, top_k: int, device: str) -> str:
+    """The settings folder a scorer of `precision` on this machine's `device` answers into: its variant
+    (`augment.mlm.expected_variant`), known from the model's config alone."""
+    variant = precision
+    if precision == "bf16":
+        import torch
+        from transformers import AutoConfig
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        variant = mlm_lib.expected_variant(precision, device_type="cuda" if cuda else "cpu",
+                                           config=AutoConfig.from_pretrained(model))
+    return store_lib.settings_id(variant=variant, top_k=top_k)
+
+
+def stored_settings(root: str, model_id: str, *, precision: str, top_k: int) -> List[str]:
+    """The settings folders of a model's answers at every variant of `precision`, sorted."""
+    pattern = outputs.join_path(root, model_id, store_lib.settings_pattern(precision=precision, top_k=top_k), "*",
+                                f"{store_lib.PART_PREFIX}*{store_lib.PART_SUFFIX}")
+    base = outputs.join_path(root, model_id).rstrip("/") + "/"
+    return sorted({m.path[len(base):].split("/", 1)[0] for m in FileSystems.match([pattern])[0].metadata_list
+                   if m.path.startswith(base)})
 
 
 def _sha256_of(path: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from augment import store as store_lib
 from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from contract import seeds
 from contract.errors import UserError
@@ -39,15 +40,20 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._shared = shared.Shared()  # one model per worker process, whatever the number of threads
         self._scorer = None
         self._store = None
+        self._settings_id = None
 
     def setup(self):
         settings = self._settings
         if settings.torch_threads > 0:
             import torch
             torch.set_num_threads(settings.torch_threads)
-        if settings.store is not None:
-            self._store = candidate_store.CandidateStore(settings.store.root, settings.store.model_id,
-                                                         settings.store.settings_id)
+        store = settings.store
+        if store is not None:
+            # This machine's scorer variant (fused bf16 on a CPU, plain bf16 on a GPU) names the answers it reads
+            # and writes; a run without weights reads the folder the launcher found.
+            self._settings_id = store.settings_id if store.weightless else candidate_store.expected_settings_id(
+                model=settings.model, precision=settings.precision, top_k=settings.top_k, device=settings.device)
+            self._store = candidate_store.CandidateStore(store.root, store.model_id, self._settings_id)
 
     def _load_scorer(self) -> None:
         settings = self._settings
@@ -66,6 +72,12 @@ class ScoreMaskedLMFn(beam.DoFn):
                f"{settings.max_batch_tokens}")
         self._holder = self._shared.acquire(load, tag=tag)  # keep a strong reference, or it may be reloaded
         self._scorer = self._holder.value
+        actual = store_lib.settings_id(variant=self._scorer.variant, top_k=settings.top_k)
+        if self._store is not None and actual != self._settings_id:  # a prediction gone wrong: never mix variants
+            logging.warning("candidate store: the scorer runs as %s, not %s as expected: its answers go to %s",
+                            self._scorer.variant, self._settings_id, actual)
+            self._settings_id = actual
+            self._store = candidate_store.CandidateStore(settings.store.root, settings.store.model_id, actual)
 
     @cli.reports_user_errors
     def process(self, element, total_queries=None):
