@@ -133,7 +133,10 @@ def main(argv=None):
         model = _build_model(tmp / "bert", args.layers, args.hidden)
         input_path = tmp / "train.tsv"
         rows = _write_input(input_path, args.limit)
-        print(f"model: {args.layers} layers, hidden {args.hidden}; {len(rows)} sentences; {os.cpu_count()} cores")
+        from augment.mlm import describe_precisions
+        figures["cpu_precisions"] = describe_precisions()
+        print(f"model: {args.layers} layers, hidden {args.hidden}; {len(rows)} sentences; {os.cpu_count()} cores; "
+              f"this CPU: {figures['cpu_precisions']}; load average {os.getloadavg()[0]:.1f}")
 
         cold_s, cold = _run(_argv(model, glove, input_path, tmp / "cold", tmp / "store"), tmp / "cold.log")
         total = cold["counts"]["store"]["answers_computed"]
