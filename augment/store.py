@@ -1,12 +1,13 @@
-"""The candidate store's keys, layout and part format: masked-LM answers kept across runs, keyed by what decides them.
+"""The candidate store's keys, layout and part format: masked-LM answers kept across runs, keyed by what decides
+them.
 
 An answer (the candidate pieces of one `MaskedQuery`) depends on the model (its weights, config and vocabulary), the
 precision and how the scorer runs it (`MaskedLMScorer.variant`: bf16 through the fused CPU encoder answers slightly
-otherwise than plain bf16), `top_k`, how a query becomes the model's input (`build_input`: the 512-token window, the segment ids, the
-`##` filter: `ANSWER_VERSION` names that code, bump it when it changes) and the query itself (the window's piece ids
-and the masked position). Those, and nothing else, make its key; the word rule and the stop words only choose which
-queries a run asks (a query holds the pieces it asks about), and the seed, `--num_aug` and `--replace_prob` only how
-answers are drawn from, so runs that differ in those share every answer.
+otherwise than plain bf16), `top_k`, how a query becomes the model's input (`build_input`: the 512-token window, the
+segment ids, the `##` filter: `ANSWER_VERSION` names that code, bump it when it changes) and the query itself (the
+window's piece ids and the masked position). Those, and nothing else, make its key; the word rule and the stop words
+only choose which queries a run asks (a query holds the pieces it asks about), and the seed, `--num_aug` and
+`--replace_prob` only how answers are drawn from, so runs that differ in those share every answer.
 
 Layout under the store's root:
 
@@ -14,11 +15,11 @@ Layout under the store's root:
   <model id>/<settings id>/<bucket>/part-<uuid>.parquet  answers: (key, candidates), one part per scored batch
 
 `<model id>` is a hash of the fingerprint (`rm -r <root>/<model id>` clears one model's answers), `<settings id>`
-reads like `fp32-top15-w511-v1` or `bf16-fused-top15-w511-v1`, and `<bucket>` (`053-a`) is the query's input length and a hash prefix of its
-sentence: the pipeline scores sentences grouped by input length, so a group reads only the buckets of its own
-sentences, never the whole store. Writers never change a part: each writes new parts under new names (temporary name,
-then rename), so any number of writers can share a store, and a part that cannot be read is skipped (its queries are
-answered again). This module holds no file I/O: the pipelines read and write the bytes.
+reads like `fp32-top15-w511-v1` or `bf16-fused-top15-w511-v1`, and `<bucket>` (`053-a`) is the query's input length
+and a hash of its sentence: the pipeline scores sentences grouped by input length, so a group reads only the buckets
+of its own sentences, never the whole store. Writers never change a part: each writes new parts under new names
+(temporary name, then rename), so any number of writers can share a store, and a part that cannot be read is skipped
+(its queries are answered again). This module holds no file I/O: the pipelines read and write the bytes.
 """
 
 import dataclasses

@@ -118,8 +118,9 @@ class ScoreMaskedLMFn(beam.DoFn):
         store = self._settings.store
         if store is not None and store.weightless:
             raise UserError(f"--candidate_store {store.root} lacks masked-LM answers of this input (at least "
-                            f"{len(missing):,}) and --model {self._settings.model} holds no weights: fill the store first with a run "
-                            "that has the weights (--score_only), or put the weights back into the folder")
+                            f"{len(missing):,}) and --model {self._settings.model} holds no weights: fill the store "
+                            "first with a run that has the weights (--score_only), or put the weights back into the "
+                            "folder")
         if self._scorer is None:
             self._load_scorer()
         if self._store is None:
