@@ -200,6 +200,12 @@ def merge_combined(pieces: Sequence[Sequence[Any]], *, combine_fn) -> List[Any]:
             for key, accumulators in group_pieces(pieces)]
 
 
+def create(*, values: List[Any]) -> List[Any]:
+    """Beam's Create: its values, as one partition (a Reshuffle after it spreads them)."""
+    return list(values)
+
+
 def impulse() -> List[bytes]:
     """Beam's Impulse: one empty-bytes element (Beam's Dask translations lack it)."""
     return [b""]
+

@@ -27,16 +27,17 @@ runner).
 
 import collections
 import functools
+import logging
 import operator
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.dask import transform_evaluator as evaluators
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
-from apache_beam.runners.dask.overrides import _Flatten, _GroupByKey, _Reshuffle, dask_overrides
+from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKey, _Reshuffle, dask_overrides
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.combiners import curry_combine_fn
 from apache_beam.transforms.window import GlobalWindows
@@ -125,6 +126,8 @@ class _Translator(PipelineVisitor):
         elif isinstance(transform, _Reshuffle):
             self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=self.partitions),
                                              tasks.concat)
+        elif isinstance(transform, _Create):
+            self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
         elif isinstance(transform, _Flatten):
             self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, list)]
         elif type(transform) is beam.ParDo:
@@ -136,7 +139,7 @@ class _Translator(PipelineVisitor):
             self.parts[node] = [self._task(label, i, tasks.run_dofn, part, sides, spec=spec)
                                 for i, part in enumerate(inputs[0])]
             self.tagged.add(node)
-        else:  # Beam's own translation (Create, Read), on bags
+        else:  # Beam's own translation (Read), on bags
             import dask.bag
             op = evaluators.TRANSLATIONS.get(transform.__class__, evaluators.NoOp)(node, bag_kwargs={})
             bags = [dask.bag.from_delayed(parts) for parts in inputs]
@@ -171,29 +174,58 @@ def _translated_whole(node) -> bool:
 
 
 class AllLeavesDaskRunner(DaskRunner):
-    """Runs a pipeline on a dask.distributed cluster (module docstring)."""
+    """Runs a pipeline on a dask.distributed cluster (module docstring): the one `--dask_client_address` names, or,
+    with `local_workers`, a cluster of that many single-threaded worker processes of this machine, started for the
+    run and stopped at its end."""
+
+    def __init__(self, local_workers: Optional[int] = None):
+        super().__init__()
+        self._local_workers = local_workers
 
     def run_pipeline(self, pipeline, options):
         import dask
         import dask.distributed as ddist
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
-        client = ddist.Client(**dask_options)
+        cluster = None
+        if self._local_workers:
+            # The cluster's own INFO lines (scheduler, nanny, worker start and stop) are not the run's news.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+            cluster = _local_cluster(self._local_workers)
+            client = ddist.Client(cluster)
+        else:
+            client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
         threads = sum(client.nthreads().values()) or 1
         translator = _Translator(partitions=bag_kwargs.get("npartitions") or 2 * threads, run_id=uuid.uuid4().hex)
         pipeline.visit(translator)
-        futures = client.compute(list(dask.optimize(*translator.leaves())))
-        return _ClosingDaskRunnerResult(client, futures, translator.run_id)
+        # Linear chains (a selected output and its one consumer) become one task: fewer round trips to the scheduler.
+        with dask.config.set({"optimization.fuse.delayed": True}):
+            leaves = dask.optimize(*translator.leaves())
+        futures = client.compute(list(leaves))
+        return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
+
+
+def _local_cluster(workers: int):
+    """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, without dashboard.
+
+    Workers are started by `multiprocessing` (spawn): they import the project from the launcher's `sys.path`, and
+    preload the modules every task needs, while the launcher builds the pipeline.
+    """
+    import dask.distributed as ddist
+    return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None, preload=["pipelines.dask_worker"],
+                              silence_logs=logging.WARNING)
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):
     """Waits for every leaf without bringing its data to the client; then releases the workers' DoFns of the run
-    and closes the client it opened, so that no connection outlives the run."""
+    and closes the client it opened (and the local cluster it started), so that nothing outlives the run."""
 
-    def __init__(self, client, futures, run_id: str):
+    def __init__(self, client, futures, run_id: str, cluster=None):
         super().__init__(client, futures)
         self.run_id = run_id
+        self.cluster = cluster
 
     def wait_until_finish(self, duration=None):
         import dask.distributed as ddist
@@ -219,3 +251,5 @@ class _ClosingDaskRunnerResult(DaskRunnerResult):
         except Exception:  # a worker gone: its DoFns went with it
             pass
         self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

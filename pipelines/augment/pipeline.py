@@ -65,7 +65,8 @@ def run(argv=None, save_main_session=False):
     logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.layout.task.name, config.input,
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), config.output)
     with cli.worker_errors(config.output):
-        with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
+        runner = resolve_runner(options, local_workers=config.local_workers)
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
             build_pipeline(pipeline, config, resolved=resolved, run_resources=run_resources, run_id=run_id)
     return _summarize(config, resolved, started)
 

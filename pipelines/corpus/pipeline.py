@@ -71,7 +71,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     header = _manifest_header(config, files=files, tokenizer=tokenizer, vocab_size=instances.special.vocab_size)
 
     with cli.worker_errors(config.output):
-        with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
+        runner = resolve_runner(pipeline_options, local_workers=config.local_workers)
+        with beam.Pipeline(runner=runner, options=pipeline_options) as pipeline:
             build_pipeline(pipeline, config=config, files=files, tokenizer_json=tokenizer.to_json(),
                            instances=instances, header=header, run_id=run_id)
 
