@@ -53,6 +53,7 @@ def run(argv=None, save_main_session=False):
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = AugmentConfig.from_namespace(namespace)  # checks every option value
     resolved = read.resolve_input(config)
+    runner = resolve_runner(options, local_workers=config.local_workers)  # refuses bad runner options
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
                                    "glove": resources.resolve_glove(config), "stop_words": config.stop_words})
     run_resources = resources.resolve(config)
@@ -65,7 +66,6 @@ def run(argv=None, save_main_session=False):
     logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.layout.task.name, config.input,
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), config.output)
     with cli.worker_errors(config.output):
-        runner = resolve_runner(options, local_workers=config.local_workers)
         with beam.Pipeline(runner=runner, options=options) as pipeline:
             build_pipeline(pipeline, config, resolved=resolved, run_resources=run_resources, run_id=run_id)
     return _summarize(config, resolved, started)
