@@ -65,18 +65,16 @@ class _Receiver(Receiver):
 
 
 def _acquire(spec, side_values):
-    if not spec.side_specs:
-        with _IDLE_LOCK:
-            idle = _IDLE_DOFNS.get(spec.key)
-            if idle:
-                return idle.pop()
+    # An idle invoker holds the side inputs it was made with: the same values, since every task of a ParDo reads
+    # the one computed side input.
+    with _IDLE_LOCK:
+        idle = _IDLE_DOFNS.get(spec.key)
+        if idle:
+            return idle.pop()
     return spec.new_invoker(side_values)
 
 
 def _release(spec, invoker, receivers) -> None:
-    if spec.side_specs:  # side inputs are bound into the invoker: an instance that read them is not reused
-        invoker.invoke_teardown()
-        return
     with _IDLE_LOCK:
         _IDLE_DOFNS.setdefault(spec.key, []).append((invoker, receivers))
 
