@@ -51,7 +51,8 @@ class _Translator(PipelineVisitor):
     def __init__(self, *, partitions: int, run_id: str):
         self.partitions = partitions
         self.run_id = run_id
-        self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> its partitions
+        self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
+        self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
         self.tagged = set()  # ParDo nodes: partitions are {tag: [element]}
         self.consumed = set()
         self._selected: Dict[Any, List[Any]] = {}
@@ -60,11 +61,14 @@ class _Translator(PipelineVisitor):
 
     # -- dask graph helpers
     def _task(self, label: str, index, function, *args, **fixed):
-        import dask
+        """Adds a task to the graph; returns its key. `args` are keys (or lists of keys) of other tasks, strings or
+        numbers; `fixed` (any objects) reach `function` as keyword arguments, untouched by dask.
+
+        One dict for the whole graph: building each task as a `dask.delayed` call merged its dependencies' graphs
+        every time, a second of the launcher's time (while the workers wait) for a corpus run's 500 tasks."""
         key = (f"{label}-{self.run_id}",) + (index if isinstance(index, tuple) else (index,))
-        if fixed:
-            function = functools.partial(function, **fixed)
-        return dask.delayed(function, name=f"fn-{label}-{self.run_id}", pure=True)(*args, dask_key_name=key)
+        self.graph[key] = (functools.partial(function, **fixed) if fixed else function, *args)
+        return key
 
     def parts_of(self, value) -> List[Any]:
         node = value.producer
@@ -89,8 +93,8 @@ class _Translator(PipelineVisitor):
         """One all-to-all exchange: `cut(partition, offset=i)` gives `partitions` pieces; output j = join(pieces j)."""
         count = self.partitions
         cuts = [self._task(f"{label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
-        return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, piece_list, j)
-                                            for i, piece_list in enumerate(cuts)], **join_fixed)
+        return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
+                                            for i, cut_key in enumerate(cuts)], **join_fixed)
                 for j in range(count)]
 
     # -- the visitor
@@ -141,13 +145,18 @@ class _Translator(PipelineVisitor):
             self.tagged.add(node)
         else:  # Beam's own translation (Read), on bags
             import dask.bag
+            from dask.delayed import Delayed
             op = evaluators.TRANSLATIONS.get(transform.__class__, evaluators.NoOp)(node, bag_kwargs={})
-            bags = [dask.bag.from_delayed(parts) for parts in inputs]
+            bags = [dask.bag.from_delayed([Delayed(key, self.graph) for key in parts]) for parts in inputs]
             bag = op.apply(input_bag=bags[0] if len(bags) == 1 else (bags or None), side_inputs=None)
-            self.parts[node] = bag.to_delayed(optimize_graph=False)
+            self.graph.update(dict(bag.__dask_graph__()))
+            self.parts[node] = list(bag.__dask_keys__())
 
     def leaves(self) -> List[Any]:
-        return [part for node, parts in self.parts.items() if node not in self.consumed for part in parts]
+        """The Delayed objects of every partition of every transform whose output no transform reads."""
+        from dask.delayed import Delayed
+        return [Delayed(key, self.graph) for node, parts in self.parts.items() if node not in self.consumed
+                for key in parts]
 
 
 def _cut(function, **fixed):
@@ -183,7 +192,6 @@ class AllLeavesDaskRunner(DaskRunner):
         self._local_workers = local_workers
 
     def run_pipeline(self, pipeline, options):
-        import dask
         import dask.distributed as ddist
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
@@ -199,10 +207,7 @@ class AllLeavesDaskRunner(DaskRunner):
         threads = sum(client.nthreads().values()) or 1
         translator = _Translator(partitions=bag_kwargs.get("npartitions") or 2 * threads, run_id=uuid.uuid4().hex)
         pipeline.visit(translator)
-        # Linear chains (a selected output and its one consumer) become one task: fewer round trips to the scheduler.
-        with dask.config.set({"optimization.fuse.delayed": True}):
-            leaves = dask.optimize(*translator.leaves())
-        futures = client.compute(list(leaves))
+        futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
 
 
