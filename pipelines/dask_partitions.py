@@ -5,6 +5,7 @@ Every function here runs on a worker. Elements are plain values (never WindowedV
 supports the global window only, and a WindowedValue costs several times a plain tuple to pickle.
 """
 
+import dataclasses
 import hashlib
 import pickle
 import threading
@@ -91,16 +92,21 @@ def forget_run(run_id: str) -> None:
             pass
 
 
+@dataclasses.dataclass(frozen=True)
 class DoFnSpec:
-    """What a worker needs to run a ParDo's DoFn over partitions: the DoFn, its arguments and side input views."""
+    """What a worker needs to run a ParDo's DoFn over partitions.
 
-    def __init__(self, *, key, fn, label: str, side_specs, args, kwargs):
-        self.key = key
-        self.fn = fn
-        self.label = label
-        self.side_specs = side_specs
-        self.args = args
-        self.kwargs = kwargs
+    Attributes:
+      key: (run id, step label): which idle DoFns a worker may reuse for it.
+      fn, label, args, kwargs: the ParDo's DoFn, label and extra arguments.
+      side_specs: (view class, view options, window mapping) per side input, in the DoFn's order.
+    """
+    key: Any
+    fn: Any
+    label: str
+    side_specs: Sequence[Any]
+    args: Sequence[Any]
+    kwargs: Dict[str, Any]
 
     def new_invoker(self, side_values):
         """A set-up invoker of a fresh copy of the DoFn, and the receiver that collects its outputs."""

@@ -4,8 +4,9 @@
 translation onto a dask.distributed cluster; it is imported only then, so other runs do not pay for importing
 dask. `--local_workers N` means the same runner on a cluster of N single-threaded worker processes of this machine
 that the run starts and stops: the DirectRunner's multi-processing mode routes every stage's data through the
-launching process (docs/scaling.md), so it cannot use N cores for N workers. `--runner=DirectRunner` (or `direct`, the default) means Beam's DirectRunner without its Prism attempt (below).
-Every other runner name goes to Beam as given.
+launching process (docs/scaling.md), so it cannot use N cores for N workers. `--runner=DirectRunner` (or `direct`,
+the default) means Beam's DirectRunner without its Prism attempt (below). Every other runner name goes to Beam as
+given.
 
 Beam's DirectRunner (2.68 and later) first tries to run a pipeline on Prism, a Go runner whose binary it downloads from
 GitHub at run time, and falls back to its in-process FnApiRunner when that fails. For a user that meant: a download
