@@ -48,8 +48,9 @@ from pipelines import dask_partitions as tasks
 class _Translator(PipelineVisitor):
     """Translates every transform into a list of dask partitions (Delayed objects); see the module docstring."""
 
-    def __init__(self, *, partitions: int, run_id: str):
+    def __init__(self, *, partitions: int, spread: int, run_id: str):
         self.partitions = partitions
+        self.spread = spread  # a Reshuffle's pieces
         self.run_id = run_id
         self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
         self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
@@ -89,9 +90,10 @@ class _Translator(PipelineVisitor):
             self._sides[key] = self._task(label, 0, tasks.concat, self.parts_of(side.pvalue))
         return self._sides[key]
 
-    def _shuffle(self, label: str, parts, cut, join, **join_fixed) -> List[Any]:
-        """One all-to-all exchange: `cut(partition, offset=i)` gives `partitions` pieces; output j = join(pieces j)."""
-        count = self.partitions
+    def _shuffle(self, label: str, parts, cut, join, *, pieces: Optional[int] = None, **join_fixed) -> List[Any]:
+        """One all-to-all exchange: `cut(partition, offset=i)` gives `pieces` (default `partitions`) pieces; output
+        j = join(pieces j)."""
+        count = pieces or self.partitions
         cuts = [self._task(f"{label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
         return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
                                             for i, cut_key in enumerate(cuts)], **join_fixed)
@@ -128,8 +130,8 @@ class _Translator(PipelineVisitor):
         if isinstance(transform, beam.Impulse):
             self.parts[node] = [self._task(label, 0, tasks.impulse)]
         elif isinstance(transform, _Reshuffle):
-            self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=self.partitions),
-                                             tasks.concat)
+            self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=self.spread),
+                                             tasks.concat, pieces=self.spread)
         elif isinstance(transform, _Create):
             self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
         elif isinstance(transform, _Flatten):
@@ -205,7 +207,12 @@ class AllLeavesDaskRunner(DaskRunner):
             client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
         threads = sum(client.nthreads().values()) or 1
-        translator = _Translator(partitions=bag_kwargs.get("npartitions") or 2 * threads, run_id=uuid.uuid4().hex)
+        # A Reshuffle cuts into more than twice the cluster's threads: dask then places those pieces as root tasks,
+        # spread over the workers, instead of on the one worker that holds the reshuffled partition (its work items
+        # are small: what follows a piece runs where the piece is).
+        partitions = bag_kwargs.get("npartitions")
+        translator = _Translator(partitions=partitions or 2 * threads, spread=partitions or 4 * threads,
+                                 run_id=uuid.uuid4().hex)
         pipeline.visit(translator)
         futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
