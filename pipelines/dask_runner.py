@@ -199,8 +199,8 @@ class AllLeavesDaskRunner(DaskRunner):
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         cluster = None
         if self._local_workers:
-            # The cluster's own INFO lines (scheduler, nanny, worker start and stop) are not the run's news.
-            logging.getLogger("distributed").setLevel(logging.WARNING)
+            # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
+            logging.getLogger("distributed").setLevel(logging.ERROR)
             cluster = _local_cluster(self._local_workers)
             client = ddist.Client(cluster)
         else:
@@ -227,7 +227,9 @@ def _local_cluster(workers: int):
     import dask.distributed as ddist
     return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                               dashboard_address=None, preload=["pipelines.dask_worker"],
-                              silence_logs=logging.WARNING)
+                              silence_logs=logging.ERROR,
+                              # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787 (taken or not).
+                              scheduler_kwargs={"dashboard_address": ":0"})
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):
