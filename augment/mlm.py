@@ -124,13 +124,17 @@ class MaskedLMScorer:
         with native bf16) or "int8" (encoder Linear layers dynamically quantized to int8, head in float32: for
         CPUs without native bf16, CPU only).
       device: torch device for the forward passes ("cpu", "cuda", "cuda:1").
+      fused: with precision "bf16" on a CPU, run the encoder through `augment.fused_encoder` (oneDNN's fused
+        kernels, the last layer on the masked rows only). None (default): wherever it is supported; False: never
+        (transformers' own forward, for comparison); True: insist (ValueError where unsupported).
       bf16_autocast: with precision "bf16", keep the encoder's weights in float32 and run it under
         `torch.autocast(bfloat16)` instead of casting the weights once (measured slower on a CPU: every Linear casts
         its weight again on every forward; kept for comparison on GPUs).
     """
 
     def __init__(self, model, tokenizer, *, top_k: int = 15, max_batch_tokens: Optional[int] = 8192,
-                 precision: str = "fp32", device: str = "cpu", bf16_autocast: bool = False):
+                 precision: str = "fp32", device: str = "cpu", bf16_autocast: bool = False,
+                 fused: Optional[bool] = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not (hasattr(model, "bert") and hasattr(model, "cls")):
@@ -148,6 +152,17 @@ class MaskedLMScorer:
             from torch.ao.quantization import quantize_dynamic
             self._encoder = quantize_dynamic(copy.deepcopy(self._encoder), {torch.nn.Linear}, dtype=torch.qint8)
         self._top_k = top_k
+        self._precision = precision
+        self._fused = None
+        if fused is not False and precision == "bf16" and not bf16_autocast and self._device.type == "cpu":
+            from augment import fused_encoder
+            reason = fused_encoder.supports(self._encoder)
+            if reason is None:
+                self._fused = fused_encoder.FusedMaskedEncoder(self._encoder, rows_hint=max_batch_tokens or 8192)
+            elif fused:
+                raise ValueError(f"fused bf16 encoder unavailable: {reason}")
+        elif fused:
+            raise ValueError("the fused encoder runs precision bf16 on a CPU only")
         self._max_batch_tokens = max_batch_tokens or default_batch_tokens(self._device.type)
         self._cls_id = tokenizer.cls_token_id
         self._sep_id = tokenizer.sep_token_id
@@ -157,6 +172,14 @@ class MaskedLMScorer:
         for piece, index in vocab.items():
             self._id_to_piece[index] = piece
         self.forward_rows = 0  # how many masked inputs went through the model, for stats and tests
+
+    @property
+    def variant(self) -> str:
+        """How the encoder runs: "fp32", "bf16-fused", "bf16", "bf16-autocast" or "int8" (its answers differ
+        slightly between variants of one precision; a cache of answers keys on this)."""
+        if self._fused is not None:
+            return "bf16-fused"
+        return self._precision + ("-autocast" if self._autocast else "")
 
     @property
     def device(self) -> torch.device:
@@ -194,9 +217,12 @@ class MaskedLMScorer:
             ids = torch.tensor([item[1] for item in batch], device=self._device)  # (batch, seq)
             segments = torch.tensor([item[2] for item in batch], device=self._device)
             mask_index = torch.tensor([item[3] for item in batch], device=self._device)
-            with self._precision_context():
-                hidden = self._encoder(input_ids=ids, token_type_ids=segments).last_hidden_state  # (batch, seq, hidden)
-            masked = hidden[torch.arange(len(batch), device=self._device), mask_index].float()  # (batch, hidden)
+            if self._fused is not None:
+                masked = self._fused(ids, segments, mask_index).float()  # (batch, hidden)
+            else:
+                with self._precision_context():
+                    hidden = self._encoder(input_ids=ids, token_type_ids=segments).last_hidden_state  # (b, seq, h)
+                masked = hidden[torch.arange(len(batch), device=self._device), mask_index].float()  # (batch, hidden)
             logits = self._head(masked)  # (batch, vocab)
             top = torch.topk(logits, self._top_k, dim=-1).indices.tolist()
             self.forward_rows += len(batch)

@@ -106,6 +106,7 @@ def _baseline(model_dir: str, glove_path: str, rows: list, *, num_aug: int, top_
 
 
 ENCODER = "  of which the encoder"
+FUSED = "  of which the fused encoder"
 
 
 class _Split:
@@ -115,6 +116,7 @@ class _Split:
     def __init__(self):
         import transformers.models.bert.modeling_bert as bert
         from augment.glove import GloveIndex
+        from augment.fused_encoder import FusedMaskedEncoder
         from augment.mlm import MaskedLMScorer
         from pipelines.augment import resources
         self._targets = {  # name: (owner, attribute)
@@ -123,16 +125,19 @@ class _Split:
             "GloVe neighbours": (GloveIndex, "neighbours"),
             "masked-LM scoring": (MaskedLMScorer, "candidates"),
             ENCODER: (bert.BertModel, "forward"),
+            FUSED: (FusedMaskedEncoder, "__call__"),  # bf16 on a CPU: the encoder, last layer on masked rows only
         }
         self.seconds = {name: 0.0 for name in self._targets}
-        self.encoder_shapes = []  # (rows, length) of every encoder forward: its GEMM work, for the roofline
+        self.encoder_shapes = []  # (rows, length, fused) of every encoder forward: its GEMM work, for the roofline
 
     def _wrap(self, name, function, is_classmethod):
         depth = [0]
 
         def timed(*args, **kwargs):
             if name == ENCODER and depth[0] == 0 and kwargs.get("input_ids") is not None:
-                self.encoder_shapes.append(tuple(kwargs["input_ids"].shape))
+                self.encoder_shapes.append((*kwargs["input_ids"].shape, False))
+            elif name == FUSED and depth[0] == 0:
+                self.encoder_shapes.append((*args[1].shape, True))
             depth[0] += 1
             start = time.perf_counter()
             try:
@@ -158,8 +163,9 @@ class _Split:
             setattr(owner, attribute, raw)
 
     def describe(self, total: float) -> str:
-        parts = [f"{name.strip()} {seconds:.1f} s" if not name.startswith(" ") else f"(encoder {seconds:.1f} s)"
-                 for name, seconds in self.seconds.items()]
+        parts = [f"{name.strip()} {seconds:.1f} s" if not name.startswith(" ")
+                 else f"({name.strip().replace('of which the ', '')} {seconds:.1f} s)"
+                 for name, seconds in self.seconds.items() if seconds or not name.startswith(" ")]
         own = sum(seconds for name, seconds in self.seconds.items() if not name.startswith(" "))
         return (f"  split of the wall time: {', '.join(parts)}; everything else (Beam, reading, planning, "
                 f"augmenting, writing, report) {total - own:.1f} s of {total:.1f} s")
@@ -167,7 +173,8 @@ class _Split:
 
 def _gemm_rate(precision: str, *, tokens: int, hidden: int, intermediate: int) -> float:
     """The machine's GEMM rate (GFLOP/s) for a precision: a (tokens x hidden) by (intermediate x hidden) `linear`,
-    the encoder's largest product, in this process's torch threads; best of 3 after a warm-up."""
+    the encoder's largest product, in this process's torch threads; best of 3 after a warm-up. In bf16 the better of
+    `linear` and oneDNN's prepacked kernel (what the fused encoder runs)."""
     import torch
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(tokens, hidden, generator=generator)
@@ -177,24 +184,38 @@ def _gemm_rate(precision: str, *, tokens: int, hidden: int, intermediate: int) -
     elif precision == "int8":
         from torch.ao.quantization import quantize_dynamic
         layer = quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
+    calls = [layer]
+    if precision == "bf16":
+        from augment import fused_encoder
+        if fused_encoder.available():
+            packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), tokens)
+            bias = layer.bias.detach()
+            calls.append(lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""))
     best = float("inf")
     with torch.inference_mode():
         for repeat in range(4):
-            start = time.perf_counter()
-            layer(inputs)
-            if repeat:
-                best = min(best, time.perf_counter() - start)
+            for call in calls:
+                start = time.perf_counter()
+                call(inputs)
+                if repeat:
+                    best = min(best, time.perf_counter() - start)
     return 2.0 * tokens * hidden * intermediate / best / 1e9
 
 
 def _encoder_gflop(shapes, *, layers: int, hidden: int, intermediate: int) -> float:
-    """The matrix-product work (GFLOP) of encoder forwards of these (rows, length) shapes: per layer the Q, K, V,
-    output, and two feed-forward projections, and the attention's two batched products (scores and mix)."""
+    """The matrix-product work (GFLOP) of encoder forwards of these (rows, length, fused) shapes: per layer the Q, K,
+    V, output, and two feed-forward projections, and the attention's two batched products (scores and mix). The
+    fused encoder's last layer projects keys and values of every position, the rest for the masked row alone."""
     total = 0.0
-    for rows, length in shapes:
+    for rows, length, fused in shapes:
         tokens = rows * length
-        total += layers * (2.0 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate)
-                           + 4.0 * rows * length * length * hidden)
+        full = 2.0 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate) + 4.0 * rows * length * length * hidden
+        if fused:
+            last = (2.0 * tokens * 2 * hidden * hidden + 2.0 * rows * (2 * hidden * hidden + 2 * hidden * intermediate)
+                    + 4.0 * rows * length * hidden)
+            total += (layers - 1) * full + last
+        else:
+            total += layers * full
     return total / 1e9
 
 
@@ -202,7 +223,7 @@ def _roofline(precision: str, split: "_Split", wall: float, *, layers: int, hidd
     """How far a run is from the machine's GEMM limit, printed and returned."""
     peak = _gemm_rate(precision, tokens=tokens, hidden=hidden, intermediate=4 * hidden)
     work = _encoder_gflop(split.encoder_shapes, layers=layers, hidden=hidden, intermediate=4 * hidden)
-    encoder = split.seconds[ENCODER]
+    encoder = split.seconds[ENCODER] + split.seconds[FUSED]
     ideal = work / peak  # the encoder's GEMMs at the machine's rate
     figures = {"machine_gemm_gflops": peak, "encoder_gflop": work, "encoder_s": encoder,
                "encoder_gflops": work / encoder if encoder else 0.0, "gemm_s_at_machine_rate": ideal,

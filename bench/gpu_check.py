@@ -3,11 +3,13 @@
 Usage:
   python bench/gpu_check.py --device cuda --json scorer.json     # on a GPU machine (bench/gpu_check.sh runs it)
   python bench/gpu_check.py --device cpu --smoke                 # seconds: a tiny model, checks the script runs
+  OMP_NUM_THREADS=1 python bench/gpu_check.py --device cpu --cpu_time --limit 20   # a CPU, one thread, CPU time
 
 No Beam here: the same queries (every in-window position of the first --limit polarity-200 sentences) go through
   * the reference procedure: one query per forward, logits at every position, a full sort at the mask;
-  * `MaskedLMScorer` at fp32 (8192 and 65536 tokens per forward), bf16 with weights cast once, and bf16 under
-    `torch.autocast` with fp32 weights;
+  * `MaskedLMScorer` at fp32 (8192 and 65536 tokens per forward), bf16 with weights cast once (on a CPU through the
+    fused encoder, `augment/fused_encoder.py`, and without it: `bf16-unfused`), and bf16 under `torch.autocast`
+    with fp32 weights;
 on a BERT-base-shaped model with seeded random weights and the real bert-base-uncased vocabulary. Prints queries/s of
 each (median and range over --repeats, CUDA synchronised), the ratio to the reference, the candidate lists identical
 to fp32 and the top-15 overlap with fp32; then which GPU two worker processes claim with `--device auto`.
@@ -42,17 +44,17 @@ def _queries(tokenizer, limit: int):
     return queries
 
 
-def _timed(function, device: str, repeats: int):
+def _timed(function, device: str, repeats: int, clock=time.perf_counter):
     import torch
     times, result = [], None
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         result = function()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times, result
 
 
@@ -89,6 +91,9 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cpu_time", action="store_true",
+                        help="time by this process's CPU seconds (on a CPU with OMP_NUM_THREADS=1: the figure to trust "
+                             "on a shared machine)")
     parser.add_argument("--smoke", action="store_true", help="2 layers, hidden 128, 4 sentences, 1 repeat")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -114,6 +119,9 @@ def main(argv=None):
         model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     queries = _queries(tokenizer, args.limit)
     figures["queries"] = len(queries)
+    # --cpu_time: CPU seconds of this process instead of wall time (one thread on a shared machine: stable to 2%)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    figures["clock"] = "cpu" if args.cpu_time else "wall"
     print(f"device {args.device} ({figures['gpu'] or 'CPU'}); model {args.layers} layers, hidden {args.hidden}; "
           f"{len(queries)} queries; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"this CPU: {figures['cpu_precisions']}")
@@ -121,20 +129,23 @@ def main(argv=None):
     model.to(args.device)
     sample = queries[:args.reference_queries]
     _reference(model, tokenizer, sample[:5], args.device)  # warm-up (CUDA context, kernels)
-    times, _ = _timed(lambda: _reference(model, tokenizer, sample, args.device), args.device, args.repeats)
+    times, _ = _timed(lambda: _reference(model, tokenizer, sample, args.device), args.device, args.repeats, clock)
     reference_rate = [len(sample) / t for t in times]
     figures["rates"]["reference"] = reference_rate
     print(f"reference (1 query per forward): median {statistics.median(reference_rate):8.1f} queries/s "
           f"(range {min(reference_rate):.1f}-{max(reference_rate):.1f})")
 
-    variants = [("fp32", 8192, False), ("fp32", 65536, False), ("bf16", 8192, False), ("bf16", 65536, False),
-                ("bf16-autocast", 65536, True)]
+    # (name, tokens per forward, autocast, fused): on a CPU, bf16 runs the fused encoder unless told not to
+    variants = [("fp32", 8192, False, None), ("fp32", 65536, False, None), ("bf16", 8192, False, None),
+                ("bf16", 65536, False, None), ("bf16-autocast", 65536, True, None)]
+    if not args.device.startswith("cuda"):
+        variants.insert(3, ("bf16-unfused", 8192, False, False))
     exact = None
-    for name, batch_tokens, autocast in variants:
+    for name, batch_tokens, autocast, fused in variants:
         scorer = MaskedLMScorer(model, tokenizer, top_k=15, precision=name[:4], device=args.device,
-                                max_batch_tokens=batch_tokens, bf16_autocast=autocast)
+                                max_batch_tokens=batch_tokens, bf16_autocast=autocast, fused=fused)
         scorer.candidates(queries[:20])  # warm-up
-        times, answers = _timed(functools.partial(scorer.candidates, queries), args.device, args.repeats)
+        times, answers = _timed(functools.partial(scorer.candidates, queries), args.device, args.repeats, clock)
         rates = [len(queries) / t for t in times]
         exact = exact or answers
         identical = sum(answers[q] == exact[q] for q in exact)

@@ -217,3 +217,34 @@ def test_bf16_casts_only_the_masked_rows_once_per_batch(model, tokenizer):
         scorer.candidates(queries)
     assert batches > 3
     assert sum(event.name == "aten::_to_copy" for event in profile.events()) == batches
+
+
+def test_glove_fast_block_parse_equals_line_by_line(shared_data_optional, tiny_glove, monkeypatch):
+    """Blocks of one-word lines go through Arrow's number parser: the same words and the same float64 vectors (so
+    the same neighbours) as parsing line by line, across block boundaries; the line parser is not called."""
+    import gzip
+    from augment import glove as glove_lib
+    path = shared_data_optional / "glove.6B.50d.20k.txt.gz" if shared_data_optional else None
+    with (gzip.open(path, "rt", encoding="utf-8") if path else open(tiny_glove, encoding="utf-8")) as handle:
+        lines = handle.readlines()[:3000]
+    dim = lines[0].rstrip().count(" ")
+    parsed = [glove_lib._parse_line(line.rstrip(), n, dim, "g") for n, line in enumerate(lines, start=1)]
+    expected = GloveIndex([w for w, _ in parsed], np.stack([np.zeros(dim) if w == "<unk>" else v for w, v in parsed]))
+    monkeypatch.setattr(glove_lib, "_BLOCK_LINES", 700)
+    monkeypatch.setattr(glove_lib, "_parse_line", lambda *a: pytest.fail("the fast path fell back"))
+    index = GloveIndex.from_lines(lines, vocab_limit=2500)
+    assert index.words == expected.words[:2500]
+    assert torch.equal(index.unit_vectors, expected.unit_vectors[:2500])
+
+
+def test_glove_block_with_a_spaced_word_or_a_bad_line_falls_back_line_by_line(monkeypatch):
+    from augment import glove as glove_lib
+    monkeypatch.setattr(glove_lib, "_BLOCK_LINES", 2)
+    lines = ["a 1 0\n", "b 0 1\n", "c d 1 1\n", "e 1 2\n", "<unk> 3 3\n"]
+    index = GloveIndex.from_lines(lines)  # 840B style: a word with a space
+    assert index.words == ["a", "b", "c d", "e", "<unk>"]
+    assert index.neighbours(["a"], top_k=2) == {"a": ["c d", "e"]}  # <unk> stays a zero vector
+    with pytest.raises(GloveFormatError, match="line 4: the vector of 'e'"):
+        GloveIndex.from_lines(lines[:3] + ["e 1 nan\n"] + lines[4:])
+    with pytest.raises(GloveFormatError, match="line 5 has 3 values"):
+        GloveIndex.from_lines(lines[:4] + ["f 1 2 3\n"])

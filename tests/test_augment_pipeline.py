@@ -296,3 +296,42 @@ def test_num_aug_zero_needs_no_weights_and_no_glove(tmp_path, tiny_bert):
     rows = _rows(out)
     assert len(rows) == manifest["counts"]["stats"]["examples"] == 32 and manifest["glove"] is None
     assert all(row["aug_index"] == 0 for row in rows)
+
+
+def test_bf16_pipeline_runs_the_fused_encoder_and_repeats_itself(tmp_path, tiny_bert, tiny_glove, monkeypatch):
+    """--precision bf16 on a CPU goes through augment.fused_encoder; the same run twice writes the same bytes, and
+    it keeps every example with the same originals as fp32."""
+    from augment import fused_encoder
+    if not fused_encoder.available():
+        pytest.skip("this torch build has no oneDNN fused Linear")
+    calls = []
+    original = fused_encoder.FusedMaskedEncoder.__call__
+    monkeypatch.setattr(fused_encoder.FusedMaskedEncoder, "__call__",
+                        lambda self, *args: calls.append(args[0].shape) or original(self, *args))
+    first, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--precision=bf16", name="bf16-a")
+    second, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", "--precision=bf16", name="bf16-b")
+    fp32, _ = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=4", name="fp32")
+    assert calls and manifest["counts"]["stats"]["examples"] == 32
+    for f in manifest["outputs"]["data"]["files"]:
+        assert (first / f["path"]).read_bytes() == (second / f["path"]).read_bytes()
+    originals = [[(r["sentence"], r["label"]) for r in _rows(out) if r["aug_index"] == 0] for out in (first, fp32)]
+    assert originals[0] == originals[1] and len(originals[0]) == 32
+
+
+def test_glove_is_parsed_once_per_run_in_process_and_again_when_the_file_changes(tmp_path, tiny_bert, tiny_glove,
+                                                                                    monkeypatch):
+    from augment.glove import GloveIndex
+    parsed = []
+    original = GloveIndex.from_lines.__func__
+    monkeypatch.setattr(GloveIndex, "from_lines",
+                        classmethod(lambda cls, *a, **k: parsed.append(k.get("source")) or original(cls, *a, **k)))
+    _, manifest = _run(tmp_path, tiny_bert, tiny_glove, "--num_aug=2")
+    assert parsed == [tiny_glove] and manifest["counts"]["stats"]["examples"] == 32
+    assert resources._GLOVE_CACHE == {}  # released when the run ends
+    copy = tmp_path / "glove.txt"
+    copy.write_text("a 1 0\nb 0 1\n", encoding="utf-8")
+    first = resources.load_glove(str(copy), 10)
+    assert resources.load_glove(str(copy), 10) is first
+    copy.write_text("a 1 0\nb 0 1\nc 1 1\n", encoding="utf-8")
+    assert len(resources.load_glove(str(copy), 10)) == 3
+    resources.forget_glove()

@@ -65,9 +65,12 @@ def run(argv=None, save_main_session=False):
     resources.log_precisions(config)
     logging.info("augment: %s %s (%d file(s), %s) -> %s", resolved.layout.task.name, config.input,
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), config.output)
-    with cli.worker_errors(config.output):
-        with beam.Pipeline(runner=runner, options=options) as pipeline:
-            build_pipeline(pipeline, config, resolved=resolved, run_resources=run_resources, run_id=run_id)
+    try:
+        with cli.worker_errors(config.output):
+            with beam.Pipeline(runner=runner, options=options) as pipeline:
+                build_pipeline(pipeline, config, resolved=resolved, run_resources=run_resources, run_id=run_id)
+    finally:
+        resources.forget_glove()  # the launcher's parsed GloVe, reused by an in-process worker
     return _summarize(config, resolved, started)
 
 

@@ -70,7 +70,7 @@ def resolve(config: AugmentConfig) -> RunResources:
     if config.num_aug != 0:
         _check_masked_lm(config.model, tokenizer)
         if glove is not None:
-            GloveIndex.from_lines(open_glove_lines(glove), vocab_limit=config.glove_vocab, source=glove)
+            load_glove(glove, config.glove_vocab)
     return RunResources(glove, stop_words, stop_words_sha256, tokenizer)
 
 
@@ -161,6 +161,43 @@ def _decoded_lines(spec: str, lines) -> Iterable[str]:
         except UnicodeDecodeError as error:
             raise InputError(f"{spec} line {line_number} is not UTF-8 text ({error.reason} at byte {error.start}); "
                              "is this a GloVe text file?") from None
+
+
+# The last GloVe index this process parsed, by (spec, vocab_limit, size and mtime of the file): the launcher's check
+# parses the file before any work, and a worker in the same process (the DirectRunner's default) then reuses it
+# instead of parsing 100k x 300 numbers again. One slot; `forget_glove` empties it when a run ends.
+_GLOVE_CACHE: dict = {}
+
+
+def load_glove(spec: str, vocab_limit: int) -> GloveIndex:
+    """The GloVe index of `spec` (`open_glove_lines`, `GloveIndex.from_lines`), parsed once per process and file.
+
+    Raises:
+      InputError: a damaged file or a line that is not `word v1 ... vD` of finite numbers (GloveFormatError).
+    """
+    key = (spec, vocab_limit, _file_identity(spec))
+    if key[2] is None or key not in _GLOVE_CACHE:
+        index = GloveIndex.from_lines(open_glove_lines(spec), vocab_limit=vocab_limit, source=spec)
+        _GLOVE_CACHE.clear()
+        if key[2] is not None:
+            _GLOVE_CACHE[key] = index
+        return index
+    return _GLOVE_CACHE[key]
+
+
+def forget_glove() -> None:
+    _GLOVE_CACHE.clear()
+
+
+def _file_identity(spec: str) -> Optional[Tuple[int, int]]:
+    """(size, mtime in ns) of a local GloVe file or zip archive; None elsewhere (no reuse)."""
+    archive, _, member = spec.partition(".zip:")
+    path = archive + ".zip" if member else spec
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
 
 
 def glove_exists(spec: str) -> bool:

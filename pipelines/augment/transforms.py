@@ -16,7 +16,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from augment.augmenter import augment_example, field_candidates, plan_fields
-from augment.glove import GloveIndex
 from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from augment.tasks import Example, replace_cells
 from augment.words import WordRule, WordSplitter, is_letter_word
@@ -163,8 +162,7 @@ class GloveNeighboursFn(beam.DoFn):
         settings = self._settings
 
         def load():
-            return _Holder(GloveIndex.from_lines(resources.open_glove_lines(settings.path), source=settings.path,
-                                                 vocab_limit=settings.vocab_limit))
+            return _Holder(resources.load_glove(settings.path, settings.vocab_limit))
         self._holder = self._shared.acquire(load, tag=f"glove:{settings.path}:{settings.vocab_limit}")
         self._index = self._holder.value
 
