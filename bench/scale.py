@@ -1,34 +1,41 @@
-"""Scale benchmark: both pipelines at 1x, 4x and 16x input on DirectRunner (1 and 2 workers) and on a 2-worker
-local Dask cluster, with the peak RSS of every worker process (a benchmark that prints figures; no assertions).
+"""Scaling bench: each pipeline on 1 and 2 workers of every engine, as a speed-up table (figures, no assertions).
 
 Usage:
-  python -m bench.scale                                    # everything: about 12 minutes on 2 cores
-  python -m bench.scale --pipelines corpus --scales 1,4 --runners direct-1,dask-2
+  python -m bench.scale                                   # corpus text + corpus XML + augment, every runner
+  python -m bench.scale --inputs corpus-text --runners direct-1,dask-2 --rounds 3
 
-Inputs (real data under ../shared/data):
-  * augment: the first --augment_rows sentences of polarity-200.tsv (both classes alternating) are 1x; N x = N
-    distinct copies (a suffix per copy, so that no masked-LM query is answered from another copy). Model: a seeded random 2-layer hidden-128 BERT masked LM with the
-    real bert-base-uncased vocab; GloVe: glove.6B.50d.20k.txt.gz; --num_aug=8.
-  * corpus: the real enwiki sample turned into the text format (bench/corpus.py), cut to --corpus_mb at a document
-    boundary, is 1x; N x = N copies under different file names (different document keys). One epoch.
-Shards (and the augmentation's masked-LM partitions) grow with the input, 2 per 1x, as a real run's would, so that
-each shard holds the same number of rows at every scale.
+Inputs (built under a temporary folder from the real data in ../shared/data):
+  * corpus-text: the enwiki sample as text, cut into documents of 4 sentences, repeated with a copy number in each
+    document to --corpus_mb (50) MB in one file; `--max_seq_len 128 --epochs 1`, a tokenizer.json folder of the
+    bert-base-uncased vocab.
+  * corpus-xml: the enwiki sample dump, its pages repeated with new page ids to --xml_mb (50) MB of XML in one
+    uncompressed file; `--input_format wikipedia-xml`, otherwise as above.
+  * augment: --augment_rows (50) sentences of polarity-200 (made distinct per copy), --num_aug 8, a seeded random
+    BERT-base-shaped masked LM (12 layers, hidden 768) with the real vocab, GloVe 6B 50d 20k, `--torch_threads 1`
+    per worker.
+Runners: direct-1 (DirectRunner, one worker), direct-2 (`--direct_num_workers 2 --direct_running_mode
+multi_processing`), dask-2 (a cluster started from the shell, `dask scheduler` + `dask worker --nworkers 2
+--nthreads 1`, fresh for each run and started before the clock: the run's workers import the project at their
+first task), local-2 (`--local_workers 2`: the command starts and stops its own cluster, inside the clock).
 
-Each run is a fresh child process: it starts its own workers (DirectRunner's SDK worker processes, or a new
-LocalCluster of 2 worker processes with 1 thread each), samples the RSS of every worker process every 0.1 s with
-psutil, and times the pipeline run alone (Dask cluster start-up excluded; imports and pipeline construction
-included). Torch threads per worker = cores / workers.
-
-Printed: one row per run (input rows/s, input MB/s, output rows, peak RSS of each worker process), then per
-pipeline and runner: the seconds per 1x of input from 1x to 4x and from 4x to 16x (equal when cost grows linearly;
-the fixed start-up cancels out) and peak RSS at 16x over 1x (1.0 when memory is flat).
+Every run is the pipeline's command as a user types it (`python -m pipelines.X ...`, whole process: start-up
+included). Runs are interleaved (round 1: every runner, round 2: every runner, ...) so that load on a shared
+machine hits all alike; the table shows each runner's median over --rounds. Columns: wall seconds; speed-up over
+direct-1 on the same input and parallel efficiency (speed-up / workers); CPU seconds per MB of input (every process
+of the run: launcher, workers, scheduler); peak RSS of each worker process (sampled every 0.1 s; direct-1: the
+launcher, which runs the bundles); MB the workers sent each other per MB of input (dask-2: dask's own transfer
+counters; the other runners do not expose theirs: "-"). Outputs are checked byte-identical across runners.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import pathlib
+import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,204 +44,277 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-RUNNERS = ("direct-1", "direct-2", "dask-2")
-PIPELINES = ("augment", "corpus")
+RUNNERS = ("direct-1", "direct-2", "dask-2", "local-2")
+INPUTS = ("corpus-text", "corpus-xml", "augment")
+BIN = pathlib.Path(sys.executable).parent
 
 
 # ------------------------------------------------------------------------------------------------------- inputs
-def _augment_inputs(tmp: pathlib.Path, scales, rows: int):
-    from bench import augment as augment_bench
-    model = augment_bench._build_model(tmp / "bert", layers=2, hidden=128)
-    inputs = {}
-    for scale in scales:
-        path = tmp / f"augment-{scale}x.tsv"
-        written = augment_bench._write_input(path, rows, repeat=scale)
-        inputs[scale] = (str(path), len(written) * scale, path.stat().st_size)
-    return {"model": model, "glove": str(SHARED / "glove.6B.50d.20k.txt.gz")}, inputs
-
-
-def _corpus_inputs(tmp: pathlib.Path, scales, corpus_mb: float):
+def _corpus_text(tmp: pathlib.Path, megabytes: float) -> pathlib.Path:
     from bench import corpus as corpus_bench
-    tokenizer = corpus_bench._make_tokenizer(tmp)
-    full = tmp / "enwiki.txt"
-    corpus_bench._make_text(full)
-    documents = full.read_text(encoding="utf-8").split("\n\n")
-    kept, size = [], 0
-    for document in documents:
-        if not document.strip():
-            continue
-        if kept and size + len(document.encode("utf-8")) > corpus_mb * 1e6:
-            break
-        kept.append(document)
-        size += len(document.encode("utf-8")) + 2
-    base = "\n\n".join(kept) + "\n\n"
-    inputs = {}
-    for scale in scales:
-        folder = tmp / f"corpus-{scale}x"
-        folder.mkdir()
-        for copy in range(scale):
-            (folder / f"part-{copy:03d}.txt").write_text(base, encoding="utf-8")
-        inputs[scale] = (str(folder / "*.txt"), len(kept) * scale, len(base.encode("utf-8")) * scale)
-    return {"tokenizer": tokenizer}, inputs
+    base = tmp / "enwiki.txt"
+    corpus_bench._make_text(base)
+    documents = [doc.split("\n") for doc in base.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+    short = [doc[i:i + 4] for doc in documents for i in range(0, len(doc), 4)]
+    path, written, copy = tmp / "corpus-text.txt", 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < megabytes * 1e6:
+            for doc in short:
+                chunk = f"Copy {copy}. " + "\n".join(doc) + "\n\n"
+                out.write(chunk)
+                written += len(chunk.encode("utf-8"))
+                if written >= megabytes * 1e6:
+                    break
+            copy += 1
+    return path
 
 
-def _pipeline_argv(pipeline: str, assets: dict, input_glob: str, output: str, scale: int, workers: int):
-    if pipeline == "augment":
-        return [f"--model={assets['model']}", f"--glove={assets['glove']}", f"--input={input_glob}",
-                f"--output={output}", "--num_aug=8", f"--num_shards={2 * scale}", f"--mlm_partitions={2 * scale}",
-                f"--torch_threads={max(1, (os.cpu_count() or 1) // workers)}", "--overwrite"]
-    return [f"--input={input_glob}", "--input_format=text", f"--output={output}",
-            f"--tokenizer={assets['tokenizer']}", "--epochs=1", f"--num_shards={2 * scale}", "--overwrite"]
+def _corpus_xml(tmp: pathlib.Path, megabytes: float) -> pathlib.Path:
+    """The sample dump's pages repeated with new page ids (copy * 10^9 + id) to `megabytes` MB, in one file."""
+    import bz2
+    text = bz2.decompress((SHARED / "enwiki-sample-pages-articles.xml.bz2").read_bytes()).decode("utf-8")
+    head_end, tail_start = text.index("  <page>"), text.rindex("</mediawiki>")
+    head, pages = text[:head_end], text[head_end:tail_start]
+    page_id = re.compile(r"(<page>\s*<title>[^<]*</title>\s*<ns>[^<]*</ns>\s*<id>)(\d+)(</id>)")
+    path, written, copy = tmp / "corpus-xml.xml", 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(head)
+        while written < megabytes * 1e6:
+            chunk = page_id.sub(lambda m, c=copy: f"{m.group(1)}{c * 10**9 + int(m.group(2))}{m.group(3)}", pages)
+            out.write(chunk)
+            written += len(chunk.encode("utf-8"))
+            copy += 1
+        out.write("</mediawiki>\n")
+    return path
 
 
-# ------------------------------------------------------------------------------------------------- child run
-class _RssSampler(threading.Thread):
-    """Samples the RSS of worker processes every `interval` s and keeps each one's peak."""
+def _inputs(tmp: pathlib.Path, names, args):
+    """{input name: (argv of the pipeline without runner and output, MB of input)}."""
+    found = {}
+    if {"corpus-text", "corpus-xml"} & set(names):
+        from bench import corpus as corpus_bench
+        tokenizer = corpus_bench._make_tokenizer(tmp)
+        common = [f"--tokenizer={tokenizer}", "--max_seq_len=128", "--epochs=1", "--quiet"]
+        if "corpus-text" in names:
+            path = _corpus_text(tmp, args.corpus_mb)
+            found["corpus-text"] = (["pipelines.corpus", f"--input={path}", "--input_format=text"] + common,
+                                    path.stat().st_size / 1e6)
+        if "corpus-xml" in names:
+            path = _corpus_xml(tmp, args.xml_mb)
+            found["corpus-xml"] = (["pipelines.corpus", f"--input={path}", "--input_format=wikipedia-xml"] + common,
+                                   path.stat().st_size / 1e6)
+    if "augment" in names:
+        from bench import augment as augment_bench
+        model = augment_bench._build_model(tmp / "bert-base", layers=12, hidden=768)
+        path = tmp / "augment.tsv"
+        rows = augment_bench._write_input(path, min(args.augment_rows, 200), repeat=max(1, args.augment_rows // 200))
+        found["augment"] = (["pipelines.augment", f"--model={model}", f"--input={path}", "--num_aug=8",
+                             f"--glove={SHARED / 'glove.6B.50d.20k.txt.gz'}", "--torch_threads=1", "--quiet"],
+                            path.stat().st_size / 1e6)
+        del rows
+    return found
 
-    def __init__(self, find_pids, interval: float = 0.1):
+
+# ------------------------------------------------------------------------------------------------------ sampling
+class _Sampler(threading.Thread):
+    """Every 0.1 s: the peak RSS of each worker process, and the last CPU seconds of every process watched."""
+
+    def __init__(self, find_workers, find_watched):
         super().__init__(daemon=True)
-        self._find_pids = find_pids
-        self._interval = interval
+        self._find_workers, self._find_watched = find_workers, find_watched
         self._done = threading.Event()
-        self.peaks = {}
+        self.peaks, self.cpu = {}, {}
 
     def run(self):
         import psutil
         while not self._done.is_set():
-            for pid in self._find_pids():
+            for pid in self._find_watched():
                 try:
-                    rss = psutil.Process(pid).memory_info().rss
+                    process = psutil.Process(pid)
+                    times = process.cpu_times()
+                    self.cpu[pid] = times.user + times.system
+                    if pid in self._find_workers():
+                        self.peaks[pid] = max(self.peaks.get(pid, 0), process.memory_info().rss)
                 except psutil.Error:  # exited between listing and sampling
                     continue
-                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
-            self._done.wait(self._interval)
+            self._done.wait(0.1)
 
     def stop(self):
         self._done.set()
         self.join()
 
 
-def _cmdline(process) -> list:
+def _descendants(pid: int):
     import psutil
     try:
-        return process.cmdline()
+        return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
 
 
-def _is_sdk_worker(cmdline: list) -> bool:
-    return bool(cmdline) and "python" in os.path.basename(cmdline[0]) and "sdk_worker_main" in " ".join(cmdline)
-
-
-def _child(spec: dict) -> dict:
-    """One pipeline run in this fresh process; returns seconds, output rows and peak RSS per worker (MiB)."""
+def _cmdline(process) -> str:
     import psutil
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    logging.disable(logging.WARNING)
-    from pipelines import augment as augment_pipeline
-    from pipelines import corpus as corpus_pipeline
-    run = {"augment": augment_pipeline.run, "corpus": corpus_pipeline.run}[spec["pipeline"]]
-    argv = list(spec["argv"])
-    me = psutil.Process()
-    cluster = None
-    if spec["runner"] == "dask-2":
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+class _ShellCluster:
+    """`dask scheduler` + `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, as docs/scaling.md starts them."""
+
+    def __init__(self, folder: pathlib.Path):
+        dask = shutil.which("dask", path=str(BIN)) or "dask"
+        scheduler_file = folder / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)
+        log = open(folder / "cluster.log", "w")
+        self.scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                           "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                          env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+        while not scheduler_file.exists() or not scheduler_file.stat().st_size:
+            time.sleep(0.1)
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        self.workers = subprocess.Popen([dask, "worker", self.address, "--nworkers", "2", "--nthreads", "1",
+                                         "--no-dashboard"], env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=folder)
         import dask.distributed
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        cluster = dask.distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                host="127.0.0.1", dashboard_address=None)
-        with dask.distributed.Client(cluster) as client:
-            worker_pids = sorted(client.run(os.getpid).values())
-        argv = ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"] + argv
-        find_pids = lambda: worker_pids  # noqa: E731
-    elif spec["runner"] == "direct-2":
-        argv = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"] + argv
-        # The SDK worker processes (not the shells that start them).
-        find_pids = lambda: [child.pid for child in me.children(recursive=True)  # noqa: E731
-                             if _is_sdk_worker(_cmdline(child))]
-    else:
-        argv = ["--runner=DirectRunner", "--direct_num_workers=1"] + argv
-        find_pids = lambda: [me.pid]  # noqa: E731  the bundles run in this process
-    sampler = _RssSampler(find_pids)
-    sampler.start()
-    start = time.perf_counter()
-    manifest = run(argv)
-    seconds = time.perf_counter() - start
-    sampler.stop()
-    if cluster is not None:
-        cluster.close()
-    out_rows = sum(out["totals"].get("rows", 0) for name, out in manifest["outputs"].items() if name != "rejects")
-    return {"seconds": seconds, "out_rows": out_rows,
-            "worker_peak_mib": sorted(peak / 2**20 for peak in sampler.peaks.values())}
+        with dask.distributed.Client(self.address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+
+    def worker_pids(self):
+        return [p.pid for p in _descendants(self.workers.pid) if "spawn_main" in _cmdline(p)]
+
+    def bytes_sent(self) -> int:
+        import dask.distributed
+        with dask.distributed.Client(self.address, timeout=60) as client:
+            return sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
+
+    def close(self):
+        for process in (self.workers, self.scheduler):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
-def _run_child(spec: dict) -> dict:
-    result = subprocess.run([sys.executable, "-m", "bench.scale", "--child", json.dumps(spec)], cwd=ROOT,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{spec['pipeline']} on {spec['runner']} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _run(argv, runner: str, output: pathlib.Path, tmp: pathlib.Path) -> dict:
+    """One run of the command; its wall seconds, CPU seconds of every process, worker peaks and bytes sent."""
+    extra = {"direct-1": ["--runner=DirectRunner"],
+             "direct-2": ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+             "local-2": ["--local_workers=2"]}.get(runner, [])
+    cluster = _ShellCluster(tmp) if runner == "dask-2" else None
+    try:
+        if cluster is not None:
+            extra = ["--runner=DaskRunner", f"--dask_client_address={cluster.address}"]
+            sent_before = cluster.bytes_sent()
+        command = [sys.executable, "-m", *argv, *extra, f"--output={output}", "--overwrite"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=_env(), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        if cluster is not None:
+            cluster_pids = [cluster.scheduler.pid] + cluster.worker_pids()
+            sampler = _Sampler(lambda: cluster_pids[1:], lambda: cluster_pids)
+        elif runner == "direct-1":
+            sampler = _Sampler(lambda: [process.pid], lambda: [process.pid])
+        else:  # SDK worker processes, or the local cluster's spawned worker processes
+            marker = "sdk_worker_main" if runner == "direct-2" else "spawn_main"
+
+            def workers():  # python processes only (not the shells that start SDK workers)
+                return [p.pid for p in _descendants(process.pid)
+                        if marker in _cmdline(p) and "python" in _cmdline(p).split(" ", 1)[0]]
+            sampler = _Sampler(workers, workers)
+        cpu_before = dict(sampler.cpu)
+        if cluster is not None:  # the cluster's processes were running before the clock: count what they add
+            import psutil
+            cpu_before = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in cluster_pids}
+        sampler.start()
+        _, stderr = process.communicate()
+        seconds = time.perf_counter() - started
+        sampler.stop()
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # the command and its children
+        if cluster is not None:
+            cpu += sum(sampler.cpu.get(pid, 0.0) - cpu_before.get(pid, 0.0) for pid in cluster_pids)
+        sent = cluster.bytes_sent() - sent_before if cluster is not None else None
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return {"seconds": seconds, "cpu": cpu, "peaks_mib": sorted(p / 2**20 for p in sampler.peaks.values()),
+            "sent": sent, "digest": _digest(output)}
+
+
+def _digest(output: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(output.rglob("*")):
+        if path.is_file() and path.suffix in (".parquet", ".tsv"):
+            digest.update(str(path.relative_to(output)).encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipelines", default=",".join(PIPELINES))
+    parser.add_argument("--inputs", default=",".join(INPUTS))
     parser.add_argument("--runners", default=",".join(RUNNERS))
-    parser.add_argument("--scales", default="1,4,16")
-    parser.add_argument("--augment_rows", type=int, default=50, help="sentences of polarity-200 at 1x")
-    parser.add_argument("--corpus_mb", type=float, default=0.25, help="MB of Wikipedia text at 1x")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--corpus_mb", type=float, default=50)
+    parser.add_argument("--xml_mb", type=float, default=50)
+    parser.add_argument("--augment_rows", type=int, default=50, help="sentences (200 distinct, then copies)")
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
-        return
     if not SHARED.is_dir():
         raise SystemExit(f"this benchmark reads the real data in {SHARED}; it is not on this machine")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    scales = sorted(int(s) for s in args.scales.split(","))
-    runners = args.runners.split(",")
-    results = []
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-    print(f"{'pipeline':8} {'runner':9} {'scale':>5} {'in rows':>8} {'in MB':>7} {'seconds':>8} {'rows/s':>8} "
-              f"{'MB/s':>6} {'out rows':>9} {'peak RSS/worker MiB':>20}", flush=True)
+    runners, names = args.runners.split(","), args.inputs.split(",")
+    flags = subprocess.run("grep -o -w 'avx512_bf16\\|amx_bf16' /proc/cpuinfo | sort -u", shell=True,
+                           capture_output=True, text=True).stdout.split()
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 "?")
+    print(f"machine: {os.cpu_count()} cores, {model}, flags: {' '.join(flags) or 'no avx512_bf16/amx_bf16'}")
+    print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        for pipeline in args.pipelines.split(","):
-            if pipeline == "augment":
-                assets, inputs = _augment_inputs(tmp, scales, args.augment_rows)
-            else:
-                assets, inputs = _corpus_inputs(tmp, scales, args.corpus_mb)
-            for runner in runners:
-                workers = 1 if runner == "direct-1" else 2
-                for scale in scales:
-                    input_glob, in_rows, in_bytes = inputs[scale]
-                    output = tmp / f"out-{pipeline}-{runner}-{scale}"
-                    spec = {"pipeline": pipeline, "runner": runner,
-                            "argv": _pipeline_argv(pipeline, assets, input_glob, str(output), scale, workers)}
-                    result = _run_child(spec)
-                    shutil.rmtree(output, ignore_errors=True)
-                    peaks = result["worker_peak_mib"]
-                    row = {"pipeline": pipeline, "runner": runner, "scale": scale, "in_rows": in_rows,
-                           "in_mb": in_bytes / 1e6, **result}
-                    results.append(row)
-                    print(f"{pipeline:8} {runner:9} {scale:>4}x {in_rows:>8} {row['in_mb']:>7.2f} "
-                          f"{result['seconds']:>8.1f} {in_rows / result['seconds']:>8.1f} "
-                          f"{row['in_mb'] / result['seconds']:>6.3f} {result['out_rows']:>9} "
-                          f"{' / '.join(f'{p:.0f}' for p in peaks):>20}",
-                          flush=True)
-    print()
-    print("linearity (seconds per 1x of input between scales; equal = linear) and memory (peak RSS of the largest "
-          "worker, largest scale / smallest):")
-    for pipeline in args.pipelines.split(","):
+        inputs = _inputs(tmp, names, args)
+        runs = {}
+        for round_number in range(args.rounds):
+            for name in names:
+                command, _ = inputs[name]
+                for runner in runners:
+                    output = tmp / f"out-{name}-{runner}"
+                    result = _run(command, runner, output, tmp)
+                    runs.setdefault((name, runner), []).append(result)
+                    print(f"  round {round_number + 1} {name} {runner}: {result['seconds']:.1f} s", flush=True)
+        print(f"load after: {os.getloadavg()[0]:.2f}\n")
+        _print_table(names, runners, inputs, runs)
+
+
+def _print_table(names, runners, inputs, runs) -> None:
+    print(f"{'input':12} {'MB':>5} {'runner':9} {'wall s':>7} {'speed-up':>8} {'efficiency':>10} {'CPU s/MB':>8} "
+          f"{'peak RSS/worker MiB':>20} {'shuffle MB/MB':>13} {'outputs':>8}")
+    for name in names:
+        megabytes = inputs[name][1]
+        base = statistics.median(r["seconds"] for r in runs[(name, runners[0])])
+        digests = {r["digest"] for runner in runners for r in runs[(name, runner)]}
         for runner in runners:
-            rows = {r["scale"]: r for r in results if r["pipeline"] == pipeline and r["runner"] == runner}
-            steps = [f"{a}x->{b}x {(rows[b]['seconds'] - rows[a]['seconds']) / (b - a):.2f} s"
-                     for a, b in zip(scales, scales[1:])]
-            low, high = max(rows[scales[0]]["worker_peak_mib"]), max(rows[scales[-1]]["worker_peak_mib"])
-            print(f"  {pipeline:8} {runner:9} {'; '.join(steps)}; peak RSS {low:.0f} -> {high:.0f} MiB "
-                  f"({high / low:.2f}x)")
+            results = runs[(name, runner)]
+            seconds = statistics.median(r["seconds"] for r in results)
+            workers = 1 if runner.endswith("-1") else 2
+            speedup = base / seconds
+            cpu = statistics.median(r["cpu"] for r in results) / megabytes
+            peaks = " / ".join(f"{p:.0f}" for p in max((r["peaks_mib"] for r in results), key=len))
+            sent = [r["sent"] for r in results if r["sent"] is not None]
+            shuffle = f"{statistics.median(sent) / 1e6 / megabytes:.2f}" if sent else "-"
+            print(f"{name:12} {megabytes:5.1f} {runner:9} {seconds:7.1f} {speedup:7.2f}x {speedup / workers:10.2f} "
+                  f"{cpu:8.2f} {peaks:>20} {shuffle:>13} {'same' if len(digests) == 1 else 'DIFFER':>8}")
+    print(f"\nspeed-up: against {runners[0]} on the same input (medians of the rounds)")
 
 
 if __name__ == "__main__":

@@ -1,183 +1,269 @@
-"""`AllLeavesDaskRunner`: Beam's DaskRunner with the defects that lose data fixed (what `--runner=DaskRunner` means).
+"""`AllLeavesDaskRunner`: our own translation of a Beam pipeline into a dask graph (what `--runner=DaskRunner` means).
 
-Beam 2.77's DaskRunner translates the pipeline into dask bags, and two of its defects lose data silently:
-1. it computes only the bag of the *last* transform it visited: every other branch (a rejects sink, a second
-   output, a manifest) is skipped while the job reports DONE;
-2. a ParDo with tagged outputs (`with_outputs`) becomes one bag holding every output, and each consumer of any of
-   its outputs reads all of them mixed together.
-`AllLeavesDaskRunner` keeps Beam's translations of Create, ParDo and Flatten, adds the one Beam lacks for Impulse
-(the root that `beam.Create` expands to elsewhere), tags each ParDo output with its output tag so that each consumer
-reads only its own PCollection, and computes every leaf bag.
+Beam 2.77's DaskRunner translates a pipeline into dask bags. Two of its defects lose data silently (it computes
+only the bag of the *last* transform it visited; a ParDo with tagged outputs becomes one bag that every consumer
+reads whole), and its translation costs more than the work: measured on a 50 MB text corpus (docs/scaling.md),
+two Dask workers spent four times the CPU of one DirectRunner worker, in transfers of whole tagged bags, in dask's
+multi-stage bag shuffles and in per-row WindowedValue objects.
 
-It also makes a run use the cluster. Beam's translation keeps a bag's partition count from its root to its end: a
-pipeline that starts from Impulse (one element, one partition) ran every stage as one task, on one worker thread,
-whatever the cluster. Here a Reshuffle (a no-op in Beam's translation) cuts its bag into `partitions` pieces, and
-a GroupByKey groups into `partitions` pieces; `partitions` is `--dask_npartitions` where given, else twice the
-cluster's worker threads (two per thread: a slow piece does not leave a thread idle for the rest of the stage). A
-GroupByKey places a key by a hash that every process computes alike: dask's own placement uses Python's `hash()`,
-salted per process for str and bytes keys, so two workers could place one key in two pieces.
+Here every PCollection is a list of partitions (one dask task each, elements are plain values), and:
+* a ParDo's task runs its DoFn over one partition and returns {output tag: [element, ...]}; each consumed output is
+  a small selecting task, so a consumer (and a transfer between workers) carries its own output only. A worker keeps
+  set-up DoFn instances from one task to the next of a run (`setup()` once per worker, as Beam's runners do);
+* a GroupByKey is one all-to-all shuffle: each input partition is cut into `partitions` pieces by a stable hash of
+  the key (the same in every process: `hash()` of a str is salted per process), and each output partition joins
+  its pieces and groups them;
+* a CombinePerKey (and so CombineGlobally) combines per key inside each input partition before that shuffle
+  (Beam's combiner lifting), so a shuffle carries one accumulator per key and partition, not every element;
+* a Reshuffle cuts each partition round-robin into `partitions` pieces: a pipeline that starts from Impulse (one
+  element, one partition) would otherwise run every stage as one task on one worker;
+* side inputs are ordinary dask dependencies, computed once (Beam's translation recomputes a side input's whole
+  lineage inside every task that reads it);
+* every leaf is computed, in one graph (no lineage is computed twice), and results stay on the workers.
+`partitions` is `--dask_npartitions` where given, else twice the cluster's worker threads (a slow piece does not
+leave a thread idle for the rest of the stage). Only the global window is supported (windowed pipelines: another
+runner).
 """
 
 import collections
-import dataclasses
-import hashlib
-import pickle
-from typing import Any, Dict
+import functools
+import logging
+import operator
+import uuid
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.dask import transform_evaluator as evaluators
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
-from apache_beam.runners.dask.overrides import _Reshuffle, dask_overrides
-from apache_beam.transforms.sideinputs import SideInputMap
+from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKey, _Reshuffle, dask_overrides
+from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms.combiners import curry_combine_fn
+from apache_beam.transforms.window import GlobalWindows
+
+from pipelines import dask_partitions as tasks
 
 
-def _concat_partitions(per_input_partitions):
-    """[[partition, ...] per side input] -> [[element, ...] per side input]."""
-    return [[element for partition in partitions for element in partition] for partitions in per_input_partitions]
+class _Translator(PipelineVisitor):
+    """Translates every transform into a list of dask partitions (Delayed objects); see the module docstring."""
 
+    def __init__(self, *, partitions: int, spread: int, run_id: str):
+        self.partitions = partitions
+        self.spread = spread  # a Reshuffle's pieces
+        self.run_id = run_id
+        self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
+        self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
+        self.tagged = set()  # ParDo nodes: partitions are {tag: [element]}
+        self.consumed = set()
+        self._selected: Dict[Any, List[Any]] = {}
+        self._sides: Dict[Any, Any] = {}
+        self._whole = None  # a composite translated as one (its parts are skipped)
 
-def _tagged_bundle(items, fn, window_fn, label, side_specs, side_values, args, kwargs):
-    """Runs a DoFn over one dask partition as Beam's `apply_dofn_to_bundle` does, with receivers of its own.
+    # -- dask graph helpers
+    def _task(self, label: str, index, function, *args, **fixed):
+        """Adds a task to the graph; returns its key. `args` are keys (or lists of keys) of other tasks, strings or
+        numbers; `fixed` (any objects) reach `function` as keyword arguments, untouched by dask.
 
-    Side inputs arrive materialised (`side_values`, one list per side input), computed once as ordinary dask
-    dependencies; Beam's translation instead re-computes a side input's whole lineage inside every task that reads it.
-    Returns (tag, element) pairs; tag None is the main output.
-    """
+        One dict for the whole graph: building each task as a `dask.delayed` call merged its dependencies' graphs
+        every time, a second of the launcher's time (while the workers wait) for a corpus run's 500 tasks."""
+        key = (f"{label}-{self.run_id}",) + (index if isinstance(index, tuple) else (index,))
+        self.graph[key] = (functools.partial(function, **fixed) if fixed else function, *args)
+        return key
 
-    side_inputs = [SideInputMap(view_class, view_options,
-                                [evaluators.get_windowed_value(value, mapping_fn) for value in values])
-                   for (view_class, view_options, mapping_fn), values in zip(side_specs, side_values)] or None
-    receivers = evaluators.OneReceiver()
-    handler = evaluators._OutputHandler(
-        window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
-        per_element_output_counter=None, output_batch_converter=None, process_yields_batches=False,
-        process_batch_yields_elements=False)
-    invoker = evaluators.DoFnInvoker.create_invoker(
-        evaluators.DoFnSignature(fn), handler, context=evaluators.DoFnContext(label, state=None),
-        side_inputs=side_inputs, input_args=list(args), input_kwargs=kwargs, user_state_context=None,
-        bundle_finalizer_param=evaluators.DoFn.BundleFinalizerParam())
-    invoker.invoke_setup()
-    invoker.invoke_start_bundle()
-    for item in items:
-        invoker.invoke_process(item)
-    invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
-    tagged = []
-    for raw in receivers.values:
-        if isinstance(raw, pvalue.TaggedOutput):
-            tagged.append((raw.tag, evaluators.defenestrate(raw.value)))
-        else:
-            tagged.append((None, evaluators.defenestrate(raw)))
-    return tagged
+    def parts_of(self, value) -> List[Any]:
+        node = value.producer
+        self.consumed.add(node)
+        if node not in self.tagged:
+            return self.parts[node]
+        cached = self._selected.get((node, value.tag))
+        if cached is None:
+            label = f"{node.full_label}[{value.tag or 'main'}]"
+            cached = self._selected[(node, value.tag)] = [
+                self._task(label, i, tasks.select, part, value.tag) for i, part in enumerate(self.parts[node])]
+        return cached
 
+    def _side_input(self, side):
+        key = (side.pvalue.producer, side.pvalue.tag)
+        if key not in self._sides:
+            label = f"{side.pvalue.producer.full_label}[{side.pvalue.tag or 'main'}]/whole"
+            self._sides[key] = self._task(label, 0, tasks.concat, self.parts_of(side.pvalue))
+        return self._sides[key]
 
-@dataclasses.dataclass
-class _BagVisitor(PipelineVisitor):
-    """Translates every primitive into a dask bag; ParDo bags are tagged and split per consumed output."""
-    bag_kwargs: Dict[str, Any]
-    partitions: int  # pieces of a reshuffled or grouped bag (module docstring)
-    bags: Dict[Any, Any] = dataclasses.field(default_factory=collections.OrderedDict)
+    def _shuffle(self, label: str, parts, cut, join, *, pieces: Optional[int] = None, **join_fixed) -> List[Any]:
+        """One all-to-all exchange: `cut(partition, offset=i)` gives `pieces` (default `partitions`) pieces; output
+        j = join(pieces j)."""
+        count = pieces or self.partitions
+        cuts = [self._task(f"{label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
+        return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
+                                            for i, cut_key in enumerate(cuts)], **join_fixed)
+                for j in range(count)]
 
-    tagged: set = dataclasses.field(default_factory=set)  # nodes whose bag holds (tag, element) pairs
+    # -- the visitor
+    def enter_composite_transform(self, node) -> None:
+        if self._whole is None and _translated_whole(node):
+            self._whole = node
 
-    def output_bag(self, value):
-        bag = self.bags[value.producer]
-        if value.producer in self.tagged:
-            tag = value.tag
-            return bag.filter(lambda item, tag=tag: item[0] == tag).map(lambda item: item[1])
-        return bag
+    def leave_composite_transform(self, node) -> None:
+        if node is not self._whole:
+            return
+        self._whole = None
+        transform = node.transform
+        parts = self.parts_of(node.inputs[0])
+        count = self.partitions
+        if isinstance(transform, _GroupByKey):
+            out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces)
+        else:  # CombinePerKey
+            combine_fn = curry_combine_fn(transform.fn, transform.args, transform.kwargs)
+            out = self._shuffle(node.full_label, parts,
+                                _cut(tasks.precombine, combine_fn=combine_fn, pieces=count),
+                                tasks.merge_combined, combine_fn=combine_fn)
+        for output in node.outputs.values():
+            self.parts[output.producer] = out
 
     def visit_transform(self, node) -> None:
+        if self._whole is not None:
+            return
         transform = node.transform
-        op_class = evaluators.TRANSLATIONS.get(transform.__class__, evaluators.NoOp)
-        op = op_class(node, bag_kwargs=self.bag_kwargs)
-        inputs = [self.output_bag(v) for v in node.inputs if not isinstance(v, pvalue.PBegin)]
-        input_bag = None
-        if inputs:
-            input_bag = inputs if (len(inputs) != 1 or isinstance(op, evaluators.Flatten)) else inputs[0]
-        if isinstance(transform, beam.Impulse):  # Beam's Dask translations lack it: one empty-bytes element
-            import dask.bag
-            self.bags[node] = dask.bag.from_sequence([b""], npartitions=1)
+        label = node.full_label
+        inputs = [self.parts_of(v) for v in node.inputs if not isinstance(v, pvalue.PBegin)]
+        if isinstance(transform, beam.Impulse):
+            self.parts[node] = [self._task(label, 0, tasks.impulse)]
         elif isinstance(transform, _Reshuffle):
-            self.bags[node] = input_bag.repartition(npartitions=self.partitions)
-        elif isinstance(op, evaluators.GroupByKey):
-            self.bags[node] = input_bag.groupby(_StableKey.of, npartitions=self.partitions).map(_grouped)
-        elif isinstance(op, evaluators.ParDo):
-            import dask
-            side_specs = [(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs]
-            side_values = dask.delayed(_concat_partitions)(
-                [self.output_bag(si.pvalue).to_delayed() for si in node.side_inputs])
-            self.bags[node] = _apply_tagged_pardo(op, input_bag, side_specs, side_values)
+            self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=self.spread),
+                                             tasks.concat, pieces=self.spread)
+        elif isinstance(transform, _Create):
+            self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
+        elif isinstance(transform, _Flatten):
+            self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, list)]
+        elif type(transform) is beam.ParDo:
+            args, kwargs = transform.raw_side_inputs
+            spec = tasks.DoFnSpec(
+                key=(self.run_id, label), fn=transform.fn, label=transform.label, args=args, kwargs=kwargs,
+                side_specs=[(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs])
+            sides = [self._side_input(si) for si in node.side_inputs]
+            self.parts[node] = [self._task(label, i, tasks.run_dofn, part, sides, spec=spec)
+                                for i, part in enumerate(inputs[0])]
             self.tagged.add(node)
-        else:
-            self.bags[node] = op.apply(input_bag=input_bag, side_inputs=None)
+        else:  # Beam's own translation (Read), on bags
+            import dask.bag
+            from dask.delayed import Delayed
+            op = evaluators.TRANSLATIONS.get(transform.__class__, evaluators.NoOp)(node, bag_kwargs={})
+            bags = [dask.bag.from_delayed([Delayed(key, self.graph) for key in parts]) for parts in inputs]
+            bag = op.apply(input_bag=bags[0] if len(bags) == 1 else (bags or None), side_inputs=None)
+            self.graph.update(dict(bag.__dask_graph__()))
+            self.parts[node] = list(bag.__dask_keys__())
+
+    def leaves(self) -> List[Any]:
+        """The Delayed objects of every partition of every transform whose output no transform reads."""
+        from dask.delayed import Delayed
+        return [Delayed(key, self.graph) for node, parts in self.parts.items() if node not in self.consumed
+                for key in parts]
 
 
-class _StableKey:
-    """A Beam key whose hash is the same in every process (`hash()` of a str is salted per process)."""
-    __slots__ = ("key", "_hash")
-
-    def __init__(self, key):
-        self.key = key
-        self._hash = int.from_bytes(hashlib.blake2b(pickle.dumps(key, protocol=4), digest_size=8).digest(), "big")
-
-    @classmethod
-    def of(cls, windowed_pair):
-        return cls(windowed_pair[0])
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _StableKey) and self._hash == other._hash and self.key == other.key
+def _cut(function, **fixed):
+    """`function` as a shuffle's cut: (partition, offset=i) -> pieces; `offset` reaches only round-robin cuts."""
+    if function is tasks.split_round_robin:
+        return functools.partial(function, **fixed)
+    return functools.partial(_ignore_offset, functools.partial(function, **fixed))
 
 
-def _grouped(item):
-    """(stable key, [windowed (key, value)]) -> (key, [value]), as Beam's GroupByKey translation gives."""
-    stable, pairs = item
-    return stable.key, [evaluators.defenestrate(pair[1]) for pair in pairs]
+def _ignore_offset(function, items, *, offset):
+    del offset
+    return function(items)
 
 
-def _apply_tagged_pardo(op, input_bag, side_specs, side_values):
-    """Beam's ParDo translation, but each result carries its output tag and side inputs are dask dependencies."""
-    transform = op.transform
-    args, kwargs = transform.raw_side_inputs
-    main_input = next(iter(op.applied.main_inputs.values()))
-    window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
-    return input_bag.map(evaluators.get_windowed_value, window_fn).map_partitions(
-        _tagged_bundle, transform.fn, window_fn, transform.label, side_specs, side_values, args, kwargs)
+def _translated_whole(node) -> bool:
+    """A GroupByKey (after Beam's Dask override) or a CombinePerKey without side inputs, in the global window."""
+    transform = node.transform
+    if not isinstance(transform, (_GroupByKey, beam.CombinePerKey)) or len(node.inputs) != 1:
+        return False
+    if isinstance(transform, beam.CombinePerKey) and (node.side_inputs or transform.side_inputs):
+        return False
+    windowing = getattr(node.inputs[0], "windowing", None)
+    return windowing is None or isinstance(windowing.windowfn, GlobalWindows)
 
 
 class AllLeavesDaskRunner(DaskRunner):
-    """Beam's DaskRunner, with tagged ParDo outputs kept apart and every leaf of the graph computed."""
+    """Runs a pipeline on a dask.distributed cluster (module docstring): the one `--dask_client_address` names, or,
+    with `local_workers`, a cluster of that many single-threaded worker processes of this machine, started for the
+    run and stopped at its end."""
+
+    def __init__(self, local_workers: Optional[int] = None):
+        super().__init__()
+        self._local_workers = local_workers
 
     def run_pipeline(self, pipeline, options):
-        import dask
         import dask.distributed as ddist
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
-        client = ddist.Client(**dask_options)
+        cluster = None
+        if self._local_workers:
+            # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+            cluster = _local_cluster(self._local_workers)
+            client = ddist.Client(cluster)
+        else:
+            client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
         threads = sum(client.nthreads().values()) or 1
-        visitor = _BagVisitor(bag_kwargs, partitions=bag_kwargs.get("npartitions") or 2 * threads)
-        pipeline.visit(visitor)
-        consumed = set()
-        for node in visitor.bags:
-            consumed.update(v.producer for v in node.inputs if not isinstance(v, pvalue.PBegin))
-            consumed.update(side.pvalue.producer for side in node.side_inputs)
-        leaves = [bag for node, bag in visitor.bags.items() if node not in consumed and bag is not None]
-        futures = client.compute(list(dask.optimize(*leaves)))
-        return _ClosingDaskRunnerResult(client, futures)
+        # A Reshuffle cuts into more than twice the cluster's threads: dask then places those pieces as root tasks,
+        # spread over the workers, instead of on the one worker that holds the reshuffled partition (its work items
+        # are small: what follows a piece runs where the piece is).
+        partitions = bag_kwargs.get("npartitions")
+        translator = _Translator(partitions=partitions or 2 * threads, spread=partitions or 4 * threads,
+                                 run_id=uuid.uuid4().hex)
+        pipeline.visit(translator)
+        futures = client.compute(translator.leaves())
+        return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
+
+
+def _local_cluster(workers: int):
+    """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, without dashboard.
+
+    Workers are started by `multiprocessing` (spawn): they import the project from the launcher's `sys.path`, and
+    preload the modules every task needs, while the launcher builds the pipeline.
+    """
+    import dask.distributed as ddist
+    return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None, preload=["pipelines.dask_worker"],
+                              silence_logs=logging.ERROR,
+                              # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787 (taken or not).
+                              scheduler_kwargs={"dashboard_address": ":0"})
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):
-    """Closes the client it opened once the job is done, so that no connection outlives the run."""
+    """Waits for every leaf without bringing its data to the client; then releases the workers' DoFns of the run
+    and closes the client it opened (and the local cluster it started), so that nothing outlives the run."""
+
+    def __init__(self, client, futures, run_id: str, cluster=None):
+        super().__init__(client, futures)
+        self.run_id = run_id
+        self.cluster = cluster
 
     def wait_until_finish(self, duration=None):
+        import dask.distributed as ddist
         try:
-            return super().wait_until_finish(duration)
+            ddist.wait(self.futures, timeout=None if duration is None else duration / 1000)
+            for future in self.futures:
+                if future.status == "error":
+                    future.result()  # raises the task's exception
+            self._state = PipelineState.DONE
+        except ddist.TimeoutError:
+            return self._state
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
         finally:
-            if self.state in ("DONE", "FAILED", "CANCELLED") or duration is None:
-                self.client.close()
+            if self._state != PipelineState.RUNNING:
+                self._release()
+        return self._state
+
+    def _release(self) -> None:
+        try:
+            self.client.run(tasks.forget_run, self.run_id)
+        except Exception:  # a worker gone: its DoFns went with it
+            pass
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

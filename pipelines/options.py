@@ -22,7 +22,13 @@ class IOConfig:
                   "(default 0.1); a run with no usable record always fails")
     no_report: bool = option(False, help="write no report/ (SVG figures and report.md drawn from the run's counts)")
     quiet: bool = option(False, help="no progress lines (the summary is still printed)")
+    local_workers: Optional[int] = option(
+        None, help="run on N worker processes of this machine: a dask.distributed cluster of N single-threaded "
+                   "workers that the run starts and stops (the way to use every core of one machine; "
+                   "docs/scaling.md)", metavar="N")
 
     def __post_init__(self):
+        require(self.local_workers is None or self.local_workers >= 1,
+                f"--local_workers must be >= 1 (got {self.local_workers})")
         require(0 <= self.max_reject_fraction <= 1,
                 f"--max_reject_fraction must be within [0, 1] (got {self.max_reject_fraction})")

@@ -1,9 +1,12 @@
 """Runner resolution shared by both pipelines.
 
-`--runner=DaskRunner` (or `dask`, or Beam's class path) means `pipelines.dask_runner.AllLeavesDaskRunner`, Beam's
-DaskRunner with its data-losing defects fixed; it is imported only then, so other runs do not pay for importing
-dask. `--runner=DirectRunner` (or `direct`, the default) means Beam's DirectRunner without its Prism attempt (below).
-Every other runner name goes to Beam as given.
+`--runner=DaskRunner` (or `dask`, or Beam's class path) means `pipelines.dask_runner.AllLeavesDaskRunner`, our own
+translation onto a dask.distributed cluster; it is imported only then, so other runs do not pay for importing
+dask. `--local_workers N` means the same runner on a cluster of N single-threaded worker processes of this machine
+that the run starts and stops: the DirectRunner's multi-processing mode routes every stage's data through the
+launching process (docs/scaling.md), so it cannot use N cores for N workers. `--runner=DirectRunner` (or `direct`,
+the default) means Beam's DirectRunner without its Prism attempt (below). Every other runner name goes to Beam as
+given.
 
 Beam's DirectRunner (2.68 and later) first tries to run a pipeline on Prism, a Go runner whose binary it downloads from
 GitHub at run time, and falls back to its in-process FnApiRunner when that fails. For a user that meant: a download
@@ -15,17 +18,36 @@ keeping the DirectRunner's own choice between the FnApiRunner and its bundle-bas
 `--direct_num_workers` / `--direct_running_mode` options (it only turns off the Prism attempt).
 """
 
+from typing import Optional
+
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from contract.errors import UserError
 
 DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
 DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner",
                        "switchingdirectrunner", "apache_beam.runners.direct.direct_runner.switchingdirectrunner")
 
 
-def resolve_runner(options: PipelineOptions):
-    """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner, the DirectRunner
-    without its Prism attempt for any spelling of DirectRunner (or none)."""
+def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = None):
+    """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner (on a local
+    cluster of `local_workers` processes where given), the DirectRunner without its Prism attempt for any spelling
+    of DirectRunner (or none).
+
+    Raises:
+      UserError: `local_workers` with another runner, or with a cluster's address.
+    """
     name = options.view_as(StandardOptions).runner
+    if local_workers:
+        if isinstance(name, str) and name.lower() not in DIRECT_RUNNER_NAMES + DASK_RUNNER_NAMES:
+            raise UserError(f"--local_workers runs the pipeline on a Dask cluster of this machine: it does not go "
+                            f"with --runner={name}")
+        all_options = options.get_all_options()
+        if all_options.get("address") or all_options.get("scheduler_file"):
+            raise UserError("--local_workers starts a cluster of its own: drop it to use the cluster of "
+                            "--dask_client_address (or --dask_scheduler_file)")
+        from pipelines.dask_runner import AllLeavesDaskRunner
+        return AllLeavesDaskRunner(local_workers=local_workers)
     if name is None or (isinstance(name, str) and name.lower() in DIRECT_RUNNER_NAMES):
         from apache_beam.runners.direct.direct_runner import DirectRunner
         runner = DirectRunner()

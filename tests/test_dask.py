@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
@@ -78,24 +79,28 @@ def _write_corpus(path: pathlib.Path, copies: int) -> None:
 
 
 def test_corpus_on_dask_equals_direct_runner(tmp_path, tiny_bert, dask_cluster):
+    """The same bytes at the default partitions and ranges, and at 97-byte and 1-byte ranges over 5 and 1 partitions."""
     from pipelines import corpus as corpus_pipeline
     text = tmp_path / "corpus.txt"
     _write_corpus(text, copies=3)
     common = [f"--input={text}", "--input_format=text", f"--tokenizer={tiny_bert}", "--num_shards=3", "--epochs=2",
               "--seed=7", "--docs_per_bucket=3", "--max_seq_len=20", "--max_reject_fraction=0.5"]
     direct = corpus_pipeline.run(["--runner=DirectRunner", f"--output={tmp_path / 'direct'}"] + common)
-    dask = corpus_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
-                                f"--output={tmp_path / 'dask'}"] + common)
     assert direct["counts"]["rejects"] == {"non_utf8_line": 2}
     assert direct["counts"]["corpus"]["instances"] > 10
-    assert dask["counts"] == direct["counts"]
-    assert dask["outputs"] == direct["outputs"]
-    a, b = _all_files(tmp_path / "direct"), _all_files(tmp_path / "dask")
-    assert sorted(a) == sorted(b)
+    a = _all_files(tmp_path / "direct")
     assert sum(name.endswith(".parquet") for name in a) == 3 * 3  # two epochs and the rejects, 3 shards each
-    for name in a:
-        if name != "manifest.json":  # holds the output path
-            assert a[name] == b[name], name
+    for name, extra in {"dask": [], "ranges-97-parts-5": ["--split_bytes=97", "--dask_npartitions=5"],
+                        "ranges-1-parts-1": ["--split_bytes=1", "--dask_npartitions=1"]}.items():
+        dask = corpus_pipeline.run(["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}",
+                                    f"--output={tmp_path / name}", *extra] + common)
+        assert dask["counts"] == direct["counts"]
+        assert dask["outputs"] == direct["outputs"]
+        b = _all_files(tmp_path / name)
+        assert sorted(a) == sorted(b)
+        for path in a:
+            if path != "manifest.json":  # holds the output path
+                assert a[path] == b[path], (name, path)
 
 
 # ------------------------------------------------------------------------------------------------- fault test
@@ -168,3 +173,110 @@ def test_augment_survives_a_killed_worker(tmp_path, tiny_bert, tiny_glove, fault
             for row in pq.read_table(tmp_path / "hit" / entry["path"]).to_pylist()]
     keys = [(row["example_id"], row["aug_index"]) for row in rows]
     assert len(keys) == len(set(keys)) == undisturbed["outputs"]["data"]["totals"]["rows"]
+
+
+class _MeanFn(beam.CombineFn):
+    """A CombineFn whose accumulator differs from its input and output: a lifted combine must merge them."""
+
+    def create_accumulator(self):
+        return (0, 0)
+
+    def add_input(self, accumulator, value):
+        return accumulator[0] + value, accumulator[1] + 1
+
+    def merge_accumulators(self, accumulators):
+        sums, counts = zip(*accumulators)
+        return sum(sums), sum(counts)
+
+    def extract_output(self, accumulator):
+        return accumulator[0] / accumulator[1] if accumulator[1] else float("nan")
+
+
+class _SplitFn(beam.DoFn):
+    def process(self, element, offset, names):
+        key, value = element
+        if value % 3 == 0:
+            yield beam.pvalue.TaggedOutput("threes", (names.get(key, "?"), value + offset))
+        else:
+            yield key, value
+
+
+class _DumpFn(beam.DoFn):
+    """Writes each element as a line of a file of its own (results stay on the workers: this is how they come back)."""
+
+    def __init__(self, folder: str, name: str):
+        self._folder, self._name = folder, name
+
+    def process(self, element):
+        import json
+        import uuid
+        path = pathlib.Path(self._folder) / f"{self._name}-{uuid.uuid4().hex}"
+        path.write_text(json.dumps(element, sort_keys=True, default=sorted), encoding="utf-8")
+
+
+def _translation_pipeline(pipeline, folder: str) -> None:
+    numbers = (pipeline | "Numbers" >> beam.Create([(f"k{i % 7}", i) for i in range(200)])
+               | "Spread" >> beam.Reshuffle())
+    names = pipeline | "Names" >> beam.Create([("k1", "one"), ("k2", "two")])
+    offset = pipeline | "Offset" >> beam.Create([1000])
+    split = numbers | "Split" >> beam.ParDo(_SplitFn(), offset=beam.pvalue.AsSingleton(offset),
+                                           names=beam.pvalue.AsDict(names)).with_outputs("threes", main="rest")
+    results = {
+        "sums": split.rest | "Sum" >> beam.CombinePerKey(sum),
+        "means": split.rest | "Mean" >> beam.CombinePerKey(_MeanFn()),
+        "mean_all": split.rest | beam.Values() | "MeanAll" >> beam.CombineGlobally(_MeanFn()),
+        "empty_sum": (pipeline | "Nothing" >> beam.Create([]) | "SumNothing" >> beam.CombineGlobally(sum)),
+        "groups": (split.threes | "Group" >> beam.GroupByKey()
+                   | "Sorted" >> beam.MapTuple(lambda key, values: (key, sorted(values)))),
+        "tuple_keys": ((split.rest, split.threes) | "Both" >> beam.Flatten()
+                       | "TupleKey" >> beam.Map(lambda kv: ((kv[0], len(kv[0])), kv[1]))
+                       | "Count" >> beam.combiners.Count.PerKey()),
+        "joined": ({"rest": split.rest, "names": names} | "Join" >> beam.CoGroupByKey()
+                   | "SortedJoin" >> beam.MapTuple(lambda key, groups: (key, sorted(groups["rest"]),
+                                                                         groups["names"]))),
+    }
+    for name, pcoll in results.items():
+        _ = pcoll | f"Dump{name}" >> beam.ParDo(_DumpFn(folder, name))
+
+
+def _dumped(folder: pathlib.Path):
+    found = {}
+    for path in folder.iterdir():
+        found.setdefault(path.name.rsplit("-", 1)[0], []).append(path.read_text(encoding="utf-8"))
+    return {name: sorted(lines) for name, lines in found.items()}
+
+
+def test_translation_equals_the_direct_runner(tmp_path, dask_cluster):
+    """GroupByKey, lifted CombinePerKey/CombineGlobally (an empty one included), tagged outputs with side inputs,
+    Flatten, CoGroupByKey and Reshuffle give the DirectRunner's results, at several partition counts."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.dask_runner import AllLeavesDaskRunner
+    (tmp_path / "direct").mkdir()
+    untyped = ["--no_pipeline_type_check"]  # _SplitFn's outputs mix tags; Beam's inference would refuse them
+    with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(untyped)) as pipeline:
+        _translation_pipeline(pipeline, str(tmp_path / "direct"))
+    expected = _dumped(tmp_path / "direct")
+    assert len(expected) == 7 and expected["empty_sum"] == ["0"]
+    for partitions in (1, 3, 8):
+        folder = tmp_path / f"dask-{partitions}"
+        folder.mkdir()
+        options = PipelineOptions(untyped + [f"--dask_client_address={dask_cluster.scheduler_address}",
+                                             f"--dask_npartitions={partitions}"])
+        with beam.Pipeline(runner=AllLeavesDaskRunner(), options=options) as pipeline:
+            _translation_pipeline(pipeline, str(folder))
+        assert _dumped(folder) == expected, partitions
+
+
+def test_local_workers_refuses_another_runner_or_cluster(tmp_path, tiny_bert):
+    from contract.errors import UserError
+    from pipelines import corpus as corpus_pipeline
+    text = tmp_path / "corpus.txt"
+    _write_corpus(text, copies=1)
+    common = [f"--input={text}", f"--tokenizer={tiny_bert}", f"--output={tmp_path / 'out'}"]
+    with pytest.raises(UserError, match="does not go with --runner=FlinkRunner"):
+        corpus_pipeline.run(common + ["--local_workers=2", "--runner=FlinkRunner"])
+    with pytest.raises(UserError, match="drop it to use the cluster of --dask_client_address"):
+        corpus_pipeline.run(common + ["--local_workers=2", "--runner=DaskRunner",
+                                      "--dask_client_address=tcp://127.0.0.1:1"])
+    with pytest.raises(UserError, match="--local_workers must be >= 1"):
+        corpus_pipeline.run(common + ["--local_workers=0"])

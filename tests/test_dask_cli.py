@@ -68,3 +68,41 @@ def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert,
         assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
         for path in direct:
             assert direct[path] == dask[path], (name, path)
+
+
+def test_local_workers_from_the_shell(tmp_path, tiny_bert):
+    """`--local_workers 2`: the command starts its own cluster of 2 worker processes and stops it; the same bytes
+    as the DirectRunner; a worker's user error is one `error:` line; the output claim's rules are unchanged."""
+    work = tmp_path / "work"
+    work.mkdir()
+    corpus_text = work / "corpus.txt"
+    corpus_text.write_text("".join(f"Sentence {i} of document {d} says something new .\n"
+                                   + ("\n" if i == 4 else "") for d in range(12) for i in range(5)),
+                           encoding="utf-8")
+    corpus_args = ["pipelines.corpus", f"--input={corpus_text}", f"--tokenizer={tiny_bert}", "--max_seq_len=24",
+                   "--num_shards=2", "--epochs=2", "--docs_per_bucket=3", "--split_bytes=200"]
+    _run(work, *corpus_args, "--quiet", "--output=direct")
+    local = _run(work, *corpus_args, "--local_workers=2", "--output=local")
+    assert "corpus finished" in local.stdout
+    assert not [line for line in local.stderr.splitlines() if "distributed" in line or "WARNING" in line], \
+        local.stderr[-2000:]
+    direct, dask = _files(work / "direct"), _files(work / "local")
+    assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
+    for path in direct:
+        assert direct[path] == dask[path], path
+
+    again = subprocess.run([sys.executable, "-m", *corpus_args, "--local_workers=2", "--output=local"], cwd=work,
+                           capture_output=True, text=True, timeout=600, env=_env())
+    assert again.returncode == 1 and again.stderr.strip().startswith("error: ") and "--overwrite" in again.stderr
+
+    # A zstd stream named .txt: the worker that reads it stops the run; the launcher prints its one line.
+    damaged = work / "damaged.txt"
+    damaged.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 64)
+    failed = subprocess.run([sys.executable, "-m", "pipelines.corpus", f"--input={damaged}",
+                             f"--tokenizer={tiny_bert}", "--local_workers=2", "--output=failed"], cwd=work,
+                            capture_output=True, text=True, timeout=600, env=_env())
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "damaged.txt" in errors[0], failed.stderr[-2000:]
+    assert "Traceback" not in failed.stderr
+    assert not (work / "failed" / "_SUCCESS").exists()

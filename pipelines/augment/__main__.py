@@ -2,4 +2,6 @@
 
 from pipelines import entry
 
-entry.augment()
+# Guarded: a --local_workers run starts worker processes that re-import this module under another name.
+if __name__ == "__main__":
+    entry.augment()

@@ -58,6 +58,7 @@ def run(argv=None, save_main_session=False):
         print(candidate_store.prune_model(config), flush=True)
         return None
     resolved = read.resolve_input(config)
+    runner = resolve_runner(options, local_workers=config.local_workers)  # refuses bad runner options
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
                                    "glove": resources.resolve_glove(config), "stop_words": config.stop_words,
                                    "candidate_store": config.store_root()})
@@ -72,7 +73,7 @@ def run(argv=None, save_main_session=False):
                  len(resolved.files), outputs.human_bytes(sum(f["bytes"] for f in resolved.files)), config.output)
     try:
         with cli.worker_errors(config.output):
-            with beam.Pipeline(runner=resolve_runner(options), options=options) as pipeline:
+            with beam.Pipeline(runner=runner, options=options) as pipeline:
                 build_pipeline(pipeline, config, resolved=resolved, run_resources=run_resources, run_id=run_id)
     finally:
         resources.forget_glove()  # the launcher's parsed GloVe, reused by an in-process worker

@@ -8,4 +8,6 @@ import sys
 
 from pipelines import entry
 
-sys.exit(entry.corpus())
+# Guarded: a --local_workers run starts worker processes that re-import this module under another name.
+if __name__ == "__main__":
+    sys.exit(entry.corpus())

@@ -58,6 +58,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     files = sources.input_files(config.input)
     if all(f["bytes"] == 0 for f in files):
         raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
+    runner = resolve_runner(pipeline_options, local_workers=config.local_workers)  # refuses bad runner options
     refuse_overlap(config.output, {"input": [f["path"] for f in files], "tokenizer": config.tokenizer})
     tokenizer = resources.load_tokenizer(config.tokenizer)
     instances = _instance_settings(config, tokenizer)
@@ -71,7 +72,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     header = _manifest_header(config, files=files, tokenizer=tokenizer, vocab_size=instances.special.vocab_size)
 
     with cli.worker_errors(config.output):
-        with beam.Pipeline(runner=resolve_runner(pipeline_options), options=pipeline_options) as pipeline:
+        with beam.Pipeline(runner=runner, options=pipeline_options) as pipeline:
             build_pipeline(pipeline, config=config, files=files, tokenizer_json=tokenizer.to_json(),
                            instances=instances, header=header, run_id=run_id)
 
