@@ -19,7 +19,7 @@ import sys
 import types
 
 
-def load_reference(path, *, fit_size):
+def load_reference(path, *, fit_size, log_dir):
     """Imports general_distill, task_distill and transformer.modeling from `path`, adapted (module docstring)."""
     import numpy as np
     for name in ("boto3", "botocore", "botocore.exceptions"):  # only its S3 download helper uses them
@@ -34,9 +34,14 @@ def load_reference(path, *, fit_size):
         np.int = int  # removed in numpy 1.24; general_distill builds its arrays with it
     sys.path.insert(0, path)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import general_distill
-    import task_distill
-    from transformer import modeling
+    here = os.getcwd()
+    os.chdir(log_dir)  # task_distill.py opens debug_layer_loss.log in the working directory when imported
+    try:
+        import general_distill
+        import task_distill
+        from transformer import modeling
+    finally:
+        os.chdir(here)
     for name in ("general_distill", "task_distill", "transformer", "transformer.modeling"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for cls in (modeling.TinyBertForPreTraining, modeling.TinyBertForSequenceClassification):

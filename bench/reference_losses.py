@@ -277,7 +277,7 @@ def main(argv=None):
     train = read_tsv(os.path.join(args.data_dir, "fortunes-topics-train.tsv"))
     dev = read_tsv(os.path.join(args.data_dir, "fortunes-topics-dev.tsv"))
     reference = load_reference(args.reference, fit_size=_read_json(os.path.join(args.model, "config.json"))[
-        "hidden_size"])
+        "hidden_size"], log_dir=args.work_dir)
     hyper = _hyper(real)
     parts = set(args.parts.split(","))
     started = time.perf_counter()

@@ -59,7 +59,8 @@ def test_pregenerated_rows_are_the_references_input_format(tmp_path, task_teache
                                                                      "folder of huawei-noah/Pretrained-Language-Model")
 def test_the_reference_model_reads_our_teacher_as_we_compute_it(tmp_path, task_teacher):
     import torch
-    reference = reference_adapter.load_reference(os.environ["TINYBERT_REFERENCE"], fit_size=48)
+    reference = reference_adapter.load_reference(os.environ["TINYBERT_REFERENCE"], fit_size=48,
+                                                log_dir=str(tmp_path))
     folder = reference_adapter.to_reference_folder(task_teacher, str(tmp_path / "ref"), vocab_dir=task_teacher)
     theirs = reference.task.TinyBertForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
     ours = models.load_teacher(task_teacher, classification=True, num_labels=3)
