@@ -34,7 +34,8 @@ def load_reference(path, *, fit_size, log_dir):
         np.int = int  # removed in numpy 1.24; general_distill builds its arrays with it
     sys.path.insert(0, path)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    here = os.getcwd()
+    here, root = os.getcwd(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     os.chdir(log_dir)  # task_distill.py opens debug_layer_loss.log in the working directory when imported
     try:
         import general_distill
@@ -42,6 +43,10 @@ def load_reference(path, *, fit_size, log_dir):
         from transformer import modeling
     finally:
         os.chdir(here)
+        for handler in [h for h in root.handlers if h not in handlers]:  # its stdout and file handlers on the root
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
     for name in ("general_distill", "task_distill", "transformer", "transformer.modeling"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for cls in (modeling.TinyBertForPreTraining, modeling.TinyBertForSequenceClassification):

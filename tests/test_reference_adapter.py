@@ -1,9 +1,9 @@
 """bench/reference_adapter.py: our folders in the formats the reference trainer reads, and, where a fetched copy of
 the reference is named by TINYBERT_REFERENCE (its TinyBERT folder), its models reading them as ours compute."""
 
+import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
@@ -11,9 +11,10 @@ from distill import models
 from tests import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import reference_adapter  # noqa: E402  (bench/ is not a package)
+# bench/ is not a package, and on sys.path its corpus.py would hide the corpus package from later tests.
+_SPEC = importlib.util.spec_from_file_location("reference_adapter", os.path.join(ROOT, "bench", "reference_adapter.py"))
+reference_adapter = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(reference_adapter)
 
 
 @pytest.fixture()
