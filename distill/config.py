@@ -26,6 +26,9 @@ AUTO, LINEAR, CONSTANT = "auto", "linear", "constant"
 LR_SCHEDULES = (AUTO, LINEAR, CONSTANT)
 # The teacher's mode while it computes targets: "train" (dropout on, as the reference never calls eval() on it).
 TEACHER_MODES = ("train", "eval")
+# How a new student's weights start: "random" (the reference: BERT's N(0, 0.02)) or "teacher" (copied from the
+# teacher's embeddings and mapped layers; see distill.models.copy_teacher_layers).
+STUDENT_INITS = ("random", "teacher")
 REPORT_TO = ("none", "tensorboard")
 
 
@@ -55,6 +58,11 @@ class DistillConfig:
     teacher_mode: str = _field(
         "train", help="the teacher's mode while it computes targets: train (dropout on, as the reference, which never "
                       "calls eval() on it) or eval (dropout off: deterministic targets)", choices=TEACHER_MODES)
+    student_init: str = _field(
+        "random", help="a new student's weights (a preset or config.json --student): random (the reference) or "
+                       "teacher: the teacher's embeddings, pooler and layers k-1, 2k-1, ... (the layers the student's "
+                       "layers learn from), fit_dense the identity; needs the teacher's hidden and intermediate sizes",
+        choices=STUDENT_INITS)
 
     def __post_init__(self):
         _require(self.mode in (GENERAL, TASK, FINETUNE), f"mode must be {GENERAL}, {TASK} or {FINETUNE}, not {self.mode!r}")
@@ -64,6 +72,7 @@ class DistillConfig:
         _require_choice("soft_ce_reduction", self.soft_ce_reduction, SOFT_CE_REDUCTIONS)
         _require_choice("regression_target", self.regression_target, REGRESSION_TARGETS)
         _require_choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
+        _require_choice("student_init", self.student_init, STUDENT_INITS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +167,8 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         """The options by group, and under "resolved" what "auto" options became for this run."""
         return {**dataclasses.asdict(self), "resolved": {
-            "lr_schedule": self.lr_schedule, "fit_dense_init": FIT_DENSE_INIT, "pair_truncation": PAIR_TRUNCATION,
+            "lr_schedule": self.lr_schedule, "pair_truncation": PAIR_TRUNCATION,
+            "fit_dense_init": FIT_DENSE_INIT if self.distill.student_init == "random" else "identity",
             "teacher_dropout": self.distill.teacher_mode == "train", "optimizer": "AdamW",
             "adam_epsilon": self.optim.adam_epsilon, "epochs": self.optim.epochs}}
 

@@ -254,12 +254,19 @@ class Student(nn.Module):
 
 
 def build_student(spec: str, teacher: nn.Module, *, classification: bool,
-                  num_labels: Optional[int] = None, labels: Optional[Tuple[str, ...]] = None) -> Student:
+                  num_labels: Optional[int] = None, labels: Optional[Tuple[str, ...]] = None,
+                  from_teacher: bool = False) -> Student:
     """Builds (preset/config) or loads (directory) the student; loads `fit_dense` kept beside a saved student.
 
+    Args:
+      from_teacher: a built student starts from the teacher's weights (`copy_teacher_layers`), not random ones.
+
     Raises:
-      UserError: a bad spec, or heads that differ from the teacher's.
+      UserError: a bad spec, heads that differ from the teacher's, or `from_teacher` with a saved student.
     """
+    if from_teacher and os.path.isdir(spec):
+        raise UserError(f"--student_init teacher builds a new student from the teacher's layers, but --student {spec} "
+                        "is a saved model (its weights would be replaced); pass a preset or a config.json")
     from transformers import BertForSequenceClassification, BertModel
     register_scores_attention()
     config = student_config(spec, teacher.config)
@@ -286,6 +293,8 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
         config._attn_implementation = SCORES_ATTENTION
         bert = model_class(config)
     student = Student(bert, teacher.config.hidden_size)
+    if from_teacher:
+        copy_teacher_layers(student, teacher)
     fit_path = os.path.join(spec, FIT_DENSE_NAME) if os.path.isdir(spec) else ""
     if fit_path and os.path.exists(fit_path):
         try:
@@ -300,6 +309,45 @@ def build_student(spec: str, teacher: nn.Module, *, classification: bool,
         else:
             logger.warning("ignoring %s: its shape %s does not fit this teacher", fit_path, tuple(state["weight"].shape))
     return student
+
+
+def copy_teacher_layers(student: Student, teacher: nn.Module) -> List[int]:
+    """Starts a new student from its teacher (not the reference's random start; a common practice since, e.g.
+    DistilBERT): the embeddings, the pooler and, for student layer i, teacher layer (i + 1) * k - 1, the layer whose
+    attention it learns (`losses.layer_mapping`); the task head too when both have one of the same shape; fit_dense
+    the identity, so the embedding term of the hidden-state loss starts at 0.
+
+    Returns:
+      The teacher layer indices copied, one per student layer.
+
+    Raises:
+      UserError: the student's hidden size, intermediate size or head count is not the teacher's, or the teacher's
+        depth is not a multiple of the student's.
+    """
+    from distill.losses import layer_mapping
+    mine, theirs = getattr(student.bert, "bert", student.bert), getattr(teacher, "bert", teacher)
+    for name in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        if getattr(mine.config, name) != getattr(theirs.config, name):
+            raise UserError(f"--student_init teacher copies the teacher's layers, so the student needs the teacher's "
+                            f"{name} ({getattr(theirs.config, name)}), not {getattr(mine.config, name)}")
+    try:
+        layers, _ = layer_mapping(theirs.config.num_hidden_layers, mine.config.num_hidden_layers)
+    except ValueError as error:
+        raise UserError(f"--student_init teacher: {error}") from error
+    mine.embeddings.load_state_dict(theirs.embeddings.state_dict())
+    for index, layer in enumerate(layers):
+        mine.encoder.layer[index].load_state_dict(theirs.encoder.layer[layer].state_dict())
+    if getattr(mine, "pooler", None) is not None and getattr(theirs, "pooler", None) is not None:
+        mine.pooler.load_state_dict(theirs.pooler.state_dict())
+    head, teacher_head = getattr(student.bert, "classifier", None), getattr(teacher, "classifier", None)
+    if head is not None and teacher_head is not None and head.weight.shape == teacher_head.weight.shape:
+        head.load_state_dict(teacher_head.state_dict())
+    with torch.no_grad():
+        student.fit_dense.weight.copy_(torch.eye(student.fit_dense.weight.shape[0]))
+        student.fit_dense.bias.zero_()
+    logger.info("student starts from the teacher: embeddings, pooler and teacher layers %s (0-based), fit_dense the "
+                "identity", layers)
+    return layers
 
 
 TASK_FILE = "tinybert_task.json"

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune a classifier on the task's labels (a teacher)")
     general_skip = ("stage", "task", "dev", "max_seq_len", "soft_ce_reduction", "regression_target")
     finetune_skip = ("teacher", "student", "stage", "temperature", "soft_ce_reduction", "regression_target",
-                     "teacher_mode")
+                     "teacher_mode", "student_init")
     for sub, skip in ((general, general_skip), (task, ()), (finetune, finetune_skip)):
         for config_class in config_lib.GROUPS.values():
             config_lib.add_arguments(sub, config_class, skip=skip)

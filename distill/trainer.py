@@ -143,8 +143,8 @@ class Trainer:
             self.vocab_size = int(self.teacher.config.vocab_size)  # the student's too (see models.student_config)
             self.teacher.to(device)
             self.student = models.build_student(cfg_d.student, self.teacher, classification=self.classification,
-                                                num_labels=num_labels, labels=self.task.labels if self.task else None
-                                                ).to(device)
+                                                num_labels=num_labels, labels=self.task.labels if self.task else None,
+                                                from_teacher=cfg_d.student_init == "teacher").to(device)
         if self.prediction:
             self.student.fit_dense.requires_grad_(False)  # unused by the logits loss; kept as it was
         self.model: nn.Module = self.student

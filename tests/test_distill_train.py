@@ -143,6 +143,22 @@ def test_task_stages_then_eval(setup, capsys):
     assert '"acc"' in capsys.readouterr().out
 
 
+def test_student_init_teacher_starts_general_distillation_from_the_teacher(setup, tmp_path):
+    student = builders.write_student_config(str(tmp_path / "student.json"), layers=2, hidden=48, heads=12,
+                                            intermediate=96)
+    runs = {}
+    for init in ("random", "teacher"):
+        output = tmp_path / init
+        run.main(_general(setup, output, "--max_steps", "1", "--student", student, "--student_init", init))
+        runs[init] = _metrics(output)[0]
+        with open(output / "distill_config.json", encoding="utf-8") as handle:
+            saved = json.load(handle)
+        assert saved["distill"]["student_init"] == init
+        assert (saved["resolved"]["fit_dense_init"] == "identity") == (init == "teacher")
+    # Teacher layers 1 and 3 in a 2-layer student: the same batch costs far less than from random weights.
+    assert runs["teacher"]["rep_loss"] < runs["random"]["rep_loss"] / 2
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda a, s: a.__setitem__(a.index("--data") + 1, str(s["base"] / "missing")), "does not exist"),
     (lambda a, s: a.__setitem__(a.index("--student") + 1, "5L-1H"), "neither a preset"),

