@@ -246,7 +246,7 @@ def _pipeline(model_dir: str, glove_path: str, input_path: pathlib.Path, out: pa
     with split if split is not None else contextlib.nullcontext():
         manifest = augment_pipeline.run([
             "--runner=DirectRunner", f"--model={model_dir}", f"--glove={glove_path}", f"--input={input_path}",
-            f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", *extra])
+            f"--output={out}", "--overwrite", "--emit_candidates", "--num_aug=20", "--candidate_store=none", *extra])
     elapsed = time.perf_counter() - start
     _CPU_SECONDS.append(time.process_time() - cpu_start)
     candidates = {}
@@ -262,7 +262,7 @@ def _peak_rss_mb(model_dir: str, glove_path: str, input_path: pathlib.Path, out:
             "a.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(ROOT))
     result = subprocess.run([sys.executable, "-c", code, "--runner=DirectRunner", f"--model={model_dir}",
                              f"--glove={glove_path}", f"--input={input_path}", f"--output={out}", "--overwrite",
-                             "--num_aug=20"], capture_output=True, text=True, check=True)
+                             "--num_aug=20", "--candidate_store=none"], capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 

@@ -80,7 +80,7 @@ def produce(out: pathlib.Path) -> None:
     results = out / "results"
     augment_pipeline.run(["--runner=DirectRunner", "--task=SST-2", f"--input={SAMPLE}", f"--output={results / 'aug'}",
                           f"--model={mlm}", f"--glove={glove}", "--num_shards=2", "--num_aug=3", "--seed=11",
-                          "--quiet"])
+                          "--quiet", "--candidate_store=none"])
 
     text = "\n\n".join("\n".join(sentences[i:i + 4]) for i in range(0, len(sentences), 4)) + "\n"
     (assets / "corpus.txt").write_text(text, encoding="utf-8")
