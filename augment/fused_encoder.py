@@ -44,17 +44,20 @@ def supports(encoder) -> Optional[str]:
 
 
 class _Layer:
-    def __init__(self, layer, rows_hint: int):
+    """One layer's weights in bf16, packed for oneDNN: a fused Q/K/V projection, or for the last layer (`last`),
+    separate K/V (every position) and Q (the masked rows) projections."""
+
+    def __init__(self, layer, rows_hint: int, *, last: bool):
         attention = layer.attention
         weights = [attention.self.query, attention.self.key, attention.self.value]
-        qkv_weight = torch.cat([w.weight.detach() for w in weights]).to(torch.bfloat16).contiguous()
-        qkv_bias = torch.cat([w.bias.detach() for w in weights]).to(torch.bfloat16).contiguous()
-        self.hidden = qkv_weight.shape[1]
-        self.q_weight, self.q_bias = qkv_weight[:self.hidden].contiguous(), qkv_bias[:self.hidden].contiguous()
-        self.kv_weight, self.kv_bias = qkv_weight[self.hidden:].contiguous(), qkv_bias[self.hidden:].contiguous()
-        self.qkv = _pack(qkv_weight, rows_hint), qkv_bias
-        self.kv = _pack(self.kv_weight, rows_hint), self.kv_bias
-        self.q = _pack(self.q_weight, rows_hint), self.q_bias
+        qkv_weight = torch.cat([w.weight.detach() for w in weights]).to(torch.bfloat16)
+        qkv_bias = torch.cat([w.bias.detach() for w in weights]).to(torch.bfloat16)
+        hidden = qkv_weight.shape[1]
+        if last:
+            self.q = _pack(qkv_weight[:hidden].contiguous(), rows_hint), qkv_bias[:hidden].contiguous()
+            self.kv = _pack(qkv_weight[hidden:].contiguous(), rows_hint), qkv_bias[hidden:].contiguous()
+        else:
+            self.qkv = _pack(qkv_weight.contiguous(), rows_hint), qkv_bias.contiguous()
         self.out = _pack_linear(attention.output.dense, rows_hint)
         self.norm1 = _norm(attention.output.LayerNorm)
         self.up = _pack_linear(layer.intermediate.dense, rows_hint)
@@ -106,7 +109,9 @@ class FusedMaskedEncoder:
         config = encoder.config
         self.heads = config.num_attention_heads
         self.embeddings = copy.deepcopy(encoder.embeddings).to(torch.bfloat16).eval()  # `.to` is in place
-        self.layers: List[_Layer] = [_Layer(layer, rows_hint) for layer in encoder.encoder.layer]
+        layers = encoder.encoder.layer
+        self.layers: List[_Layer] = [_Layer(layer, rows_hint, last=index == len(layers) - 1)
+                                     for index, layer in enumerate(layers)]
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:

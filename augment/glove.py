@@ -30,7 +30,8 @@ def _parse_block(block: List[Tuple[int, str]], dim: int, words: List[str], sourc
     than a Python loop on 100k x 300 values), else line by line (`_parse_line`), which finds and names the bad
     line. Both parse a number to the same float64: correctly rounded."""
     if all(text.count(" ") == dim for _, text in block):
-        numbers = "\n".join(text.partition(" ")[2] for _, text in block).encode("utf-8")
+        parts = [text.partition(" ") for _, text in block]  # (word, " ", numbers)
+        numbers = "\n".join(part[2] for part in parts).encode("utf-8")
         try:
             table = pcsv.read_csv(pa.py_buffer(numbers), read_options=pcsv.ReadOptions(
                 column_names=[str(i) for i in range(dim)], use_threads=False, block_size=max(1 << 20, len(numbers) + 1)),
@@ -44,8 +45,7 @@ def _parse_block(block: List[Tuple[int, str]], dim: int, words: List[str], sourc
             for column in range(dim):
                 vectors[:, column] = table.column(column).to_numpy()
             if np.isfinite(vectors).all():
-                for row, (_, text) in enumerate(block):
-                    word = text.partition(" ")[0]
+                for row, (word, _, _) in enumerate(parts):
                     words.append(word)
                     if word == "<unk>":
                         vectors[row] = 0.0  # the reference leaves the vector of '<unk>' at zero
