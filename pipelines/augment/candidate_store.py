@@ -112,8 +112,7 @@ def resolve_store(config: AugmentConfig) -> Tuple[Optional[StoreSettings], Optio
         return None, None
     if config.score_only:
         return None, None
-    matches = [found for found in recorded_models(root) if (found.config_sha256, found.vocab_sha256) == (
-        parts["config_sha256"], parts["vocab_sha256"])]
+    matches = _recorded_like(root, parts)
     if len(matches) > 1:
         raise UserError(f"--model {config.model} holds no weights, and {len(matches)} models of its config and "
                         f"vocabulary are recorded in --candidate_store {root} ("
@@ -213,8 +212,7 @@ def prune_model(config: AugmentConfig) -> str:
     if parts["weights_sha256"] is not None:
         model_ids = [store_lib.ModelFingerprint(**parts).model_id]
     else:
-        model_ids = [found.model_id for found in recorded_models(root) if (found.config_sha256, found.vocab_sha256)
-                     == (parts["config_sha256"], parts["vocab_sha256"])]
+        model_ids = [found.model_id for found in _recorded_like(root, parts)]
     folders = [outputs.join_path(root, model_id) for model_id in model_ids]
     folders = [folder for folder in folders if FileSystems.exists(folder)]
     if not folders:
@@ -237,6 +235,12 @@ def record_model(root: str, fingerprint: store_lib.ModelFingerprint, name_or_pat
     if not is_recorded(root, fingerprint):
         outputs.write_bytes_atomically(fingerprint.record(name_or_path), outputs.join_path(
             root, fingerprint.model_id), store_lib.RECORD_NAME)
+
+
+def _recorded_like(root: str, parts: Dict[str, Optional[str]]) -> List[store_lib.ModelFingerprint]:
+    """The models recorded in the store with the config and vocabulary of `parts` (`fingerprint_parts`)."""
+    return [found for found in recorded_models(root)
+            if (found.config_sha256, found.vocab_sha256) == (parts["config_sha256"], parts["vocab_sha256"])]
 
 
 def recorded_models(root: str) -> List[store_lib.ModelFingerprint]:
