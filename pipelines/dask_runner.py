@@ -7,9 +7,12 @@ two Dask workers spent four times the CPU of one DirectRunner worker, in transfe
 multi-stage bag shuffles and in per-row WindowedValue objects.
 
 Here every PCollection is a list of partitions (one dask task each, elements are plain values), and:
-* a ParDo's task runs its DoFn over one partition and returns {output tag: [element, ...]}; each consumed output is
-  a small selecting task, so a consumer (and a transfer between workers) carries its own output only. A worker keeps
-  set-up DoFn instances from one task to the next of a run (`setup()` once per worker, as Beam's runners do);
+* a ParDo's task runs its DoFn over one partition and returns {(step, output tag): [element, ...]}; each output read
+  outside the task is a small selecting task, so a consumer (and a transfer between workers) carries its own output
+  only. A ParDo without side inputs that reads a ParDo's output runs in that ParDo's task (a fused chain, as Beam's
+  runners fuse stages), so its input never leaves the worker that made it. A worker keeps set-up DoFn instances from
+  one task to the next of a run (`setup()` once per worker, as Beam's runners do), and pauses Python's cyclic
+  garbage collector while a task runs;
 * a GroupByKey is one all-to-all shuffle: each input partition is cut into `partitions` pieces by a stable hash of
   the key (the same in every process: `hash()` of a str is salted per process), and each output partition joins
   its pieces and groups them;
@@ -25,10 +28,13 @@ leave a thread idle for the rest of the stage). Only the global window is suppor
 runner).
 """
 
+import atexit
 import collections
+import dataclasses
 import functools
 import logging
 import operator
+import threading
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -54,7 +60,7 @@ class _Translator(PipelineVisitor):
         self.run_id = run_id
         self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
         self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
-        self.tagged = set()  # ParDo nodes: partitions are {tag: [element]}
+        self.groups: Dict[Any, "_Group"] = {}  # ParDo node -> its fused chain; partitions are {(label, tag): [...]}
         self.consumed = set()
         self._selected: Dict[Any, List[Any]] = {}
         self._sides: Dict[Any, Any] = {}
@@ -74,13 +80,21 @@ class _Translator(PipelineVisitor):
     def parts_of(self, value) -> List[Any]:
         node = value.producer
         self.consumed.add(node)
-        if node not in self.tagged:
+        group = self.groups.get(node)
+        if group is None:
             return self.parts[node]
-        cached = self._selected.get((node, value.tag))
+        return self._select(node, value.tag)
+
+    def _select(self, node, tag) -> List[Any]:
+        """The partitions of one output of a fused ParDo: a small task per partition picks it from the chain's."""
+        cached = self._selected.get((node, tag))
         if cached is None:
-            label = f"{node.full_label}[{value.tag or 'main'}]"
-            cached = self._selected[(node, value.tag)] = [
-                self._task(label, i, tasks.select, part, value.tag) for i, part in enumerate(self.parts[node])]
+            group = self.groups[node]
+            output = (node.full_label, tag)
+            group.kept.add(output)
+            label = f"{node.full_label}[{tag or 'main'}]"
+            cached = self._selected[(node, tag)] = [
+                self._task(label, i, tasks.select, part, output) for i, part in enumerate(group.keys)]
         return cached
 
     def _side_input(self, side):
@@ -126,6 +140,8 @@ class _Translator(PipelineVisitor):
             return
         transform = node.transform
         label = node.full_label
+        if type(transform) is beam.ParDo and self._fuse(node):
+            return
         inputs = [self.parts_of(v) for v in node.inputs if not isinstance(v, pvalue.PBegin)]
         if isinstance(transform, beam.Impulse):
             self.parts[node] = [self._task(label, 0, tasks.impulse)]
@@ -137,14 +153,11 @@ class _Translator(PipelineVisitor):
         elif isinstance(transform, _Flatten):
             self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, list)]
         elif type(transform) is beam.ParDo:
-            args, kwargs = transform.raw_side_inputs
-            spec = tasks.DoFnSpec(
-                key=(self.run_id, label), fn=transform.fn, label=transform.label, args=args, kwargs=kwargs,
-                side_specs=[(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs])
             sides = [self._side_input(si) for si in node.side_inputs]
-            self.parts[node] = [self._task(label, i, tasks.run_dofn, part, sides, spec=spec)
-                                for i, part in enumerate(inputs[0])]
-            self.tagged.add(node)
+            group = _Group(keys=[(f"{label}-{self.run_id}", i) for i in range(len(inputs[0]))], inputs=inputs[0],
+                           sides=sides, steps=[tasks.FusedStep(self._spec(node), None)])
+            self.groups[node] = group
+            self.parts[node] = group.keys
         else:  # Beam's own translation (Read), on bags
             import dask.bag
             from dask.delayed import Delayed
@@ -154,11 +167,60 @@ class _Translator(PipelineVisitor):
             self.graph.update(dict(bag.__dask_graph__()))
             self.parts[node] = list(bag.__dask_keys__())
 
+    def _spec(self, node) -> "tasks.DoFnSpec":
+        transform = node.transform
+        args, kwargs = transform.raw_side_inputs
+        return tasks.DoFnSpec(
+            key=(self.run_id, node.full_label), fn=transform.fn, label=transform.label, args=args, kwargs=kwargs,
+            side_specs=[(type(si), si._view_options(), si._window_mapping_fn) for si in node.side_inputs])
+
+    def _fuse(self, node) -> bool:
+        """Runs a ParDo inside the tasks of the ParDo chain it reads from, as Beam's runners fuse stages: its input
+        then never leaves the worker that made it (a separate task may be placed on another worker, and a transfer
+        from a worker busy in Python waits on that worker's GIL: seconds per partition on a corpus run). Only a
+        ParDo without side inputs is fused: a side input computed from the chain itself would be a cycle."""
+        if node.side_inputs or len(node.inputs) != 1:
+            return False
+        source = node.inputs[0]
+        group = self.groups.get(getattr(source, "producer", None))
+        if group is None:
+            return False
+        self.consumed.add(source.producer)
+        group.steps.append(tasks.FusedStep(self._spec(node), (source.producer.full_label, source.tag)))
+        self.groups[node] = group
+        self.parts[node] = group.keys
+        return True
+
     def leaves(self) -> List[Any]:
-        """The Delayed objects of every partition of every transform whose output no transform reads."""
+        """The Delayed objects of every partition of every transform whose output no transform reads. A fused
+        ParDo's leaf is its own output selected from its chain's, so that the chain's other outputs are released
+        when their readers are done, not held to the end of the run."""
         from dask.delayed import Delayed
-        return [Delayed(key, self.graph) for node, parts in self.parts.items() if node not in self.consumed
-                for key in parts]
+        leaves = []
+        for node, parts in list(self.parts.items()):
+            if node not in self.consumed:
+                leaves.extend(self._select(node, None) if node in self.groups else parts)
+        for group in {id(group): group for group in self.groups.values()}.values():
+            for key, part in zip(group.keys, group.inputs):
+                self.graph[key] = (functools.partial(tasks.run_fused, steps=tuple(group.steps),
+                                                     kept=frozenset(group.kept)), part, group.sides)
+        return [Delayed(key, self.graph) for key in leaves]
+
+
+@dataclasses.dataclass
+class _Group:
+    """A chain of fused ParDos: one task per partition of the first one's input runs them all (`tasks.run_fused`).
+
+    Attributes:
+      keys: the tasks' keys, one per partition; inputs: the first ParDo's input partitions; sides: its side inputs.
+      steps: the ParDos in order, each reading the partition or an earlier step's output.
+      kept: the outputs (label, tag) read outside the chain: the only ones a task returns.
+    """
+    keys: List[Any]
+    inputs: List[Any]
+    sides: List[Any]
+    steps: List[Any]
+    kept: set = dataclasses.field(default_factory=set)
 
 
 def _cut(function, **fixed):
@@ -192,16 +254,17 @@ class AllLeavesDaskRunner(DaskRunner):
     def __init__(self, local_workers: Optional[int] = None):
         super().__init__()
         self._local_workers = local_workers
+        # The local cluster starts now, in the background: its workers spawn and import while the command loads the
+        # tokenizer or model, claims the output and builds the pipeline (about a second of a run's serial start-up).
+        self._cluster_start = _ClusterStart(local_workers) if local_workers else None
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         cluster = None
-        if self._local_workers:
-            # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
-            logging.getLogger("distributed").setLevel(logging.ERROR)
-            cluster = _local_cluster(self._local_workers)
+        if self._cluster_start is not None:
+            cluster = self._cluster_start.take()
             client = ddist.Client(cluster)
         else:
             client = ddist.Client(**dask_options)
@@ -216,6 +279,41 @@ class AllLeavesDaskRunner(DaskRunner):
         pipeline.visit(translator)
         futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
+
+
+class _ClusterStart:
+    """`_local_cluster(workers)` started in a background thread; `take()` waits for it. A cluster nobody took (the
+    command stopped on a bad option or input after choosing its runner) is closed when the process exits."""
+
+    def __init__(self, workers: int):
+        # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        self._cluster = None
+        self._error: Optional[BaseException] = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, args=(workers,), name="local-dask-cluster", daemon=True)
+        self._thread.start()
+        atexit.register(self._close_untaken)
+
+    def _start(self, workers: int) -> None:
+        try:
+            self._cluster = _local_cluster(workers)
+        except BaseException as error:  # raised by take(), in the command's thread
+            self._error = error
+
+    def take(self):
+        self._thread.join()
+        self._taken = True
+        if self._error is not None:
+            raise self._error
+        return self._cluster
+
+    def _close_untaken(self) -> None:
+        if self._taken:
+            return
+        self._thread.join()
+        if self._cluster is not None:
+            self._cluster.close()
 
 
 def _local_cluster(workers: int):

@@ -235,8 +235,23 @@ def _translation_pipeline(pipeline, folder: str) -> None:
                    | "SortedJoin" >> beam.MapTuple(lambda key, groups: (key, sorted(groups["rest"]),
                                                                          groups["names"]))),
     }
+    # A chain the runner fuses into Split's tasks (Double, Odd, the odd dump), an output read both inside the chain
+    # and by a GroupByKey, a fused step's tagged outputs, and a ParDo with a side input that starts a chain of its own.
+    doubled = split.rest | "Double" >> beam.MapTuple(lambda key, value: (key, 2 * value + value % 2))
+    parity = doubled | "Odd" >> beam.ParDo(_ParityFn()).with_outputs("odd", main="even")
+    results["chain_even"] = parity.even | "SumEven" >> beam.CombinePerKey(sum)
+    results["chain_odd"] = parity.odd
+    results["chain_groups"] = (doubled | "GroupDoubled" >> beam.GroupByKey()
+                               | "SortedDoubled" >> beam.MapTuple(lambda key, values: (key, sorted(values))))
+    results["chain_offset"] = doubled | "WithOffset" >> beam.Map(lambda kv, off: (kv[0], kv[1] + off),
+                                                                 off=beam.pvalue.AsSingleton(offset))
     for name, pcoll in results.items():
         _ = pcoll | f"Dump{name}" >> beam.ParDo(_DumpFn(folder, name))
+
+
+class _ParityFn(beam.DoFn):
+    def process(self, element):
+        yield beam.pvalue.TaggedOutput("odd", element) if element[1] % 2 else element
 
 
 def _dumped(folder: pathlib.Path):
@@ -256,7 +271,7 @@ def test_translation_equals_the_direct_runner(tmp_path, dask_cluster):
     with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(untyped)) as pipeline:
         _translation_pipeline(pipeline, str(tmp_path / "direct"))
     expected = _dumped(tmp_path / "direct")
-    assert len(expected) == 7 and expected["empty_sum"] == ["0"]
+    assert len(expected) == 11 and expected["empty_sum"] == ["0"] and expected["chain_odd"]
     for partitions in (1, 3, 8):
         folder = tmp_path / f"dask-{partitions}"
         folder.mkdir()
@@ -265,6 +280,51 @@ def test_translation_equals_the_direct_runner(tmp_path, dask_cluster):
         with beam.Pipeline(runner=AllLeavesDaskRunner(), options=options) as pipeline:
             _translation_pipeline(pipeline, str(folder))
         assert _dumped(folder) == expected, partitions
+
+
+def test_pardo_chains_run_fused_in_one_task_per_partition():
+    """A ParDo reading a ParDo's output runs inside its producer's tasks (Beam's fusion), unless it has side inputs;
+    a chain's task returns only the outputs read outside it (a fused reader's input is dropped inside the task)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.overrides import dask_overrides
+    from pipelines.dask_runner import _Translator
+    pipeline = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
+    _translation_pipeline(pipeline, "unused")
+    pipeline.replace_all(dask_overrides())
+    translator = _Translator(partitions=3, spread=3, run_id="run")
+    pipeline.visit(translator)
+    translator.leaves()
+    groups = {node.full_label: group for node, group in translator.groups.items()}
+    split, odd = "Split/ParDo(_SplitFn)", "Odd/ParDo(_ParityFn)"
+    assert groups["Double"] is groups[split] and groups[odd] is groups[split]
+    assert groups["Dumpchain_odd"] is groups[split]
+    assert groups["WithOffset"] is not groups[split]  # a side input: a chain of its own
+    steps = [step.spec.key[1] for step in groups[split].steps]
+    assert steps[0] == split and steps.index("Double") < steps.index(odd) < steps.index("Dumpchain_odd")
+    kept = groups[split].kept
+    assert ("Double", None) in kept and (odd, None) in kept and (odd, "odd") not in kept
+    # One task per partition for the whole chain: no task of Double's or Odd's own.
+    chain_tasks = [key for key in translator.graph if key[0].startswith(("Double-", "Odd-"))]
+    assert chain_tasks == []
+
+
+def test_tasks_pause_the_garbage_collector_and_restore_it():
+    import gc
+    from pipelines import dask_partitions as tasks
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable()
+        assert tasks._collector_paused(gc.isenabled)() is False
+        with tasks._COLLECTOR_PAUSED:
+            assert tasks._collector_paused(gc.isenabled)() is False  # nested (a worker with several threads)
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        assert tasks.group_pieces([[("a", 1)], [("a", 2)]]) == [("a", [1, 2])] and gc.isenabled()
+        gc.disable()
+        tasks.group_pieces([[("a", 1)]])
+        assert not gc.isenabled()  # left off, as it was
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
 
 
 def test_local_workers_refuses_another_runner_or_cluster(tmp_path, tiny_bert):
