@@ -28,6 +28,22 @@ _IDLE_LOCK = threading.Lock()
 _GLOBAL_WINDOWS = (GlobalWindow(),)
 
 
+class Partition(list):
+    """A partition's (or a shuffle piece's) elements: a list that travels between workers as one pickle.
+
+    dask serializes a plain list (or tuple, or a dict of them) in a message element by element, one frame per
+    element: 25,000 packed documents took 1.0 s to move between two idle local workers, 100,000 took 5.3 s, where
+    one pickle of them round-trips in 0.09 s. Every task here returns its elements in a Partition."""
+    __slots__ = ()
+
+    def __reduce__(self):
+        return _partition_from_pickle, (pickle.dumps(list(self), protocol=5),)
+
+
+def _partition_from_pickle(payload: bytes) -> Partition:
+    return Partition(pickle.loads(payload))
+
+
 class _CollectorPaused:
     """Python's cyclic garbage collector off while a task runs (on again when the worker's last running task ends).
 
@@ -132,7 +148,10 @@ class _Receiver(Receiver):
         self._tag = tag
 
     def receive(self, windowed_value: WindowedValue) -> None:
-        self._receivers.collected.setdefault(self._tag, []).append(windowed_value.value)
+        collected = self._receivers.collected.get(self._tag)
+        if collected is None:
+            collected = self._receivers.collected[self._tag] = Partition()
+        collected.append(windowed_value.value)
 
 
 def _acquire(spec, side_values):
@@ -200,12 +219,13 @@ class DoFnSpec:
 
 def select(outputs: Dict[Any, List[Any]], tag) -> List[Any]:
     """One output of a ParDo's partition: a consumer's task reads (and a transfer carries) only its own."""
-    return outputs.get(tag, [])
+    found = outputs.get(tag)
+    return found if found is not None else Partition()
 
 
 def concat(per_partition: Sequence[Sequence[Any]]) -> List[Any]:
     """Partitions joined into one list: a side input, or the pieces of a reshuffle."""
-    return [element for partition in per_partition for element in partition]
+    return Partition(element for partition in per_partition for element in partition)
 
 
 # ---------------------------------------------------------------------------------------------------- shuffles
@@ -225,7 +245,7 @@ def _hashable(key):
 @_collector_paused
 def split_by_key(items: Sequence[Any], *, pieces: int) -> List[List[Any]]:
     """(key, value) pairs into `pieces` lists by a stable hash of the key (computed once per distinct key)."""
-    out: List[List[Any]] = [[] for _ in range(pieces)]
+    out: List[List[Any]] = [Partition() for _ in range(pieces)]
     placed: Dict[Any, int] = {}
     for pair in items:
         probe = _hashable(pair[0])
@@ -238,7 +258,7 @@ def split_by_key(items: Sequence[Any], *, pieces: int) -> List[List[Any]]:
 
 def split_round_robin(items: Sequence[Any], *, pieces: int, offset: int) -> List[List[Any]]:
     """A reshuffle's cut: element k of partition `offset` goes to piece (offset + k) % pieces."""
-    return [list(items[(piece - offset) % pieces::pieces]) for piece in range(pieces)]
+    return [Partition(items[(piece - offset) % pieces::pieces]) for piece in range(pieces)]
 
 
 @_collector_paused
@@ -252,7 +272,7 @@ def group_pieces(pieces: Sequence[Sequence[Any]]) -> List[Any]:
                 groups[_hashable(key)] = (key, [value])
             else:
                 entry[1].append(value)
-    return list(groups.values())
+    return Partition(groups.values())
 
 
 @_collector_paused
@@ -274,16 +294,16 @@ def precombine(items: Sequence[Any], *, combine_fn, pieces: int) -> List[List[An
 def merge_combined(pieces: Sequence[Sequence[Any]], *, combine_fn) -> List[Any]:
     """A CombinePerKey's second half: the accumulators of each key merged, then its output."""
     combine_fn.setup()
-    return [(key, combine_fn.extract_output(combine_fn.merge_accumulators(accumulators)))
-            for key, accumulators in group_pieces(pieces)]
+    return Partition((key, combine_fn.extract_output(combine_fn.merge_accumulators(accumulators)))
+                     for key, accumulators in group_pieces(pieces))
 
 
 def create(*, values: List[Any]) -> List[Any]:
     """Beam's Create: its values, as one partition (a Reshuffle after it spreads them)."""
-    return list(values)
+    return Partition(values)
 
 
 def impulse() -> List[bytes]:
     """Beam's Impulse: one empty-bytes element (Beam's Dask translations lack it)."""
-    return [b""]
+    return Partition([b""])
 

@@ -36,7 +36,7 @@ import logging
 import operator
 import threading
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -151,7 +151,7 @@ class _Translator(PipelineVisitor):
         elif isinstance(transform, _Create):
             self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
         elif isinstance(transform, _Flatten):
-            self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, list)]
+            self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, tasks.Partition)]
         elif type(transform) is beam.ParDo:
             sides = [self._side_input(si) for si in node.side_inputs]
             group = _Group(keys=[(f"{label}-{self.run_id}", i) for i in range(len(inputs[0]))], inputs=inputs[0],
@@ -251,12 +251,12 @@ class AllLeavesDaskRunner(DaskRunner):
     with `local_workers`, a cluster of that many single-threaded worker processes of this machine, started for the
     run and stopped at its end."""
 
-    def __init__(self, local_workers: Optional[int] = None):
+    def __init__(self, local_workers: Optional[int] = None, worker_modules: Sequence[str] = ()):
         super().__init__()
         self._local_workers = local_workers
         # The local cluster starts now, in the background: its workers spawn and import while the command loads the
         # tokenizer or model, claims the output and builds the pipeline (about a second of a run's serial start-up).
-        self._cluster_start = _ClusterStart(local_workers) if local_workers else None
+        self._cluster_start = _ClusterStart(local_workers, worker_modules) if local_workers else None
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist
@@ -285,19 +285,20 @@ class _ClusterStart:
     """`_local_cluster(workers)` started in a background thread; `take()` waits for it. A cluster nobody took (the
     command stopped on a bad option or input after choosing its runner) is closed when the process exits."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, worker_modules: Sequence[str]):
         # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
         logging.getLogger("distributed").setLevel(logging.ERROR)
         self._cluster = None
         self._error: Optional[BaseException] = None
         self._taken = False
-        self._thread = threading.Thread(target=self._start, args=(workers,), name="local-dask-cluster", daemon=True)
+        self._thread = threading.Thread(target=self._start, args=(workers, worker_modules), name="local-dask-cluster",
+                                        daemon=True)
         self._thread.start()
         atexit.register(self._close_untaken)
 
-    def _start(self, workers: int) -> None:
+    def _start(self, workers: int, worker_modules: Sequence[str]) -> None:
         try:
-            self._cluster = _local_cluster(workers)
+            self._cluster = _local_cluster(workers, worker_modules)
         except BaseException as error:  # raised by take(), in the command's thread
             self._error = error
 
@@ -316,18 +317,33 @@ class _ClusterStart:
             self._cluster.close()
 
 
-def _local_cluster(workers: int):
+def _local_cluster(workers: int, worker_modules: Sequence[str] = ()):
     """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, without dashboard.
 
-    Workers are started by `multiprocessing` (spawn): they import the project from the launcher's `sys.path`, and
-    preload the modules every task needs, while the launcher builds the pipeline.
+    Where the platform has it, worker processes are forked from one `multiprocessing` fork server that imported
+    distributed, Beam's runner modules and `worker_modules` (the pipeline's DoFn modules: Beam, tokenizers, pyarrow,
+    torch) once: spawned workers each imported them again, about 1.5 s of CPU per worker for the corpus (more with
+    torch), while the command itself was still starting, and took 0.5 s to stop. The fork server starts from the
+    launcher's `sys.path`, without the launcher's threads or state. Elsewhere workers are spawned, as dask does by
+    default. Each worker runs `pipelines.dask_worker` as it starts.
     """
+    import multiprocessing
+
+    import dask
     import dask.distributed as ddist
-    return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                              dashboard_address=None, preload=["pipelines.dask_worker"],
-                              silence_logs=logging.ERROR,
-                              # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787 (taken or not).
-                              scheduler_kwargs={"dashboard_address": ":0"})
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "forkserver":
+        multiprocessing.get_context("forkserver").set_forkserver_preload(
+            ["pipelines.dask_worker", "distributed", "pipelines.dask_partitions", *worker_modules])
+        import distributed.utils
+        # dask would otherwise replace that list with its own (and import every optional package it knows here).
+        distributed.utils._forkserver_preload_set = True
+    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+        return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, preload=["pipelines.dask_worker"],
+                                  silence_logs=logging.ERROR,
+                                  # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787.
+                                  scheduler_kwargs={"dashboard_address": ":0"})
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):

@@ -1,4 +1,5 @@
-"""dask's preload module for the workers of a `--local_workers` cluster (`pipelines.dask_runner`).
+"""dask's preload module for the workers of a `--local_workers` cluster (`pipelines.dask_runner`), and the first module
+its fork server imports.
 
 A worker imports what its tasks need when it starts, while the launcher builds the pipeline, instead of at its
 first task. Beam's import logs a warning through the root logger, which would print it from every worker: a
@@ -10,12 +11,20 @@ import logging
 import os
 
 
-def dask_setup(worker) -> None:
-    """dask's preload hook, called once in each worker process as it starts."""
-    del worker
+def _quiet_root_logger() -> None:
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())
+
+
+# Imported first by the local cluster's fork server too (pipelines.dask_runner), before it imports Beam.
+_quiet_root_logger()
+
+
+def dask_setup(worker) -> None:
+    """dask's preload hook, called once in each worker process as it starts."""
+    del worker
+    _quiet_root_logger()
     if not os.environ.get("TINYBERT_TRACEBACK"):
         logging.getLogger("distributed.worker").addFilter(_NoFailedTaskLog())
     import pipelines.dask_partitions  # noqa: F401  (Beam's runner modules: the heavy part of a first task)

@@ -18,7 +18,7 @@ keeping the DirectRunner's own choice between the FnApiRunner and its bundle-bas
 `--direct_num_workers` / `--direct_running_mode` options (it only turns off the Prism attempt).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -29,10 +29,11 @@ DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.dir
                        "switchingdirectrunner", "apache_beam.runners.direct.direct_runner.switchingdirectrunner")
 
 
-def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = None):
+def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = None,
+                   worker_modules: Sequence[str] = ()):
     """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner (on a local
-    cluster of `local_workers` processes where given), the DirectRunner without its Prism attempt for any spelling
-    of DirectRunner (or none).
+    cluster of `local_workers` processes where given, which import `worker_modules` as they start), the
+    DirectRunner without its Prism attempt for any spelling of DirectRunner (or none).
 
     Raises:
       UserError: `local_workers` with another runner, or with a cluster's address.
@@ -47,7 +48,7 @@ def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = N
             raise UserError("--local_workers starts a cluster of its own: drop it to use the cluster of "
                             "--dask_client_address (or --dask_scheduler_file)")
         from pipelines.dask_runner import AllLeavesDaskRunner
-        return AllLeavesDaskRunner(local_workers=local_workers)
+        return AllLeavesDaskRunner(local_workers=local_workers, worker_modules=worker_modules)
     if name is None or (isinstance(name, str) and name.lower() in DIRECT_RUNNER_NAMES):
         from apache_beam.runners.direct.direct_runner import DirectRunner
         runner = DirectRunner()

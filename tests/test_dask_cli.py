@@ -70,6 +70,24 @@ def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert,
             assert direct[path] == dask[path], (name, path)
 
 
+def test_augment_on_local_workers_from_the_shell(tmp_path, tiny_bert, tiny_glove):
+    """The augmentation on `--local_workers 2` (workers forked from a server that imported torch and the
+    masked-LM modules once): the DirectRunner's bytes, and nothing on stderr from the cluster or its fork server."""
+    work = tmp_path / "work"
+    work.mkdir()
+    augment_args = ["pipelines.augment", f"--model={tiny_bert}", f"--glove={tiny_glove}", "--num_aug=3",
+                    "--num_shards=2", "--candidate_store=none"]
+    _run(work, *augment_args, "--quiet", "--output=direct")
+    local = _run(work, *augment_args, "--local_workers=2", "--output=local")
+    assert "augment" in local.stdout and "finished" in local.stdout, local.stdout
+    assert not [line for line in local.stderr.splitlines() if "distributed" in line or "WARNING" in line], \
+        local.stderr[-2000:]
+    direct, dask = _files(work / "direct"), _files(work / "local")
+    assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
+    for path in direct:
+        assert direct[path] == dask[path], path
+
+
 def test_local_workers_from_the_shell(tmp_path, tiny_bert):
     """`--local_workers 2`: the command starts its own cluster of 2 worker processes and stops it; the same bytes
     as the DirectRunner; a worker's user error is one `error:` line; the output claim's rules are unchanged."""

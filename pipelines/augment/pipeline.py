@@ -58,7 +58,8 @@ def run(argv=None, save_main_session=False):
         print(candidate_store.prune_model(config), flush=True)
         return None
     resolved = read.resolve_input(config)
-    runner = resolve_runner(options, local_workers=config.local_workers)  # refuses bad runner options
+    runner = resolve_runner(options, local_workers=config.local_workers,  # refuses bad runner options
+                            worker_modules=("pipelines.augment.transforms", "pipelines.augment.scoring"))
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
                                    "glove": resources.resolve_glove(config), "stop_words": config.stop_words,
                                    "candidate_store": config.store_root()})

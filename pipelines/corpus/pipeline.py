@@ -58,7 +58,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     files = sources.input_files(config.input)
     if all(f["bytes"] == 0 for f in files):
         raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
-    runner = resolve_runner(pipeline_options, local_workers=config.local_workers)  # refuses bad runner options
+    runner = resolve_runner(pipeline_options, local_workers=config.local_workers,  # refuses bad runner options
+                            worker_modules=("pipelines.corpus.read", "pipelines.corpus.transforms"))
     refuse_overlap(config.output, {"input": [f["path"] for f in files], "tokenizer": config.tokenizer})
     tokenizer = resources.load_tokenizer(config.tokenizer)
     instances = _instance_settings(config, tokenizer)
