@@ -70,6 +70,16 @@ def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert,
             assert direct[path] == dask[path], (name, path)
 
 
+def _assert_quiet_and_the_same(local, direct_out, local_out) -> None:
+    """No line of the cluster's (or its fork server's) on stderr; every output file equals the DirectRunner's."""
+    assert not [line for line in local.stderr.splitlines() if "distributed" in line or "WARNING" in line], \
+        local.stderr[-2000:]
+    direct, dask = _files(direct_out), _files(local_out)
+    assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
+    for path in direct:
+        assert direct[path] == dask[path], path
+
+
 def test_augment_on_local_workers_from_the_shell(tmp_path, tiny_bert, tiny_glove):
     """The augmentation on `--local_workers 2` (workers forked from a server that imported torch and the
     masked-LM modules once): the DirectRunner's bytes, and nothing on stderr from the cluster or its fork server."""
@@ -80,12 +90,7 @@ def test_augment_on_local_workers_from_the_shell(tmp_path, tiny_bert, tiny_glove
     _run(work, *augment_args, "--quiet", "--output=direct")
     local = _run(work, *augment_args, "--local_workers=2", "--output=local")
     assert "augment" in local.stdout and "finished" in local.stdout, local.stdout
-    assert not [line for line in local.stderr.splitlines() if "distributed" in line or "WARNING" in line], \
-        local.stderr[-2000:]
-    direct, dask = _files(work / "direct"), _files(work / "local")
-    assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
-    for path in direct:
-        assert direct[path] == dask[path], path
+    _assert_quiet_and_the_same(local, work / "direct", work / "local")
 
 
 def test_local_workers_from_the_shell(tmp_path, tiny_bert):
@@ -102,12 +107,7 @@ def test_local_workers_from_the_shell(tmp_path, tiny_bert):
     _run(work, *corpus_args, "--quiet", "--output=direct")
     local = _run(work, *corpus_args, "--local_workers=2", "--output=local")
     assert "corpus finished" in local.stdout
-    assert not [line for line in local.stderr.splitlines() if "distributed" in line or "WARNING" in line], \
-        local.stderr[-2000:]
-    direct, dask = _files(work / "direct"), _files(work / "local")
-    assert sorted(direct) == sorted(dask) and "_SUCCESS" in direct
-    for path in direct:
-        assert direct[path] == dask[path], path
+    _assert_quiet_and_the_same(local, work / "direct", work / "local")
 
     again = subprocess.run([sys.executable, "-m", *corpus_args, "--local_workers=2", "--output=local"], cwd=work,
                            capture_output=True, text=True, timeout=600, env=_env())
