@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import typing
-from typing import Any, Dict, Iterable, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, TypeVar
 
 from contract.errors import UserError
 
@@ -115,6 +115,18 @@ def option_names(parser: argparse.ArgumentParser) -> Tuple[str, ...]:
     """Every flag `parser` knows (`--name`), sorted."""
     return tuple(sorted({flag for action in parser._actions  # pylint: disable=protected-access
                          for flag in action.option_strings}))
+
+
+def raw_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value a raw command line gives `flag` (`--flag VALUE` or `--flag=VALUE`; the last one wins), before any
+    parsing: for what a command must know before its parser exists. None where it is absent."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def unknown_option_error(arg: str, known: Iterable[str]) -> UserError:

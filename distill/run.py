@@ -25,7 +25,7 @@ from distill import config as config_lib
 from contract.errors import UserError, describe, find_user_error
 from contract import claim
 from contract.filesystem import LocalFilesystem
-from contract.options import StrictParser
+from contract.options import StrictParser, raw_value
 from contract.overlap import refuse_overlap
 from contract.tasks import GENERIC
 from distill.config import FINETUNE, GENERAL, PREDICTION, TASK
@@ -171,12 +171,7 @@ def _config_defaults(parser: argparse.ArgumentParser, argv: List[str]) -> None:
     Raises:
       UserError: the file is missing or not a config a run wrote.
     """
-    path = None
-    for index, arg in enumerate(argv):
-        if arg == "--config" and index + 1 < len(argv):
-            path = argv[index + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
+    path = raw_value(argv, "--config")
     if not path or not argv or argv[0] not in ("general", "task", "finetune"):
         return
     try:

@@ -28,13 +28,11 @@ leave a thread idle for the rest of the stage). Only the global window is suppor
 runner).
 """
 
-import atexit
 import collections
 import dataclasses
 import functools
 import logging
 import operator
-import threading
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -49,6 +47,7 @@ from apache_beam.transforms.combiners import curry_combine_fn
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import dask_partitions as tasks
+from pipelines import local_cluster
 
 
 class _Translator(PipelineVisitor):
@@ -256,7 +255,7 @@ class AllLeavesDaskRunner(DaskRunner):
         self._local_workers = local_workers
         # The local cluster starts now, in the background: its workers spawn and import while the command loads the
         # tokenizer or model, claims the output and builds the pipeline (about a second of a run's serial start-up).
-        self._cluster_start = _ClusterStart(local_workers, worker_modules) if local_workers else None
+        self._cluster_start = local_cluster.start(local_workers, worker_modules) if local_workers else None
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist
@@ -279,71 +278,6 @@ class AllLeavesDaskRunner(DaskRunner):
         pipeline.visit(translator)
         futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
-
-
-class _ClusterStart:
-    """`_local_cluster(workers)` started in a background thread; `take()` waits for it. A cluster nobody took (the
-    command stopped on a bad option or input after choosing its runner) is closed when the process exits."""
-
-    def __init__(self, workers: int, worker_modules: Sequence[str]):
-        # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-        self._cluster = None
-        self._error: Optional[BaseException] = None
-        self._taken = False
-        self._thread = threading.Thread(target=self._start, args=(workers, worker_modules), name="local-dask-cluster",
-                                        daemon=True)
-        self._thread.start()
-        atexit.register(self._close_untaken)
-
-    def _start(self, workers: int, worker_modules: Sequence[str]) -> None:
-        try:
-            self._cluster = _local_cluster(workers, worker_modules)
-        except BaseException as error:  # raised by take(), in the command's thread
-            self._error = error
-
-    def take(self):
-        self._thread.join()
-        self._taken = True
-        if self._error is not None:
-            raise self._error
-        return self._cluster
-
-    def _close_untaken(self) -> None:
-        if self._taken:
-            return
-        self._thread.join()
-        if self._cluster is not None:
-            self._cluster.close()
-
-
-def _local_cluster(workers: int, worker_modules: Sequence[str] = ()):
-    """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, without dashboard.
-
-    Where the platform has it, worker processes are forked from one `multiprocessing` fork server that imported
-    distributed, Beam's runner modules and `worker_modules` (the pipeline's DoFn modules: Beam, tokenizers, pyarrow,
-    torch) once: spawned workers each imported them again, about 1.5 s of CPU per worker for the corpus (more with
-    torch), while the command itself was still starting, and took 0.5 s to stop. The fork server starts from the
-    launcher's `sys.path`, without the launcher's threads or state. Elsewhere workers are spawned, as dask does by
-    default. Each worker runs `pipelines.dask_worker` as it starts.
-    """
-    import multiprocessing
-
-    import dask
-    import dask.distributed as ddist
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "forkserver":
-        multiprocessing.get_context("forkserver").set_forkserver_preload(
-            ["pipelines.dask_worker", "distributed", "pipelines.dask_partitions", *worker_modules])
-        import distributed.utils
-        # dask would otherwise replace that list with its own (and import every optional package it knows here).
-        distributed.utils._forkserver_preload_set = True
-    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-        return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, preload=["pipelines.dask_worker"],
-                                  silence_logs=logging.ERROR,
-                                  # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787.
-                                  scheduler_kwargs={"dashboard_address": ":0"})
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):

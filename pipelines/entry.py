@@ -2,18 +2,24 @@
 
 Beam's import logs a warning through the root logger, which configures logging on the spot and prints a stray
 line before the pipeline's own logging is set up. An entry point parks a NullHandler on the root logger first, so
-that nothing prints until `cli.configure_logging` replaces it.
+that nothing prints until `cli.configure_logging` replaces it. A `--local_workers` cluster is started before the
+pipeline is imported (`pipelines.local_cluster`).
 """
 
 import importlib
 import logging
+import sys
 from typing import List, Optional
+
+from pipelines import local_cluster
 
 
 def _run(module: str, argv: Optional[List[str]]) -> None:
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())
+    # A --local_workers cluster starts now, its workers importing while this process imports the pipeline.
+    local_cluster.start_early(sys.argv[1:] if argv is None else argv, module)
     importlib.import_module(module).main(argv)
 
 

@@ -340,3 +340,30 @@ def test_local_workers_refuses_another_runner_or_cluster(tmp_path, tiny_bert):
                                       "--dask_client_address=tcp://127.0.0.1:1"])
     with pytest.raises(UserError, match="--local_workers must be >= 1"):
         corpus_pipeline.run(common + ["--local_workers=0"])
+
+
+def test_the_entry_point_starts_the_local_cluster_before_the_pipeline(monkeypatch):
+    """`--local_workers N` (either spelling) starts the cluster as the command starts; the runner takes it when it
+    asks for the same size and pipeline, and starts its own otherwise; anything unusable is left to the parser."""
+    from pipelines import local_cluster
+    started = []
+
+    class Recorded:
+        def __init__(self, workers, modules):
+            started.append((workers, tuple(modules)))
+
+    monkeypatch.setattr(local_cluster, "ClusterStart", Recorded)
+    monkeypatch.setattr(local_cluster, "_EARLY", {})
+    corpus_modules = local_cluster.WORKER_MODULES["pipelines.corpus"]
+    for argv in (["--input=x", "--local_workers", "2"], ["--local_workers=2", "--quiet"]):
+        local_cluster.start_early(argv, "pipelines.corpus")
+        early = local_cluster._EARLY["start"]
+        assert started[-1] == (2, corpus_modules)
+        assert local_cluster.start(2, corpus_modules) is early and len(started) == 1
+        started.clear()
+    for argv in (["--local_workers=0"], ["--local_workers", "two"], ["--local_workers"], ["--input=x"]):
+        local_cluster.start_early(argv, "pipelines.corpus")
+        assert not started and not local_cluster._EARLY, argv
+    local_cluster.start_early(["--local_workers=3"], "pipelines.corpus")
+    assert isinstance(local_cluster.start(2, corpus_modules), Recorded) and started == [(3, corpus_modules),
+                                                                                        (2, corpus_modules)]

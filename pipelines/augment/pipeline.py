@@ -22,7 +22,7 @@ from contract.errors import UserError
 from contract.layout import AUGMENTED_KIND, STORE_FILL_KIND
 from contract.overlap import refuse_overlap
 from contract.schemas import CANDIDATE_SCHEMA, augmented_schema
-from pipelines import cli, outputs, progress
+from pipelines import cli, local_cluster, outputs, progress
 from pipelines import report as report_lib
 from pipelines.augment import candidate_store, read, report, resources
 from pipelines.augment.config import AugmentConfig, DrawSettings, GloveSettings, MaskedLMSettings, PlanSettings
@@ -59,7 +59,7 @@ def run(argv=None, save_main_session=False):
         return None
     resolved = read.resolve_input(config)
     runner = resolve_runner(options, local_workers=config.local_workers,  # refuses bad runner options
-                            worker_modules=("pipelines.augment.transforms", "pipelines.augment.scoring"))
+                            worker_modules=local_cluster.WORKER_MODULES["pipelines.augment"])
     refuse_overlap(config.output, {"input": [f["path"] for f in resolved.files], "model": config.model,
                                    "glove": resources.resolve_glove(config), "stop_words": config.stop_words,
                                    "candidate_store": config.store_root()})

@@ -18,7 +18,7 @@ from contract.layout import CORPUS_KIND
 from contract.schemas import instance_schema, token_dtype_name, token_typecode
 from contract.overlap import refuse_overlap
 from corpus import tokenizer as tokenizer_lib
-from pipelines import cli, outputs, progress, report, sources
+from pipelines import cli, local_cluster, outputs, progress, report, sources
 from pipelines.corpus import resources
 from pipelines.corpus.config import CorpusConfig
 from pipelines.corpus.read import ReadDocuments, ReadSettings, diagnose
@@ -59,7 +59,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False) -
     if all(f["bytes"] == 0 for f in files):
         raise UserError(f"--input {config.input} is empty ({len(files)} file(s) of 0 bytes)")
     runner = resolve_runner(pipeline_options, local_workers=config.local_workers,  # refuses bad runner options
-                            worker_modules=("pipelines.corpus.read", "pipelines.corpus.transforms"))
+                            worker_modules=local_cluster.WORKER_MODULES["pipelines.corpus"])
     refuse_overlap(config.output, {"input": [f["path"] for f in files], "tokenizer": config.tokenizer})
     tokenizer = resources.load_tokenizer(config.tokenizer)
     instances = _instance_settings(config, tokenizer)

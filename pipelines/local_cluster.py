@@ -1,0 +1,105 @@
+"""The `--local_workers N` cluster: N single-threaded dask worker processes of this machine, started in the
+background as early as the command knows it needs them, and stopped at the end of the run (`pipelines.dask_runner`).
+
+Beam-free, so that the entry point can start the cluster before it imports the pipeline (Beam's import is a second
+of a run's serial start-up): `start_early(argv, kind)` reads `--local_workers` from the command line, and the runner's
+`start()` takes that cluster when it asks for the same size. A cluster nobody takes (the command stopped on a bad
+option or input) is closed when the process exits.
+"""
+
+import atexit
+import logging
+import threading
+from typing import Optional, Sequence
+
+from contract.options import raw_value
+
+# The DoFn modules each pipeline's workers import as they start (through the fork server, below).
+WORKER_MODULES = {
+    "pipelines.corpus": ("pipelines.corpus.read", "pipelines.corpus.transforms"),
+    "pipelines.augment": ("pipelines.augment.transforms", "pipelines.augment.scoring"),
+}
+_EARLY: dict = {}  # {"workers": N, "modules": (...), "start": ClusterStart} of start_early
+
+
+def start_early(argv: Sequence[str], pipeline: str) -> None:
+    """Starts the cluster of a command line's `--local_workers N` (or `=N`), if it has one with a number >= 1.
+    Anything else is left to the command's own option parsing."""
+    value = raw_value(argv, "--local_workers")
+    if value is None or not value.isdigit() or int(value) < 1:
+        return
+    modules = WORKER_MODULES.get(pipeline, ())
+    _EARLY.update(workers=int(value), modules=modules, start=ClusterStart(int(value), modules))
+
+
+def start(workers: int, worker_modules: Sequence[str]) -> "ClusterStart":
+    """The cluster the entry point started for this size and pipeline, else one started now."""
+    early, early_workers, early_modules = (_EARLY.pop(name, None) for name in ("start", "workers", "modules"))
+    if early is not None and early_workers == workers and tuple(early_modules) == tuple(worker_modules):
+        return early
+    return ClusterStart(workers, worker_modules)
+
+
+class ClusterStart:
+    """`local_cluster(workers)` started in a background thread; `take()` waits for it. A cluster nobody took (the
+    command stopped on a bad option or input after choosing its runner) is closed when the process exits."""
+
+    def __init__(self, workers: int, worker_modules: Sequence[str]):
+        # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        self._cluster = None
+        self._error: Optional[BaseException] = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, args=(workers, worker_modules), name="local-dask-cluster",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self._close_untaken)
+
+    def _start(self, workers: int, worker_modules: Sequence[str]) -> None:
+        try:
+            self._cluster = local_cluster(workers, worker_modules)
+        except BaseException as error:  # raised by take(), in the command's thread
+            self._error = error
+
+    def take(self):
+        self._thread.join()
+        self._taken = True
+        if self._error is not None:
+            raise self._error
+        return self._cluster
+
+    def _close_untaken(self) -> None:
+        if self._taken:
+            return
+        self._thread.join()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
+    """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, without dashboard.
+
+    Where the platform has it, worker processes are forked from one `multiprocessing` fork server that imported
+    distributed, Beam's runner modules and `worker_modules` (the pipeline's DoFn modules: Beam, tokenizers, pyarrow,
+    torch) once: spawned workers each imported them again, about 1.5 s of CPU per worker for the corpus (more with
+    torch), while the command itself was still starting, and took 0.5 s to stop. The fork server starts from the
+    launcher's `sys.path`, without the launcher's threads or state. Elsewhere workers are spawned, as dask does by
+    default. Each worker runs `pipelines.dask_worker` as it starts.
+    """
+    import multiprocessing
+
+    import dask
+    import dask.distributed as ddist
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "forkserver":
+        multiprocessing.get_context("forkserver").set_forkserver_preload(
+            ["pipelines.dask_worker", "distributed", "pipelines.dask_partitions", *worker_modules])
+        import distributed.utils
+        # dask would otherwise replace that list with its own (and import every optional package it knows here).
+        distributed.utils._forkserver_preload_set = True
+    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+        return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, preload=["pipelines.dask_worker"],
+                                  silence_logs=logging.ERROR,
+                                  # No dashboard; the scheduler's HTTP endpoint on a free port, not 8787.
+                                  scheduler_kwargs={"dashboard_address": ":0"})
