@@ -129,12 +129,13 @@ class _Sampler(threading.Thread):
     def run(self):
         import psutil
         while not self._done.is_set():
+            workers = set(self._find_workers())
             for pid in self._find_watched():
                 try:
                     process = psutil.Process(pid)
                     times = process.cpu_times()
                     self.cpu[pid] = times.user + times.system
-                    if pid in self._find_workers():
+                    if pid in workers:
                         self.peaks[pid] = max(self.peaks.get(pid, 0), process.memory_info().rss)
                 except psutil.Error:  # exited between listing and sampling
                     continue
@@ -151,6 +152,19 @@ def _descendants(pid: int):
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _is_local_worker(process) -> bool:
+    """A `--local_workers` worker: forked by the fork server (a process under one whose command line is the fork
+    server's), or spawned."""
+    import psutil
+    try:
+        if "spawn_main" in _cmdline(process):
+            return True
+        parent = process.parent()
+        return parent is not None and "forkserver" in _cmdline(parent) and "forkserver" in _cmdline(process)
+    except psutil.Error:
+        return False
 
 
 def _cmdline(process) -> str:
@@ -225,13 +239,20 @@ def _run(argv, runner: str, output: pathlib.Path, tmp: pathlib.Path) -> dict:
             sampler = _Sampler(lambda: cluster_pids[1:], lambda: cluster_pids)
         elif runner == "direct-1":
             sampler = _Sampler(lambda: [process.pid], lambda: [process.pid])
-        else:  # SDK worker processes, or the local cluster's spawned worker processes
-            marker = "sdk_worker_main" if runner == "direct-2" else "spawn_main"
+        elif runner == "direct-2":  # SDK worker processes (reaped by the command: its rusage counts them)
 
             def workers():  # python processes only (not the shells that start SDK workers)
                 return [p.pid for p in _descendants(process.pid)
-                        if marker in _cmdline(p) and "python" in _cmdline(p).split(" ", 1)[0]]
+                        if "sdk_worker_main" in _cmdline(p) and "python" in _cmdline(p).split(" ", 1)[0]]
             sampler = _Sampler(workers, workers)
+        else:  # local-2: worker processes forked by the cluster's fork server (or spawned where there is none)
+
+            def workers():
+                return [p.pid for p in _descendants(process.pid) if _is_local_worker(p)]
+
+            def watched():  # the fork server and its workers are not reaped by the command: sampled, with it
+                return [process.pid] + [p.pid for p in _descendants(process.pid)]
+            sampler = _Sampler(workers, watched)
         cpu_before = dict(sampler.cpu)
         if cluster is not None:  # the cluster's processes were running before the clock: count what they add
             import psutil
@@ -244,6 +265,8 @@ def _run(argv, runner: str, output: pathlib.Path, tmp: pathlib.Path) -> dict:
             raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # the command and its children
+        if runner == "local-2":  # the last samples of the command and every process under it (0.1 s apart)
+            cpu = sum(sampler.cpu.values())
         if cluster is not None:
             cpu += sum(sampler.cpu.get(pid, 0.0) - cpu_before.get(pid, 0.0) for pid in cluster_pids)
         sent = cluster.bytes_sent() - sent_before if cluster is not None else None
