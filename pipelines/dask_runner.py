@@ -66,23 +66,24 @@ class _Translator(PipelineVisitor):
         self._whole = None  # a composite translated as one (its parts are skipped)
 
     # -- dask graph helpers
+    def _key(self, label: str, index) -> tuple:
+        """A task's key: (f"{label}-{run id}", index...)."""
+        return (f"{label}-{self.run_id}",) + (index if isinstance(index, tuple) else (index,))
+
     def _task(self, label: str, index, function, *args, **fixed):
         """Adds a task to the graph; returns its key. `args` are keys (or lists of keys) of other tasks, strings or
         numbers; `fixed` (any objects) reach `function` as keyword arguments, untouched by dask.
 
         One dict for the whole graph: building each task as a `dask.delayed` call merged its dependencies' graphs
         every time, a second of the launcher's time (while the workers wait) for a corpus run's 500 tasks."""
-        key = (f"{label}-{self.run_id}",) + (index if isinstance(index, tuple) else (index,))
+        key = self._key(label, index)
         self.graph[key] = (functools.partial(function, **fixed) if fixed else function, *args)
         return key
 
     def parts_of(self, value) -> List[Any]:
         node = value.producer
         self.consumed.add(node)
-        group = self.groups.get(node)
-        if group is None:
-            return self.parts[node]
-        return self._select(node, value.tag)
+        return self._select(node, value.tag) if node in self.groups else self.parts[node]
 
     def _select(self, node, tag) -> List[Any]:
         """The partitions of one output of a fused ParDo: a small task per partition picks it from the chain's."""
@@ -153,8 +154,8 @@ class _Translator(PipelineVisitor):
             self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, tasks.Partition)]
         elif type(transform) is beam.ParDo:
             sides = [self._side_input(si) for si in node.side_inputs]
-            group = _Group(keys=[(f"{label}-{self.run_id}", i) for i in range(len(inputs[0]))], inputs=inputs[0],
-                           sides=sides, steps=[tasks.FusedStep(self._spec(node), None)])
+            group = _Group(keys=[self._key(label, i) for i in range(len(inputs[0]))], inputs=inputs[0], sides=sides,
+                           steps=[tasks.FusedStep(self._spec(node), None)])
             self.groups[node] = group
             self.parts[node] = group.keys
         else:  # Beam's own translation (Read), on bags
@@ -252,9 +253,8 @@ class AllLeavesDaskRunner(DaskRunner):
 
     def __init__(self, local_workers: Optional[int] = None, worker_modules: Sequence[str] = ()):
         super().__init__()
-        self._local_workers = local_workers
-        # The local cluster starts now, in the background: its workers spawn and import while the command loads the
-        # tokenizer or model, claims the output and builds the pipeline (about a second of a run's serial start-up).
+        # The local cluster the entry point started, else one started now, in the background: its workers start while
+        # the command loads the tokenizer or model, claims the output and builds the pipeline.
         self._cluster_start = local_cluster.start(local_workers, worker_modules) if local_workers else None
 
     def run_pipeline(self, pipeline, options):

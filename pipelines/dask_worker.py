@@ -10,21 +10,16 @@ which prints its one line: the worker does not also log it with its traceback (u
 import logging
 import os
 
+from pipelines.entry import quiet_root_logger
 
-def _quiet_root_logger() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(logging.NullHandler())
-
-
-# Imported first by the local cluster's fork server too (pipelines.dask_runner), before it imports Beam.
-_quiet_root_logger()
+# Imported first by the local cluster's fork server too (pipelines.local_cluster), before it imports Beam.
+quiet_root_logger()
 
 
 def dask_setup(worker) -> None:
     """dask's preload hook, called once in each worker process as it starts."""
     del worker
-    _quiet_root_logger()
+    quiet_root_logger()
     if not os.environ.get("TINYBERT_TRACEBACK"):
         logging.getLogger("distributed.worker").addFilter(_NoFailedTaskLog())
     import pipelines.dask_partitions  # noqa: F401  (Beam's runner modules: the heavy part of a first task)

@@ -133,9 +133,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def main(argv=None):
     """The command line: every failure is one `error:` line and exit status 1 (pipelines.cli.run_main)."""
-    root = logging.getLogger()
-    if not root.handlers:  # Beam's import would print a stray warning line (see pipelines/entry.py)
-        root.addHandler(logging.NullHandler())
+    from pipelines import entry
+    entry.quiet_root_logger()  # before Beam's import, which would print a stray warning line
     from pipelines import cli
     cli.run_main(_build, argv)
 

@@ -14,10 +14,16 @@ from typing import List, Optional
 from pipelines import local_cluster
 
 
-def _run(module: str, argv: Optional[List[str]]) -> None:
+def quiet_root_logger() -> None:
+    """A NullHandler on the root logger unless it has a handler: Beam's import then prints nothing (module docstring).
+    Also called by `python -m pipelines.demo_assets` and in every `--local_workers` worker (`pipelines.dask_worker`)."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())
+
+
+def _run(module: str, argv: Optional[List[str]]) -> None:
+    quiet_root_logger()
     # A --local_workers cluster starts now, its workers importing while this process imports the pipeline.
     local_cluster.start_early(sys.argv[1:] if argv is None else argv, module)
     importlib.import_module(module).main(argv)

@@ -2,9 +2,9 @@
 background as early as the command knows it needs them, and stopped at the end of the run (`pipelines.dask_runner`).
 
 Beam-free, so that the entry point can start the cluster before it imports the pipeline (Beam's import is a second
-of a run's serial start-up): `start_early(argv, kind)` reads `--local_workers` from the command line, and the runner's
-`start()` takes that cluster when it asks for the same size. A cluster nobody takes (the command stopped on a bad
-option or input) is closed when the process exits.
+of a run's serial start-up): `start_early(argv, pipeline)` reads `--local_workers` from the command line, and the
+runner's `start()` takes that cluster when it asks for the same size. A cluster nobody takes (the command stopped on
+a bad option or input) is closed when the process exits.
 """
 
 import atexit
