@@ -17,6 +17,7 @@ memory holds one page, and a malformed page is one reject rather than the end of
 `iterparse` stops at the first XML error).
 """
 
+import bisect
 import bz2
 import dataclasses
 import os
@@ -41,8 +42,12 @@ _BZ2_STREAM_MAGIC = re.compile(rb"BZh[1-9]\x31\x41\x59\x26\x53\x59")
 
 @dataclasses.dataclass(frozen=True)
 class Page:
-    offset: int  # byte offset of the page in the (decompressed) XML stream: its row index in rejects
+    """One `<page>` block. Where it sits, the same whatever range read it: `offset` is its byte offset in the XML
+    (a plain dump's file offset; in a multistream bz2 dump, the decompressed offset inside its own bz2 stream, and
+    `stream` is that stream's byte offset in the file). Rejects name a page by them."""
+    offset: int
     xml: bytes
+    stream: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,15 @@ def is_multistream_bz2(handle: BinaryIO) -> bool:
     return False
 
 
+def _is_multistream_here(raw: BinaryIO) -> bool:
+    """`is_multistream_bz2`, leaving `raw` where it was."""
+    position = raw.tell()
+    try:
+        return is_multistream_bz2(raw)
+    finally:
+        raw.seek(position)
+
+
 def compression_of(raw: BinaryIO, path: str) -> Optional[str]:
     """bz2, gzip, xz or None (plain XML), from the first bytes of the seekable `raw` (left where it was).
 
@@ -99,9 +113,12 @@ def plan_ranges(path: str, size: int, *, split_bytes: int, open_fn) -> List[Tupl
     return [(path, start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)]
 
 
-def _bz2_range(handle: BinaryIO, start: int, end: int, at_end: List[bool]) -> Iterator[bytes]:
+def _bz2_range(handle: BinaryIO, start: int, end: int, at_end: List[bool],
+               streams: List[Tuple[int, int]]) -> Iterator[bytes]:
     """Decompressed bytes of the bz2 streams that start in [start, end); appends True to `at_end` once the streams
-    it decompressed run to the end of the file (the range that holds the dump's last stream)."""
+    it decompressed run to the end of the file (the range that holds the dump's last stream), and (offset of the
+    stream's first byte in the bytes yielded, the stream's file offset) to `streams` before each stream's bytes."""
+    yielded = 0
     handle.seek(start)
     buffer = b""
     position = start  # file offset of buffer[0]
@@ -131,9 +148,11 @@ def _bz2_range(handle: BinaryIO, start: int, end: int, at_end: List[bool]) -> It
         decompressor = bz2.BZ2Decompressor()
         consumed = 0
         pending = buffer
+        streams.append((yielded, position))
         while True:
             out = decompressor.decompress(pending)
             if out:
+                yielded += len(out)
                 yield out
             if decompressor.eof:
                 consumed += len(pending) - len(decompressor.unused_data)
@@ -150,6 +169,14 @@ def _bz2_range(handle: BinaryIO, start: int, end: int, at_end: List[bool]) -> It
             buffer = handle.read(_CHUNK)
             if not buffer:
                 at_end.append(True)
+
+
+def _page(offset: int, xml: bytes, streams: List[Tuple[int, int]]) -> Page:
+    """A page at `offset` of the bytes read: in a bz2 range, named by its stream (see Page)."""
+    if not streams:
+        return Page(offset, xml)
+    first, stream = streams[bisect.bisect_right(streams, (offset, float("inf"))) - 1]
+    return Page(offset - first, xml, stream)
 
 
 def _is_stream_start(data: bytes) -> bool:
@@ -182,10 +209,13 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
         and would silently lose every page after the cut; the closing tag is the only sign left that it was cut.
     """
     at_end: List[bool] = []  # filled by a bz2 range that decompresses through the file's last stream
+    streams: List[Tuple[int, int]] = []  # a multistream bz2's streams: (offset in the chunks, file offset)
     kind = compression_of(raw, path)
-    ranged_bz2 = kind == "bz2" and (start > 0 or end < size)
+    # A multistream bz2 dump is read stream by stream, also whole, so that a page has the same name (its stream and
+    # its offset there) whatever --split_bytes made of the file.
+    ranged_bz2 = kind == "bz2" and (start > 0 or end < size or _is_multistream_here(raw))
     if ranged_bz2:
-        chunks, owns_all = _bz2_range(raw, start, end, at_end), True
+        chunks, owns_all = _bz2_range(raw, start, end, at_end, streams), True
     elif kind is not None:
         chunks, owns_all = _decompressed(compression.open_stream(kind, raw), raw), True
     else:
@@ -215,17 +245,17 @@ def iter_pages(raw: BinaryIO, path: str, start: int, end: int, size: int) -> Ite
                 buffer = buffer[open_at:]
                 break  # the page goes on in the next chunk
             if close_at < 0 or (0 <= next_open < close_at):
-                yield Page(base + open_at, buffer[open_at:next_open])  # unclosed page
+                yield _page(base + open_at, buffer[open_at:next_open], streams)  # unclosed page
                 base += next_open
                 buffer = buffer[next_open:]
                 continue
             stop = close_at + len(_PAGE_CLOSE)
-            yield Page(base + open_at, buffer[open_at:stop])
+            yield _page(base + open_at, buffer[open_at:stop], streams)
             base += stop
             buffer = buffer[stop:]
     open_at = buffer.find(_PAGE_OPEN)
     if open_at >= 0 and (owns_all or base + open_at < end):
-        yield Page(base + open_at, buffer[open_at:])  # truncated at the end of the data
+        yield _page(base + open_at, buffer[open_at:], streams)  # truncated at the end of the data
     # Here every chunk is consumed. Which range checks the end: a whole file; a bz2 range that decompressed the
     # file's last stream; a plain range that owns a page and read on to the end of the file (it owns the last page:
     # a range with a page after it returned above; a later range may start inside the closing tag).

@@ -217,3 +217,43 @@ def test_the_long_profile():
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
                              __file__], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def _multistream_bz2(dump: bytes, pages_per_stream: int) -> bytes:
+    """A dump as Wikipedia's multistream files are made: the header in one bz2 stream, then streams of whole pages."""
+    head_end = dump.index(b"<page>")
+    tail_start = dump.rindex(b"</mediawiki>")
+    pages = [b"<page>" + piece for piece in dump[head_end:tail_start].split(b"<page>")[1:]]
+    streams = [dump[:head_end]] + [b"".join(pages[i:i + pages_per_stream])
+                                   for i in range(0, len(pages), pages_per_stream)] + [dump[tail_start:]]
+    return b"".join(bz2.compress(stream) for stream in streams)
+
+
+@FUZZ
+@given(titles=st.lists(st.text("abcxyz ", min_size=1, max_size=8), min_size=1, max_size=12),
+       multistream=st.booleans(), pages_per_stream=st.integers(1, 4), split_bytes=st.integers(30, 3000))
+def test_a_page_has_the_same_name_whatever_the_range_size(tmp_path, titles, multistream, pages_per_stream,
+                                                          split_bytes):
+    """Rejects name a page by (stream, offset): a plain dump's file offset, a multistream bz2 dump's stream and its
+    offset in that stream. Whatever --split_bytes cut the file into, every page comes once under the same name."""
+    dump = _dump(titles)
+    data = _multistream_bz2(dump, pages_per_stream) if multistream else dump
+    path = _write(tmp_path, "d.xml.bz2" if multistream else "d.xml", data)
+
+    def pages(split):
+        found = []
+        for piece, start, end in wiki.plan_ranges(path, len(data), split_bytes=split,
+                                                  open_fn=lambda p: open(p, "rb")):
+            with open(piece, "rb") as handle:
+                found += [(page.stream, page.offset, page.xml)
+                          for page in wiki.iter_pages(handle, piece, start, end, len(data))]
+        return found
+
+    whole = pages(len(data) + 1)
+    assert len(whole) == len(titles)
+    assert pages(split_bytes) == whole
+    for stream, offset, xml in whole:
+        if multistream:  # the page's bytes at its offset in the stream that starts at `stream`
+            assert bz2.BZ2Decompressor().decompress(data[stream:])[offset:offset + len(xml)] == xml
+        else:  # a plain dump's page is named by its file offset
+            assert stream is None and dump[offset:offset + len(xml)] == xml

@@ -110,12 +110,13 @@ class ReadDocumentsFn(beam.DoFn):
 
     def _read_xml(self, work):
         path, start, end = work["path"], work["start"], work["end"]
-        # Offsets inside a bz2 range count decompressed bytes from the range's first stream: name the range.
-        source = path if start == 0 else f"{path}@{start}"
         name = work["name"]
         to_paragraphs = wiki.MARKUP_STRIPPERS[self._settings.wiki_markup]
         with _open_raw(path) as handle:
             for page in _checked_pages(wiki.iter_pages(handle, path, start, end, work["size"]), path):
+                # A reject names its page the same way whatever range read it: a plain dump's page by its file
+                # offset, a multistream bz2 dump's by its stream ("path@stream offset") and its offset there.
+                source = path if page.stream is None else f"{path}@{page.stream}"
                 try:
                     article = wiki.parse_page(page.xml)
                 except wiki.MalformedPage as error:
