@@ -53,9 +53,10 @@ from pipelines import local_cluster
 class _Translator(PipelineVisitor):
     """Translates every transform into a list of dask partitions (Delayed objects); see the module docstring."""
 
-    def __init__(self, *, partitions: int, spread: int, run_id: str):
+    def __init__(self, *, partitions: int, spread: int, run_id: str, root_spread: Optional[int] = None):
         self.partitions = partitions
         self.spread = spread  # a Reshuffle's pieces
+        self.root_spread = root_spread or spread  # a Reshuffle's pieces when it reshuffles one partition
         self.run_id = run_id
         self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
         self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
@@ -146,8 +147,13 @@ class _Translator(PipelineVisitor):
         if isinstance(transform, beam.Impulse):
             self.parts[node] = [self._task(label, 0, tasks.impulse)]
         elif isinstance(transform, _Reshuffle):
-            self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=self.spread),
-                                             tasks.concat, pieces=self.spread)
+            # One partition reshuffled is a pipeline's list of work items (Impulse, then a plan of byte ranges):
+            # cut into `root_spread` pieces, so that a worker that runs out of items takes another piece instead of
+            # idling while the other works through the rest (a 100 MB dump's 13 ranges in 8 pieces left one worker
+            # idle 2.9 s of a 21 s run).
+            pieces = self.root_spread if len(inputs[0]) == 1 else self.spread
+            self.parts[node] = self._shuffle(label, inputs[0], _cut(tasks.split_round_robin, pieces=pieces),
+                                             tasks.concat, pieces=pieces)
         elif isinstance(transform, _Create):
             self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
         elif isinstance(transform, _Flatten):
@@ -274,7 +280,7 @@ class AllLeavesDaskRunner(DaskRunner):
         # are small: what follows a piece runs where the piece is).
         partitions = bag_kwargs.get("npartitions")
         translator = _Translator(partitions=partitions or 2 * threads, spread=partitions or 4 * threads,
-                                 run_id=uuid.uuid4().hex)
+                                 root_spread=partitions or 16 * threads, run_id=uuid.uuid4().hex)
         pipeline.visit(translator)
         futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)

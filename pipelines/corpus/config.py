@@ -37,10 +37,11 @@ class CorpusConfig(IOConfig):
                                 help="pairs: [CLS] A [SEP] B [SEP] with 50%% random-next B; single: [CLS] text [SEP]")
     docs_per_bucket: int = option(1000, help="documents per random-next bucket (see docs/corpus.md)")
     dedup: bool = option(False, help="drop documents identical to another one")
-    split_bytes: int = option(8 << 20,
+    split_bytes: int = option(2 << 20,
                               help="work range size: uncompressed text and splittable dumps (uncompressed or "
                                    "multistream .bz2 XML) are read in ranges of this many bytes, spread over the "
-                                   "workers (default 8 MiB)")
+                                   "workers (default 2 MiB: small enough that no worker waits long on "
+                                   "another's last range)")
     wiki_markup: str = option("fast", choices=WIKI_MARKUPS,
                               help="wikipedia-xml: fast (corpus/wikimarkup.py, linear-time stripper) or "
                                    "mwparserfromhell (a full parser, about 7x slower)")
