@@ -18,8 +18,9 @@ Here every PCollection is a list of partitions (one dask task each, elements are
   its pieces and groups them;
 * a CombinePerKey (and so CombineGlobally) combines per key inside each input partition before that shuffle
   (Beam's combiner lifting), so a shuffle carries one accumulator per key and partition, not every element;
-* a Reshuffle cuts each partition round-robin into `partitions` pieces: a pipeline that starts from Impulse (one
-  element, one partition) would otherwise run every stage as one task on one worker;
+* a Reshuffle cuts each partition round-robin into 4 pieces per worker thread, and a single partition (a list of
+  work items) into 16: a pipeline that starts from Impulse (one element, one partition) would otherwise run every
+  stage as one task on one worker, and with few pieces a worker that runs out waits on another's last;
 * side inputs are ordinary dask dependencies, computed once (Beam's translation recomputes a side input's whole
   lineage inside every task that reads it);
 * every leaf is computed, in one graph (no lineage is computed twice), and results stay on the workers.
