@@ -7,9 +7,9 @@ two Dask workers spent four times the CPU of one DirectRunner worker, in transfe
 multi-stage bag shuffles and in per-row WindowedValue objects.
 
 Here every PCollection is a list of partitions (one dask task each, elements are plain values), and:
-* a ParDo's task runs its DoFn over one partition and returns {(step, output tag): [element, ...]}; each output read
-  outside the task is a small selecting task, so a consumer (and a transfer between workers) carries its own output
-  only. A ParDo without side inputs that reads a ParDo's output runs in that ParDo's task (a fused chain, as Beam's
+* a ParDo's task runs its DoFn over one partition and returns {(step, output tag): [element, ...]}; a reader
+  picks its output inside its own task (a nested selection, placed with the partition), and a side input or a leaf
+  through a small selecting task, so a transfer between workers carries its own output only. A ParDo without side inputs that reads a ParDo's output runs in that ParDo's task (a fused chain, as Beam's
   runners fuse stages), so its input never leaves the worker that made it. A worker keeps set-up DoFn instances from
   one task to the next of a run (`setup()` once per worker, as Beam's runners do), and pauses Python's cyclic
   garbage collector while a task runs;
@@ -17,7 +17,8 @@ Here every PCollection is a list of partitions (one dask task each, elements are
   the key (the same in every process: `hash()` of a str is salted per process), and each output partition joins
   its pieces and groups them;
 * a CombinePerKey (and so CombineGlobally) combines per key inside each input partition before that shuffle
-  (Beam's combiner lifting), so a shuffle carries one accumulator per key and partition, not every element;
+  (Beam's combiner lifting), so a shuffle carries one accumulator per key and partition, not every element, and
+  each output partition merges its piece of every input partition's accumulators, read whole;
 * a Reshuffle cuts each partition round-robin into 4 pieces per worker thread, and a single partition (a list of
   work items) into 16: a pipeline that starts from Impulse (one element, one partition) would otherwise run every
   stage as one task on one worker, and with few pieces a worker that runs out waits on another's last;
@@ -64,6 +65,8 @@ class _Translator(PipelineVisitor):
         self.groups: Dict[Any, "_Group"] = {}  # ParDo node -> its fused chain; partitions are {(label, tag): [...]}
         self.consumed = set()
         self._selected: Dict[Any, List[Any]] = {}
+        self._chain_nodes: Dict[Any, Any] = {}  # (label, tag) of an inline selection -> its fused ParDo node
+        self._joined = 0  # keyed joins of selections (`_keyed`)
         self._sides: Dict[Any, Any] = {}
         self._whole = None  # a composite translated as one (its parts are skipped)
 
@@ -83,9 +86,58 @@ class _Translator(PipelineVisitor):
         return key
 
     def parts_of(self, value) -> List[Any]:
+        """The partitions of a PCollection, each a task key or, for an output of a fused chain, the selection of that
+        output from the chain's partition as a nested task (`_inline_select`)."""
         node = value.producer
         self.consumed.add(node)
-        return self._select(node, value.tag) if node in self.groups else self.parts[node]
+        return self._inline_select(node, value.tag) if node in self.groups else self.parts[node]
+
+    def _inline_select(self, node, tag) -> List[Any]:
+        """One output of a fused chain, as nested tasks `(select, chain partition, output)` that dask runs inside the
+        task that reads them: a ParDo chain's first step, an exchange's cut, a Flatten's reader. That task has the
+        chain's partition as its one large input, so dask places it where the partition is. A selecting task of its
+        own per output and partition was a third of a corpus run's tasks (about 1.3 ms of scheduler and worker CPU
+        each); the readers that need a key of their own (a side input, a leaf, Beam's bag translation) get one
+        (`_keyed`)."""
+        group = self.groups[node]
+        output = (node.full_label, tag)
+        group.kept.add(output)
+        self._chain_nodes[output] = node
+        return [(tasks.select, key, output) for key in group.keys]
+
+    def _keyed(self, parts: List[Any]) -> List[Any]:
+        """`parts` with every nested task replaced by a task key: a selection by its selecting task (`_select`), a
+        Flatten's join of selections (`_flatten`) by a task of its own."""
+        keyed = []
+        for part in parts:
+            if _is_selection(part):
+                _, chain_key, (label, tag) = part
+                node = self._chain_nodes[(label, tag)]
+                keyed.append(self._select(node, tag)[self.groups[node].keys.index(chain_key)])
+            elif isinstance(part, tuple) and part and callable(part[0]):
+                function, selections = part
+                self._joined += 1
+                keyed.append(self._task("Flatten/joined", self._joined, function, self._keyed(selections)))
+            else:
+                keyed.append(part)
+        return keyed
+
+    def _flatten(self, label: str, parts: List[Any]) -> List[Any]:
+        """A Flatten's partitions: its inputs' partitions, where several are selected from one chain partition (the
+        rejects of a chain's steps) joined into one by a nested `concat`. Nothing moves (they come from one task),
+        and the Flatten's readers run a task per chain partition instead of one per output and partition: a
+        corpus run's rejects went through 96 partitions, 3 per work item, mostly empty, and an exchange of 384
+        pieces."""
+        joined = collections.OrderedDict()
+        out = []
+        for part in parts:
+            if _is_selection(part):
+                joined.setdefault(part[1], []).append(part)
+            else:
+                out.append(part)
+        out.extend(selections[0] if len(selections) == 1 else (tasks.concat, selections)
+                   for selections in joined.values())
+        return out or [self._task(label, 0, tasks.Partition)]
 
     def _select(self, node, tag) -> List[Any]:
         """The partitions of one output of a fused ParDo: a small task per partition picks it from the chain's."""
@@ -103,7 +155,7 @@ class _Translator(PipelineVisitor):
         key = (side.pvalue.producer, side.pvalue.tag)
         if key not in self._sides:
             label = f"{side.pvalue.producer.full_label}[{side.pvalue.tag or 'main'}]/whole"
-            self._sides[key] = self._task(label, 0, tasks.concat, self.parts_of(side.pvalue))
+            self._sides[key] = self._task(label, 0, tasks.concat, self._keyed(self.parts_of(side.pvalue)))
         return self._sides[key]
 
     def _shuffle(self, label: str, parts, cut, join, *, pieces: Optional[int] = None, **join_fixed) -> List[Any]:
@@ -129,11 +181,12 @@ class _Translator(PipelineVisitor):
         count = self.partitions
         if isinstance(transform, _GroupByKey):
             out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces)
-        else:  # CombinePerKey
+        else:  # CombinePerKey: one accumulator per key and partition crosses, so each merge reads every cut whole
             combine_fn = curry_combine_fn(transform.fn, transform.args, transform.kwargs)
-            out = self._shuffle(node.full_label, parts,
-                                _cut(tasks.precombine, combine_fn=combine_fn, pieces=count),
-                                tasks.merge_combined, combine_fn=combine_fn)
+            cut = _cut(tasks.precombine, combine_fn=combine_fn, pieces=count)
+            cuts = [self._task(f"{node.full_label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
+            out = [self._task(node.full_label, j, tasks.merge_combined_cuts, cuts, piece=j, combine_fn=combine_fn)
+                   for j in range(count)]
         for output in node.outputs.values():
             self.parts[output.producer] = out
 
@@ -158,7 +211,7 @@ class _Translator(PipelineVisitor):
         elif isinstance(transform, _Create):
             self.parts[node] = [self._task(label, 0, tasks.create, values=list(transform.values))]
         elif isinstance(transform, _Flatten):
-            self.parts[node] = [part for parts in inputs for part in parts] or [self._task(label, 0, tasks.Partition)]
+            self.parts[node] = self._flatten(label, [part for parts in inputs for part in parts])
         elif type(transform) is beam.ParDo:
             sides = [self._side_input(si) for si in node.side_inputs]
             group = _Group(keys=[self._key(label, i) for i in range(len(inputs[0]))], inputs=inputs[0], sides=sides,
@@ -169,7 +222,8 @@ class _Translator(PipelineVisitor):
             import dask.bag
             from dask.delayed import Delayed
             op = evaluators.TRANSLATIONS.get(transform.__class__, evaluators.NoOp)(node, bag_kwargs={})
-            bags = [dask.bag.from_delayed([Delayed(key, self.graph) for key in parts]) for parts in inputs]
+            bags = [dask.bag.from_delayed([Delayed(key, self.graph) for key in self._keyed(parts)])
+                    for parts in inputs]
             bag = op.apply(input_bag=bags[0] if len(bags) == 1 else (bags or None), side_inputs=None)
             self.graph.update(dict(bag.__dask_graph__()))
             self.parts[node] = list(bag.__dask_keys__())
@@ -206,7 +260,7 @@ class _Translator(PipelineVisitor):
         leaves = []
         for node, parts in list(self.parts.items()):
             if node not in self.consumed:
-                leaves.extend(self._select(node, None) if node in self.groups else parts)
+                leaves.extend(self._select(node, None) if node in self.groups else self._keyed(parts))
         for group in {id(group): group for group in self.groups.values()}.values():
             for key, part in zip(group.keys, group.inputs):
                 self.graph[key] = (functools.partial(tasks.run_fused, steps=tuple(group.steps),
@@ -228,6 +282,11 @@ class _Group:
     sides: List[Any]
     steps: List[Any]
     kept: set = dataclasses.field(default_factory=set)
+
+
+def _is_selection(part) -> bool:
+    """Whether a partition is a nested selection from a chain's partition (`_Translator._inline_select`)."""
+    return isinstance(part, tuple) and len(part) == 3 and part[0] is tasks.select
 
 
 def _cut(function, **fixed):

@@ -308,6 +308,39 @@ def test_pardo_chains_run_fused_in_one_task_per_partition():
     assert chain_tasks == []
 
 
+def test_selections_flattens_and_combines_add_no_tasks_of_their_own():
+    """A chain's output is picked inside its reader's task (a task of its own only for a side input or a leaf); a
+    Flatten of several outputs of one chain partition reads them as one partition; a combine's merges read its cuts
+    whole (no task per cut and piece). The results are the DirectRunner's (test_translation_equals_the_direct_runner)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.overrides import dask_overrides
+    from pipelines import dask_partitions
+    from pipelines.dask_runner import _Translator
+    pipeline = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
+    _translation_pipeline(pipeline, "unused")
+    pipeline.replace_all(dask_overrides())
+    translator = _Translator(partitions=3, spread=3, run_id="run")
+    pipeline.visit(translator)
+    translator.leaves()
+    labels = {key[0].rsplit("-", 1)[0] for key in translator.graph}
+    # Selecting tasks: the leaves' (the Dump steps: their outputs are read by nothing) and the side inputs' only.
+    selecting = {key[0].rsplit("-", 1)[0] for key, task in translator.graph.items()
+                 if isinstance(task, tuple) and task[0] is dask_partitions.select}
+    assert selecting and all(label.startswith("Dump") or f"{label}/whole" in labels for label in selecting), selecting
+    # Both = Flatten(Split's rest, Split's threes): one partition per Split partition, its two outputs joined.
+    both = next(parts for node, parts in translator.parts.items() if node.full_label == "Both")
+    split_keys = next(group.keys for node, group in translator.groups.items()
+                      if node.full_label == "Split/ParDo(_SplitFn)")
+    assert len(both) == len(split_keys)
+    for part, split_key in zip(both, split_keys):
+        function, selections = part
+        assert function is dask_partitions.concat
+        assert [selection[1] for selection in selections] == [split_key, split_key]
+    # Combines: cuts and merges, no piece tasks; a GroupByKey keeps its pieces (each moves only its own data).
+    assert not any(label.startswith(("Sum/", "Mean/")) and label.endswith("/piece") for label in labels)
+    assert any(label.startswith("Group/") and label.endswith("/piece") for label in labels)
+
+
 def test_tasks_pause_the_garbage_collector_and_restore_it():
     import gc
     from pipelines import dask_partitions as tasks
