@@ -282,9 +282,8 @@ def test_translation_equals_the_direct_runner(tmp_path, dask_cluster):
         assert _dumped(folder) == expected, partitions
 
 
-def test_pardo_chains_run_fused_in_one_task_per_partition():
-    """A ParDo reading a ParDo's output runs inside its producer's tasks (Beam's fusion), unless it has side inputs;
-    a chain's task returns only the outputs read outside it (a fused reader's input is dropped inside the task)."""
+def _translated():
+    """The translation pipeline's graph (3 partitions), without running it."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.overrides import dask_overrides
     from pipelines.dask_runner import _Translator
@@ -294,6 +293,13 @@ def test_pardo_chains_run_fused_in_one_task_per_partition():
     translator = _Translator(partitions=3, spread=3, run_id="run")
     pipeline.visit(translator)
     translator.leaves()
+    return translator
+
+
+def test_pardo_chains_run_fused_in_one_task_per_partition():
+    """A ParDo reading a ParDo's output runs inside its producer's tasks (Beam's fusion), unless it has side inputs;
+    a chain's task returns only the outputs read outside it (a fused reader's input is dropped inside the task)."""
+    translator = _translated()
     groups = {node.full_label: group for node, group in translator.groups.items()}
     split, odd = "Split/ParDo(_SplitFn)", "Odd/ParDo(_ParityFn)"
     assert groups["Double"] is groups[split] and groups[odd] is groups[split]
@@ -312,16 +318,8 @@ def test_selections_flattens_and_combines_add_no_tasks_of_their_own():
     """A chain's output is picked inside its reader's task (a task of its own only for a side input or a leaf); a
     Flatten of several outputs of one chain partition reads them as one partition; a combine's merges read its cuts
     whole (no task per cut and piece). The results are the DirectRunner's (test_translation_equals_the_direct_runner)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.dask.overrides import dask_overrides
     from pipelines import dask_partitions
-    from pipelines.dask_runner import _Translator
-    pipeline = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
-    _translation_pipeline(pipeline, "unused")
-    pipeline.replace_all(dask_overrides())
-    translator = _Translator(partitions=3, spread=3, run_id="run")
-    pipeline.visit(translator)
-    translator.leaves()
+    translator = _translated()
     labels = {key[0].rsplit("-", 1)[0] for key in translator.graph}
     # Selecting tasks: the leaves' (the Dump steps: their outputs are read by nothing) and the side inputs' only.
     selecting = {key[0].rsplit("-", 1)[0] for key, task in translator.graph.items()
