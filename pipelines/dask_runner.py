@@ -9,10 +9,11 @@ multi-stage bag shuffles and in per-row WindowedValue objects.
 Here every PCollection is a list of partitions (one dask task each, elements are plain values), and:
 * a ParDo's task runs its DoFn over one partition and returns {(step, output tag): [element, ...]}; a reader
   picks its output inside its own task (a nested selection, placed with the partition), and a side input or a leaf
-  through a small selecting task, so a transfer between workers carries its own output only. A ParDo without side inputs that reads a ParDo's output runs in that ParDo's task (a fused chain, as Beam's
-  runners fuse stages), so its input never leaves the worker that made it. A worker keeps set-up DoFn instances from
-  one task to the next of a run (`setup()` once per worker, as Beam's runners do), and pauses Python's cyclic
-  garbage collector while a task runs;
+  through a small selecting task, so a transfer between workers carries its own output only. A ParDo without side
+  inputs that reads a ParDo's output runs in that ParDo's task (a fused chain, as Beam's runners fuse stages), so
+  its input never leaves the worker that made it. A worker keeps set-up DoFn instances from one task to the next of
+  a run (`setup()` once per worker, as Beam's runners do), and pauses Python's cyclic garbage collector while a task
+  runs;
 * a GroupByKey is one all-to-all shuffle: each input partition is cut into `partitions` pieces by a stable hash of
   the key (the same in every process: `hash()` of a str is salted per process), and each output partition joins
   its pieces and groups them;
@@ -162,10 +163,14 @@ class _Translator(PipelineVisitor):
         """One all-to-all exchange: `cut(partition, offset=i)` gives `pieces` (default `partitions`) pieces; output
         j = join(pieces j)."""
         count = pieces or self.partitions
-        cuts = [self._task(f"{label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
+        cuts = self._cuts(label, parts, cut)
         return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
                                             for i, cut_key in enumerate(cuts)], **join_fixed)
                 for j in range(count)]
+
+    def _cuts(self, label: str, parts, cut) -> List[Any]:
+        """An exchange's first half: `cut(partition, offset=i)` for every input partition i."""
+        return [self._task(f"{label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
 
     # -- the visitor
     def enter_composite_transform(self, node) -> None:
@@ -183,8 +188,7 @@ class _Translator(PipelineVisitor):
             out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces)
         else:  # CombinePerKey: one accumulator per key and partition crosses, so each merge reads every cut whole
             combine_fn = curry_combine_fn(transform.fn, transform.args, transform.kwargs)
-            cut = _cut(tasks.precombine, combine_fn=combine_fn, pieces=count)
-            cuts = [self._task(f"{node.full_label}/cut", i, cut, part, offset=i) for i, part in enumerate(parts)]
+            cuts = self._cuts(node.full_label, parts, _cut(tasks.precombine, combine_fn=combine_fn, pieces=count))
             out = [self._task(node.full_label, j, tasks.merge_combined_cuts, cuts, piece=j, combine_fn=combine_fn)
                    for j in range(count)]
         for output in node.outputs.values():

@@ -317,7 +317,8 @@ def test_pardo_chains_run_fused_in_one_task_per_partition():
 def test_selections_flattens_and_combines_add_no_tasks_of_their_own():
     """A chain's output is picked inside its reader's task (a task of its own only for a side input or a leaf); a
     Flatten of several outputs of one chain partition reads them as one partition; a combine's merges read its cuts
-    whole (no task per cut and piece). The results are the DirectRunner's (test_translation_equals_the_direct_runner)."""
+    whole (no task per cut and piece). The results are the DirectRunner's
+    (test_translation_equals_the_direct_runner)."""
     from pipelines import dask_partitions
     translator = _translated()
     labels = {key[0].rsplit("-", 1)[0] for key in translator.graph}
