@@ -10,7 +10,7 @@ Inputs (built under a temporary folder from the real data in ../shared/data):
     bert-base-uncased vocab.
   * corpus-xml: the enwiki sample dump, its pages repeated with new page ids to --xml_mb (100) MB of XML in one
     uncompressed file; `--input_format wikipedia-xml`, otherwise as above.
-  * augment: --augment_rows (50) sentences of polarity-200 (made distinct per copy), --num_aug 8, a seeded random
+  * augment: --augment_rows (200) sentences of polarity-200 (made distinct per copy), --num_aug 8, a seeded random
     BERT-base-shaped masked LM (12 layers, hidden 768) with the real vocab, GloVe 6B 50d 20k, `--torch_threads 1`
     per worker.
 Runners: direct-1 (DirectRunner, one worker), direct-2 (`--direct_num_workers 2 --direct_running_mode
@@ -295,7 +295,7 @@ def main(argv=None) -> None:
     # 10% of a two-worker run on 2 cores; at 50 MB it is 15-20%.
     parser.add_argument("--corpus_mb", type=float, default=100)
     parser.add_argument("--xml_mb", type=float, default=100)
-    parser.add_argument("--augment_rows", type=int, default=50, help="sentences (200 distinct, then copies)")
+    parser.add_argument("--augment_rows", type=int, default=200, help="sentences (200 distinct, then copies)")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         raise SystemExit(f"this benchmark reads the real data in {SHARED}; it is not on this machine")

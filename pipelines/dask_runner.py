@@ -23,6 +23,10 @@ Here every PCollection is a list of partitions (one dask task each, elements are
 * a Reshuffle cuts each partition round-robin into 4 pieces per worker thread, and a single partition (a list of
   work items) into 16: a pipeline that starts from Impulse (one element, one partition) would otherwise run every
   stage as one task on one worker, and with few pieces a worker that runs out waits on another's last;
+* a GroupByKey inside a composite annotated `costly_groups` (each group costs far more to process
+  than to move: the augmentation's masked-LM batches) has 16 output partitions per worker thread, so that the
+  workers balance its groups by taking partitions as they free up, where 2 per thread left one worker running a
+  third of the work alone;
 * side inputs are ordinary dask dependencies, computed once (Beam's translation recomputes a side input's whole
   lineage inside every task that reads it);
 * every leaf is computed, in one graph (no lineage is computed twice), and results stay on the workers.
@@ -51,6 +55,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import dask_partitions as tasks
 from pipelines import local_cluster
+from pipelines.runners import COSTLY_GROUPS
 
 
 class _Translator(PipelineVisitor):
@@ -59,7 +64,8 @@ class _Translator(PipelineVisitor):
     def __init__(self, *, partitions: int, spread: int, run_id: str, root_spread: Optional[int] = None):
         self.partitions = partitions
         self.spread = spread  # a Reshuffle's pieces
-        self.root_spread = root_spread or spread  # a Reshuffle's pieces when it reshuffles one partition
+        # a Reshuffle's pieces when it reshuffles one partition, and a costly GroupByKey's partitions
+        self.root_spread = root_spread or spread
         self.run_id = run_id
         self.graph: Dict[Any, Any] = {}  # the dask graph: key -> (function, *arguments), keys as arguments
         self.parts: Dict[Any, List[Any]] = collections.OrderedDict()  # node -> the keys of its partitions
@@ -185,7 +191,9 @@ class _Translator(PipelineVisitor):
         parts = self.parts_of(node.inputs[0])
         count = self.partitions
         if isinstance(transform, _GroupByKey):
-            out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces)
+            count = self.root_spread if _costly_groups(node) else count
+            out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces,
+                                pieces=count)
         else:  # CombinePerKey: one accumulator per key and partition crosses, so each merge reads every cut whole
             combine_fn = curry_combine_fn(transform.fn, transform.args, transform.kwargs)
             cuts = self._cuts(node.full_label, parts, _cut(tasks.precombine, combine_fn=combine_fn, pieces=count))
@@ -303,6 +311,17 @@ def _cut(function, **fixed):
 def _ignore_offset(function, items, *, offset):
     del offset
     return function(items)
+
+
+def _costly_groups(node) -> bool:
+    """Whether a transform lies inside a composite annotated `costly_groups` (an annotation, not an attribute: Beam
+    rebuilds a composite from its proto before a runner sees it, and only its label and annotations survive)."""
+    node = node.parent
+    while node is not None:
+        if (getattr(node, "annotations", None) or {}).get(COSTLY_GROUPS):
+            return True
+        node = node.parent
+    return False
 
 
 def _translated_whole(node) -> bool:

@@ -25,6 +25,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from contract.errors import UserError
 
 DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
+# A composite transform's annotation: each group of its GroupByKey costs far more to process than to move (the
+# augmentation's masked-LM batches), so a runner that can cuts its groups into many small tasks (our Dask runner).
+COSTLY_GROUPS = "costly_groups"
 DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner",
                        "switchingdirectrunner", "apache_beam.runners.direct.direct_runner.switchingdirectrunner")
 

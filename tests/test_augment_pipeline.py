@@ -335,3 +335,44 @@ def test_glove_is_parsed_once_per_run_in_process_and_again_when_the_file_changes
     copy.write_text("a 1 0\nb 0 1\nc 1 1\n", encoding="utf-8")
     assert len(resources.load_glove(str(copy), 10)) == 3
     resources.forget_glove()
+
+
+_FAULT_PROBE = """
+import resource
+from pipelines.augment import resources
+
+def faults(rounds=40, size=4 << 20):  # page faults of allocating and freeing a 4 MiB buffer, 40 times
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        buffer = bytearray(size)
+        del buffer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+trimmed = faults()
+kept = resources.keep_freed_memory()
+faults(2)
+reused = faults()
+resources.restore_freed_memory(kept)
+print(trimmed, kept, reused, faults())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="glibc malloc on Linux")
+def test_the_masked_lm_process_reuses_freed_buffers_where_a_dask_nanny_set_the_trim_threshold(tmp_path):
+    """Under dask's MALLOC_TRIM_THRESHOLD_ every buffer over 128 KiB is mapped and faulted in afresh; in the scoring
+    process buffers are reused until the run ends, and the worker's own settings come back after."""
+    import os
+    import subprocess
+    import sys
+    environ = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env=environ, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    trimmed, kept, reused, restored = (int(value) for value in out.stdout.split())
+    pages = 40 * (4 << 20) // 4096
+    assert trimmed >= pages * 0.9 and restored >= pages * 0.9  # the nanny's setting, before and after
+    assert kept == 65536 and reused < pages * 0.1
+    out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env={k: v for k, v in environ.items()
+                                                                    if k != "MALLOC_TRIM_THRESHOLD_"},
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split()[1] == "None"  # nothing set, nothing changed

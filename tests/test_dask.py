@@ -340,6 +340,37 @@ def test_selections_flattens_and_combines_add_no_tasks_of_their_own():
     assert any(label.startswith("Group/") and label.endswith("/piece") for label in labels)
 
 
+class _Costly(beam.PTransform):
+    def annotations(self):
+        from pipelines.runners import COSTLY_GROUPS
+        return {**super().annotations(), COSTLY_GROUPS: "true"}
+
+    def expand(self, pcoll):
+        return pcoll | "Inner" >> beam.GroupByKey()
+
+
+def test_a_costly_composites_groups_are_cut_finely():
+    """A GroupByKey inside a composite annotated costly_groups (the augmentation's masked-LM batches) gets the fine
+    partition count; another keeps `partitions`. The annotation survives Beam's proto round trip, which turns every
+    composite into a plain PTransform before a runner sees it (an attribute of the class did not)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.overrides import dask_overrides
+    from pipelines.augment.scoring import _ScoreGroups
+    from pipelines.dask_runner import _Translator
+    from pipelines.runners import COSTLY_GROUPS
+    assert _ScoreGroups(None, None).annotations()[COSTLY_GROUPS] == "true"
+    built = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
+    keyed = built | beam.Create([(i % 5, i) for i in range(20)])
+    _ = keyed | "Costly" >> _Costly()
+    _ = keyed | "Plain" >> beam.GroupByKey()
+    pipeline = beam.Pipeline.from_runner_api(built.to_runner_api(), built.runner, built.options)
+    pipeline.replace_all(dask_overrides())
+    translator = _Translator(partitions=3, spread=4, root_spread=7, run_id="run")
+    pipeline.visit(translator)
+    counts = {node.full_label: len(parts) for node, parts in translator.parts.items()}
+    assert counts == {"Create": 1, "Costly/Inner/GroupByWindow": 7, "Plain/GroupByWindow": 3}
+
+
 def test_tasks_pause_the_garbage_collector_and_restore_it():
     import gc
     from pipelines import dask_partitions as tasks

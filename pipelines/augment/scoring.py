@@ -16,6 +16,7 @@ from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_que
 from contract import seeds
 from contract.errors import UserError
 from pipelines import cli, progress
+from pipelines.runners import COSTLY_GROUPS
 from pipelines.augment import candidate_store, resources
 from pipelines.augment.config import MaskedLMSettings, StoreSettings
 from pipelines.augment.transforms import SharedHolder
@@ -41,6 +42,7 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._scorer = None
         self._store = None
         self._settings_id = None
+        self._trim_threshold = None
 
     def setup(self):
         settings = self._settings
@@ -57,6 +59,11 @@ class ScoreMaskedLMFn(beam.DoFn):
 
     def _load_scorer(self) -> None:
         settings = self._settings
+
+        self._trim_threshold = resources.keep_freed_memory()
+        if self._trim_threshold is not None:
+            logging.info("masked LM: malloc keeps freed buffers in this process (MALLOC_TRIM_THRESHOLD_=%d was "
+                         "set) until the run ends", self._trim_threshold)
 
         def load():
             device, claim = resources.choose_device(settings.device)
@@ -78,6 +85,10 @@ class ScoreMaskedLMFn(beam.DoFn):
                             self._scorer.variant, self._settings_id, actual)
             self._settings_id = actual
             self._store = candidate_store.CandidateStore(settings.store.root, settings.store.model_id, actual)
+
+    def teardown(self):
+        resources.restore_freed_memory(self._trim_threshold)
+        self._trim_threshold = None
 
     @cli.reports_user_errors
     def process(self, element, total_queries=None):
@@ -174,7 +185,24 @@ class FindMaskedLMCandidates(beam.PTransform):
                  | "QueriesPerSentence" >> beam.Map(
                      lambda kv: len({p for _, _, positions in kv[1][1] for p in positions}))
                  | "CountQueries" >> beam.CombineGlobally(sum))
+        return keyed | "ScoreGroups" >> _ScoreGroups(self._score_fn, total)
+
+
+class _ScoreGroups(beam.PTransform):
+    """(batch key, sentences) -> the `ScoreMaskedLMFn` outputs: each group is a few forward passes of the model,
+    seconds of work against milliseconds to move it, so a runner that can (our Dask runner: `costly_groups`) cuts
+    the groups into many small tasks that the workers take as they free up."""
+
+    def __init__(self, score_fn: ScoreMaskedLMFn, total):
+        super().__init__()
+        self._score_fn = score_fn
+        self._total = total
+
+    def annotations(self):
+        return {**super().annotations(), COSTLY_GROUPS: "true"}
+
+    def expand(self, keyed):
         return (keyed
                 | "GroupByLength" >> beam.GroupByKey()
-                | "Score" >> beam.ParDo(self._score_fn, total_queries=beam.pvalue.AsSingleton(total)).with_outputs(
-                    ScoreMaskedLMFn.STATS, ScoreMaskedLMFn.STORE, main="answers"))
+                | "Score" >> beam.ParDo(self._score_fn, total_queries=beam.pvalue.AsSingleton(self._total))
+                .with_outputs(ScoreMaskedLMFn.STATS, ScoreMaskedLMFn.STORE, main="answers"))
