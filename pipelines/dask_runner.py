@@ -35,11 +35,13 @@ leave a thread idle for the rest of the stage). Only the global window is suppor
 runner).
 """
 
+import atexit
 import collections
 import dataclasses
 import functools
 import logging
 import operator
+import threading
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -340,20 +342,25 @@ class AllLeavesDaskRunner(DaskRunner):
     with `local_workers`, a cluster of that many single-threaded worker processes of this machine, started for the
     run and stopped at its end."""
 
-    def __init__(self, local_workers: Optional[int] = None, worker_modules: Sequence[str] = ()):
+    def __init__(self, local_workers: Optional[int] = None, worker_modules: Sequence[str] = (), options=None):
         super().__init__()
         # The local cluster the entry point started, else one started now, in the background: its workers start while
         # the command loads the tokenizer or model, claims the output and builds the pipeline.
         self._cluster_start = local_cluster.start(local_workers, worker_modules) if local_workers else None
+        # A cluster the options name: connected now, in the background, and its workers import the pipeline's modules
+        # while the command checks its resources (a shell-started worker otherwise imports them at its first tasks).
+        self._client_start = (_ClientStart(_client_kwargs(options)[0], worker_modules)
+                              if options is not None and not local_workers else None)
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist
-        dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
-        bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
+        dask_options, bag_kwargs = _client_kwargs(options)
         cluster = None
         if self._cluster_start is not None:
             cluster = self._cluster_start.take()
             client = ddist.Client(cluster)
+        elif self._client_start is not None and self._client_start.kwargs == dask_options:
+            client = self._client_start.take()
         else:
             client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
@@ -367,6 +374,53 @@ class AllLeavesDaskRunner(DaskRunner):
         pipeline.visit(translator)
         futures = client.compute(translator.leaves())
         return _ClosingDaskRunnerResult(client, futures, translator.run_id, cluster)
+
+
+def _client_kwargs(options):
+    """(the dask Client's keyword arguments, the bag options) of a run's options."""
+    dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
+    return dask_options, bag_kwargs
+
+
+class _ClientStart:
+    """A Client of the cluster that `kwargs` name, connected in a background thread, and on each of the cluster's
+    workers a task (fire and forget) that imports `modules`; `take()` waits for the Client and raises its error. A
+    Client nobody took (the command stopped on a bad option or input) is closed when the process exits."""
+
+    def __init__(self, kwargs: Dict[str, Any], modules: Sequence[str]):
+        self.kwargs = kwargs
+        self._client = None
+        self._error: Optional[BaseException] = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, args=(tuple(modules),), name="dask-client", daemon=True)
+        self._thread.start()
+        atexit.register(self._close_untaken)
+
+    def _start(self, modules: Sequence[str]) -> None:
+        try:
+            import dask.distributed as ddist
+            self._client = ddist.Client(**self.kwargs)
+            if modules:
+                for address in self._client.scheduler_info().get("workers", {}):
+                    ddist.fire_and_forget(self._client.submit(
+                        tasks.import_modules, modules, workers=[address], allow_other_workers=False, pure=False))
+        except BaseException as error:  # raised by take(), in the command's thread
+            self._error = error
+
+    def take(self):
+        self._thread.join()
+        self._taken = True
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def _close_untaken(self) -> None:
+        if self._taken:
+            return
+        self._thread.join()
+        if self._client is not None:
+            self._client.close()
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):

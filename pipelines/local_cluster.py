@@ -17,7 +17,9 @@ from contract.options import raw_value
 # The DoFn modules each pipeline's workers import as they start (through the fork server, below).
 WORKER_MODULES = {
     "pipelines.corpus": ("pipelines.corpus.read", "pipelines.corpus.transforms"),
-    "pipelines.augment": ("pipelines.augment.transforms", "pipelines.augment.scoring"),
+    # transformers' BERT modules: 2.2 s of a worker's first masked-LM task, before the model's 0.1-0.5 s load
+    "pipelines.augment": ("pipelines.augment.transforms", "pipelines.augment.scoring",
+                          "transformers.models.auto.modeling_auto", "transformers.models.bert.modeling_bert"),
 }
 _EARLY: dict = {}  # {"workers": N, "modules": (...), "start": ClusterStart} of start_early
 
@@ -99,7 +101,11 @@ def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
         distributed.utils._forkserver_preload_set = True
     # dask's transfer estimate stays its default (100 MB/s): at 1 GB/s (what processes of one machine reach) the
     # scheduler moved more tasks away from their inputs, and the 100 MB text took 20.4-22.1 s instead of 16.9-17.7 s.
-    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+    # No dashboard, so no one reads the workers' statistical profiles: without them each worker's event loop no longer
+    # wakes 100 times a second to sample the task thread's stack, which took 2% of the masked LM's time while both
+    # cores ran workers.
+    with dask.config.set({"distributed.worker.multiprocessing-method": method,
+                          "distributed.worker.profile.enabled": False}):
         return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None, preload=["pipelines.dask_worker"],
                                   silence_logs=logging.ERROR,

@@ -35,7 +35,8 @@ DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.dir
 def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = None,
                    worker_modules: Sequence[str] = ()):
     """The runner object (or name) for `options`: our Dask runner for any spelling of DaskRunner (on a local
-    cluster of `local_workers` processes where given, which import `worker_modules` as they start), the
+    cluster of `local_workers` processes where given, which import `worker_modules` as they start; else on the
+    cluster the options name, whose workers are asked to import them as the command starts), the
     DirectRunner without its Prism attempt for any spelling of DirectRunner (or none).
 
     Raises:
@@ -59,5 +60,5 @@ def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = N
         return runner
     if isinstance(name, str) and name.lower() in DASK_RUNNER_NAMES:
         from pipelines.dask_runner import AllLeavesDaskRunner
-        return AllLeavesDaskRunner()
+        return AllLeavesDaskRunner(worker_modules=worker_modules, options=options)
     return name

@@ -371,6 +371,43 @@ def test_a_costly_composites_groups_are_cut_finely():
     assert counts == {"Create": 1, "Costly/Inner/GroupByWindow": 7, "Plain/GroupByWindow": 3}
 
 
+def test_a_named_cluster_is_connected_and_warmed_while_the_command_starts(dask_cluster):
+    """The runner of a --dask_client_address connects in the background and asks each worker to import the
+    pipeline's modules; a module that does not import is left to the task that needs it."""
+    import sys
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.dask_runner import AllLeavesDaskRunner
+    options = PipelineOptions([f"--dask_client_address={dask_cluster.scheduler_address}"])
+    runner = AllLeavesDaskRunner(worker_modules=("xml.dom.minidom", "no_such_module_here"), options=options)
+    client = runner._client_start.take()
+    try:
+        deadline = time.time() + 60
+        while True:
+            imported = client.run(lambda: "xml.dom.minidom" in sys.modules)
+            if all(imported.values()) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(imported) == 2 and all(imported.values()), imported
+    finally:
+        client.close()
+
+
+def test_the_local_clusters_workers_do_not_profile():
+    """`--local_workers` has no dashboard to show the workers' statistical profiles, so they take none (the sampling
+    wakes each worker 100 times a second)."""
+    import dask
+    import dask.distributed as ddist
+    from pipelines import local_cluster
+    cluster = local_cluster.local_cluster(1)
+    try:
+        with ddist.Client(cluster) as client:
+            assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
+            callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+            assert not any("profile" in name for names in callbacks.values() for name in names), callbacks
+    finally:
+        cluster.close()
+
+
 def test_tasks_pause_the_garbage_collector_and_restore_it():
     import gc
     from pipelines import dask_partitions as tasks
