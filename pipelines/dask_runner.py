@@ -35,13 +35,11 @@ leave a thread idle for the rest of the stage). Only the global window is suppor
 runner).
 """
 
-import atexit
 import collections
 import dataclasses
 import functools
 import logging
 import operator
-import threading
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -383,44 +381,23 @@ def _client_kwargs(options):
     return dask_options, bag_kwargs
 
 
-class _ClientStart:
-    """A Client of the cluster that `kwargs` name, connected in a background thread, and on each of the cluster's
-    workers a task (fire and forget) that imports `modules`; `take()` waits for the Client and raises its error. A
-    Client nobody took (the command stopped on a bad option or input) is closed when the process exits."""
+class _ClientStart(local_cluster.BackgroundStart):
+    """A Client of the cluster that `kwargs` name, connected in the background, and on each of the cluster's workers
+    a task (fire and forget) that imports `modules`."""
 
     def __init__(self, kwargs: Dict[str, Any], modules: Sequence[str]):
         self.kwargs = kwargs
-        self._client = None
-        self._error: Optional[BaseException] = None
-        self._taken = False
-        self._thread = threading.Thread(target=self._start, args=(tuple(modules),), name="dask-client", daemon=True)
-        self._thread.start()
-        atexit.register(self._close_untaken)
+        super().__init__(functools.partial(_connect, kwargs, tuple(modules)), "dask-client")
 
-    def _start(self, modules: Sequence[str]) -> None:
-        try:
-            import dask.distributed as ddist
-            self._client = ddist.Client(**self.kwargs)
-            if modules:
-                for address in self._client.scheduler_info().get("workers", {}):
-                    ddist.fire_and_forget(self._client.submit(
-                        tasks.import_modules, modules, workers=[address], allow_other_workers=False, pure=False))
-        except BaseException as error:  # raised by take(), in the command's thread
-            self._error = error
 
-    def take(self):
-        self._thread.join()
-        self._taken = True
-        if self._error is not None:
-            raise self._error
-        return self._client
-
-    def _close_untaken(self) -> None:
-        if self._taken:
-            return
-        self._thread.join()
-        if self._client is not None:
-            self._client.close()
+def _connect(kwargs: Dict[str, Any], modules: Sequence[str]):
+    import dask.distributed as ddist
+    client = ddist.Client(**kwargs)
+    if modules:
+        for address in client.scheduler_info().get("workers", {}):
+            ddist.fire_and_forget(client.submit(tasks.import_modules, modules, workers=[address],
+                                                allow_other_workers=False, pure=False))
+    return client
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):

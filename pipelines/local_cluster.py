@@ -10,7 +10,7 @@ a bad option or input) is closed when the process exits.
 import atexit
 import logging
 import threading
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from contract.options import raw_value
 
@@ -42,24 +42,22 @@ def start(workers: int, worker_modules: Sequence[str]) -> "ClusterStart":
     return ClusterStart(workers, worker_modules)
 
 
-class ClusterStart:
-    """`local_cluster(workers)` started in a background thread; `take()` waits for it. A cluster nobody took (the
-    command stopped on a bad option or input after choosing its runner) is closed when the process exits."""
+class BackgroundStart:
+    """`start()` run in a daemon thread from construction on; `take()` waits for its result and raises its error. A
+    result nobody took (the command stopped on a bad option or input after choosing its runner) is closed when the
+    process exits."""
 
-    def __init__(self, workers: int, worker_modules: Sequence[str]):
-        # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
-        logging.getLogger("distributed").setLevel(logging.ERROR)
-        self._cluster = None
+    def __init__(self, start: Callable[[], Any], name: str):
+        self._value = None
         self._error: Optional[BaseException] = None
         self._taken = False
-        self._thread = threading.Thread(target=self._start, args=(workers, worker_modules), name="local-dask-cluster",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(start,), name=name, daemon=True)
         self._thread.start()
         atexit.register(self._close_untaken)
 
-    def _start(self, workers: int, worker_modules: Sequence[str]) -> None:
+    def _run(self, start: Callable[[], Any]) -> None:
         try:
-            self._cluster = local_cluster(workers, worker_modules)
+            self._value = start()
         except BaseException as error:  # raised by take(), in the command's thread
             self._error = error
 
@@ -68,14 +66,23 @@ class ClusterStart:
         self._taken = True
         if self._error is not None:
             raise self._error
-        return self._cluster
+        return self._value
 
     def _close_untaken(self) -> None:
         if self._taken:
             return
         self._thread.join()
-        if self._cluster is not None:
-            self._cluster.close()
+        if self._value is not None:
+            self._value.close()
+
+
+class ClusterStart(BackgroundStart):
+    """`local_cluster(workers, worker_modules)` started in the background."""
+
+    def __init__(self, workers: int, worker_modules: Sequence[str]):
+        # The cluster's own lines (start, stop, a worker slow to exit) are not the run's news; its errors are.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        super().__init__(lambda: local_cluster(workers, worker_modules), "local-dask-cluster")
 
 
 def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
@@ -101,9 +108,8 @@ def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
         distributed.utils._forkserver_preload_set = True
     # dask's transfer estimate stays its default (100 MB/s): at 1 GB/s (what processes of one machine reach) the
     # scheduler moved more tasks away from their inputs, and the 100 MB text took 20.4-22.1 s instead of 16.9-17.7 s.
-    # No dashboard, so no one reads the workers' statistical profiles: without them each worker's event loop no longer
-    # wakes 100 times a second to sample the task thread's stack, which took 2% of the masked LM's time while both
-    # cores ran workers.
+    # No dashboard, so no one reads the workers' statistical profiles: none is taken (the sampling wakes each
+    # worker's event loop 100 times a second to read the task thread's stack).
     with dask.config.set({"distributed.worker.multiprocessing-method": method,
                           "distributed.worker.profile.enabled": False}):
         return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
