@@ -387,7 +387,7 @@ class _ClientStart(local_cluster.BackgroundStart):
 
     def __init__(self, kwargs: Dict[str, Any], modules: Sequence[str]):
         self.kwargs = kwargs
-        super().__init__(functools.partial(_connect, kwargs, tuple(modules)), "dask-client")
+        super().__init__(functools.partial(_connect, kwargs, tuple(modules)), "dask-client", wait_at_exit=False)
 
 
 def _connect(kwargs: Dict[str, Any], modules: Sequence[str]):

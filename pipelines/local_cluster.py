@@ -45,9 +45,11 @@ def start(workers: int, worker_modules: Sequence[str]) -> "ClusterStart":
 class BackgroundStart:
     """`start()` run in a daemon thread from construction on; `take()` waits for its result and raises its error. A
     result nobody took (the command stopped on a bad option or input after choosing its runner) is closed when the
-    process exits."""
+    process exits; without `wait_at_exit`, only if it is there by then (a Client still trying an address that does
+    not answer does not hold the exit for dask's connect timeout)."""
 
-    def __init__(self, start: Callable[[], Any], name: str):
+    def __init__(self, start: Callable[[], Any], name: str, *, wait_at_exit: bool = True):
+        self._wait_at_exit = wait_at_exit
         self._value = None
         self._error: Optional[BaseException] = None
         self._taken = False
@@ -69,7 +71,7 @@ class BackgroundStart:
         return self._value
 
     def _close_untaken(self) -> None:
-        if self._taken:
+        if self._taken or (not self._wait_at_exit and self._thread.is_alive()):
             return
         self._thread.join()
         if self._value is not None:

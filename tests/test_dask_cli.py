@@ -124,3 +124,21 @@ def test_local_workers_from_the_shell(tmp_path, tiny_bert):
     assert len(errors) == 1 and "damaged.txt" in errors[0], failed.stderr[-2000:]
     assert "Traceback" not in failed.stderr
     assert not (work / "failed" / "_SUCCESS").exists()
+
+
+def test_a_user_error_does_not_wait_on_a_cluster_that_does_not_answer(tmp_path, tiny_bert):
+    """The runner starts connecting to --dask_client_address as the command starts; a command that then stops on a
+    user error (here an output folder it did not write) says so in one line and exits, instead of waiting for dask's
+    connect timeout (30 s) at exit."""
+    work = tmp_path / "work"
+    (work / "taken").mkdir(parents=True)
+    (work / "taken" / "theirs.txt").write_text("not ours\n", encoding="utf-8")
+    (work / "corpus.txt").write_text("One sentence here .\nAnother one there .\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.corpus", "--input=corpus.txt", f"--tokenizer={tiny_bert}",
+         "--runner=DaskRunner", "--dask_client_address=tcp://127.0.0.1:9", "--output=taken"],
+        cwd=work, capture_output=True, text=True, timeout=25, env=_env())  # a guard against the hang, not a timing
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "taken" in lines[0], result.stderr[-2000:]
+    assert (work / "taken" / "theirs.txt").read_text(encoding="utf-8") == "not ours\n"

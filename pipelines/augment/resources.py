@@ -260,8 +260,8 @@ def keep_freed_memory() -> Optional[int]:
     """Lets this process's malloc reuse the buffers that the masked LM's forwards free, where a dask worker's nanny
     set `MALLOC_TRIM_THRESHOLD_` (65536 by default). Setting it also turns off glibc's dynamic mmap threshold, so
     every buffer over 128 KiB (a batch's activations, tens of MB) was mapped and faulted in afresh at every forward:
-    13% of the scorer's time (`bench/augment.py`'s scorer loop, fp32, one thread). Here buffers up to 32 MiB come
-    from the heap again and the heap keeps up to 1 GiB of freed memory, as glibc does by itself.
+    13% of the scorer's time (161 queries, fp32, one thread: 24.1-24.5 s against 21.1-21.7 s). Here buffers up to
+    32 MiB come from the heap again and the heap keeps up to 1 GiB of freed memory, as glibc does by itself.
 
     Returns:
       The trim threshold to restore (`restore_freed_memory`), or None where nothing was changed (no such variable,
