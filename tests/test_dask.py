@@ -398,7 +398,7 @@ def test_the_local_clusters_workers_do_not_profile():
     import dask
     import dask.distributed as ddist
     from pipelines import local_cluster
-    cluster = local_cluster.local_cluster(1)
+    cluster = local_cluster.ClusterStart(1, ()).take()  # as the runner starts it (the cluster's log lines hidden)
     try:
         with ddist.Client(cluster) as client:
             assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
