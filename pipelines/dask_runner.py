@@ -347,8 +347,11 @@ class AllLeavesDaskRunner(DaskRunner):
         self._cluster_start = local_cluster.start(local_workers, worker_modules) if local_workers else None
         # A cluster the options name: connected now, in the background, and its workers import the pipeline's modules
         # while the command checks its resources (a shell-started worker otherwise imports them at its first tasks).
-        self._client_start = (_ClientStart(_client_kwargs(options)[0], worker_modules)
-                              if options is not None and not local_workers else None)
+        # Only a named one: a Client without an address starts a cluster of its own, which a command that stops on a
+        # bad input must not have started.
+        kwargs = _client_kwargs(options)[0] if options is not None and not local_workers else {}
+        self._client_start = (_ClientStart(kwargs, worker_modules)
+                              if kwargs.get("address") or kwargs.get("scheduler_file") else None)
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist

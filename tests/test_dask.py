@@ -378,6 +378,7 @@ def test_a_named_cluster_is_connected_and_warmed_while_the_command_starts(dask_c
     from apache_beam.options.pipeline_options import PipelineOptions
     from pipelines.dask_runner import AllLeavesDaskRunner
     options = PipelineOptions([f"--dask_client_address={dask_cluster.scheduler_address}"])
+    assert AllLeavesDaskRunner(worker_modules=("json",), options=PipelineOptions([]))._client_start is None
     runner = AllLeavesDaskRunner(worker_modules=("xml.dom.minidom", "no_such_module_here"), options=options)
     client = runner._client_start.take()
     try:
