@@ -6,9 +6,9 @@ Usage:
 
 Inputs (built under a temporary folder from the real data in ../shared/data):
   * corpus-text: the enwiki sample as text, cut into documents of 4 sentences, repeated with a copy number in each
-    document to --corpus_mb (100) MB in one file; `--max_seq_len 128 --epochs 1`, a tokenizer.json folder of the
+    document to --corpus_mb (200) MB in one file; `--max_seq_len 128 --epochs 1`, a tokenizer.json folder of the
     bert-base-uncased vocab.
-  * corpus-xml: the enwiki sample dump, its pages repeated with new page ids to --xml_mb (100) MB of XML in one
+  * corpus-xml: the enwiki sample dump, its pages repeated with new page ids to --xml_mb (250) MB of XML in one
     uncompressed file; `--input_format wikipedia-xml`, otherwise as above.
   * augment: --augment_rows (200) sentences of polarity-200 (made distinct per copy), --num_aug 8, a seeded random
     BERT-base-shaped masked LM (12 layers, hidden 768) with the real vocab, GloVe 6B 50d 20k, `--torch_threads 1`
@@ -20,7 +20,9 @@ first task), local-2 (`--local_workers 2`: the command starts and stops its own 
 
 Every run is the pipeline's command as a user types it (`python -m pipelines.X ...`, whole process: start-up
 included). Runs are interleaved (round 1: every runner, round 2: every runner, ...) so that load on a shared
-machine hits all alike; the table shows each runner's median over --rounds. Columns: wall seconds; speed-up over
+machine hits all alike; the table shows each runner's median over --rounds. Columns: wall seconds; the run's fixed
+cost (the same command on a 0.3 MB input, 8 sentences for augment, run once before the rounds) and its share of the
+wall time (the issue of scale: a speed-up is only the workers' if this share is small); speed-up over
 direct-1 on the same input and parallel efficiency (speed-up / workers); CPU seconds per MB of input (every process
 of the run: launcher, workers, scheduler); peak RSS of each worker process (sampled every 0.1 s; direct-1: the
 launcher, which runs the bundles); MB the workers sent each other per MB of input (dask-2: dask's own transfer
@@ -46,6 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RUNNERS = ("direct-1", "direct-2", "dask-2", "local-2")
 INPUTS = ("corpus-text", "corpus-xml", "augment")
+TINY_MB, TINY_ROWS = 0.3, 8  # the fixed-cost probe's inputs
 BIN = pathlib.Path(sys.executable).parent
 
 
@@ -75,6 +78,8 @@ def _corpus_xml(tmp: pathlib.Path, megabytes: float) -> pathlib.Path:
     text = bz2.decompress((SHARED / "enwiki-sample-pages-articles.xml.bz2").read_bytes()).decode("utf-8")
     head_end, tail_start = text.index("  <page>"), text.rindex("</mediawiki>")
     head, pages = text[:head_end], text[head_end:tail_start]
+    if megabytes * 1e6 < len(pages):  # less than one copy: its first pages (a fixed-cost probe)
+        pages = pages[:pages.rindex("</page>", 0, max(int(megabytes * 1e6), pages.index("</page>") + 1)) + 7] + "\n"
     page_id = re.compile(r"(<page>\s*<title>[^<]*</title>\s*<ns>[^<]*</ns>\s*<id>)(\d+)(</id>)")
     path, written, copy = tmp / "corpus-xml.xml", 0, 0
     with open(path, "w", encoding="utf-8") as out:
@@ -88,8 +93,12 @@ def _corpus_xml(tmp: pathlib.Path, megabytes: float) -> pathlib.Path:
     return path
 
 
-def _inputs(tmp: pathlib.Path, names, args):
-    """{input name: (argv of the pipeline without runner and output, MB of input)}."""
+def _inputs(tmp: pathlib.Path, names, args, *, tiny: bool = False):
+    """{input name: (argv of the pipeline without runner and output, MB of input)}; `tiny`: the same commands on
+    inputs of a few hundred KB (8 sentences for augment), whose wall time is the run's fixed cost."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    if tiny:
+        args = argparse.Namespace(corpus_mb=TINY_MB, xml_mb=TINY_MB, augment_rows=TINY_ROWS)
     found = {}
     if {"corpus-text", "corpus-xml"} & set(names):
         from bench import corpus as corpus_bench
@@ -107,7 +116,8 @@ def _inputs(tmp: pathlib.Path, names, args):
         from bench import augment as augment_bench
         model = augment_bench._build_model(tmp / "bert-base", layers=12, hidden=768)
         path = tmp / "augment.tsv"
-        rows = augment_bench._write_input(path, min(args.augment_rows, 200), repeat=max(1, args.augment_rows // 200))
+        rows = augment_bench._write_input(path, min(args.augment_rows, 200),
+                                          repeat=max(1, args.augment_rows // 200))
         found["augment"] = (["pipelines.augment", f"--model={model}", f"--input={path}", "--num_aug=8",
                              f"--glove={SHARED / 'glove.6B.50d.20k.txt.gz'}", "--torch_threads=1", "--quiet",
                              "--candidate_store=none"],  # every run computes its answers
@@ -291,10 +301,11 @@ def main(argv=None) -> None:
     parser.add_argument("--inputs", default=",".join(INPUTS))
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--rounds", type=int, default=2)
-    # 100 MB: the launcher's start-up (imports, the pipeline's construction, a local cluster's start) is then under
-    # 10% of a two-worker run on 2 cores; at 50 MB it is 15-20%.
-    parser.add_argument("--corpus_mb", type=float, default=100)
-    parser.add_argument("--xml_mb", type=float, default=100)
+    # Sizes at which each run's fixed cost (the "fixed" column: the same command on a 0.3 MB input; start-up,
+    # a local cluster's start and stop, the output's finalization) is about 10% of a two-worker run on 2 cores; at
+    # 100 MB it was 15-20% of a --local_workers 2 run.
+    parser.add_argument("--corpus_mb", type=float, default=200)
+    parser.add_argument("--xml_mb", type=float, default=250)
     parser.add_argument("--augment_rows", type=int, default=200, help="sentences (200 distinct, then copies)")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
@@ -309,6 +320,13 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         inputs = _inputs(tmp, names, args)
+        tiny_inputs = _inputs(tmp / "tiny", names, args, tiny=True)
+        fixed = {}
+        for name in names:
+            for runner in runners:
+                fixed[(name, runner)] = _run(tiny_inputs[name][0], runner, tmp / "tiny" / f"out-{name}-{runner}",
+                                             tmp)["seconds"]
+                print(f"  fixed cost {name} {runner}: {fixed[(name, runner)]:.1f} s", flush=True)
         runs = {}
         for round_number in range(args.rounds):
             for name in names:
@@ -319,12 +337,12 @@ def main(argv=None) -> None:
                     runs.setdefault((name, runner), []).append(result)
                     print(f"  round {round_number + 1} {name} {runner}: {result['seconds']:.1f} s", flush=True)
         print(f"load after: {os.getloadavg()[0]:.2f}\n")
-        _print_table(names, runners, inputs, runs)
+        _print_table(names, runners, inputs, runs, fixed)
 
 
-def _print_table(names, runners, inputs, runs) -> None:
-    print(f"{'input':12} {'MB':>5} {'runner':9} {'wall s':>7} {'speed-up':>8} {'efficiency':>10} {'CPU s/MB':>8} "
-          f"{'peak RSS/worker MiB':>20} {'shuffle MB/MB':>13} {'outputs':>8}")
+def _print_table(names, runners, inputs, runs, fixed) -> None:
+    print(f"{'input':12} {'MB':>5} {'runner':9} {'wall s':>7} {'fixed s':>7} {'fixed %':>7} {'speed-up':>8} "
+          f"{'efficiency':>10} {'CPU s/MB':>8} {'peak RSS/worker MiB':>20} {'shuffle MB/MB':>13} {'outputs':>8}")
     for name in names:
         megabytes = inputs[name][1]
         base = statistics.median(r["seconds"] for r in runs[(name, runners[0])])
@@ -338,9 +356,11 @@ def _print_table(names, runners, inputs, runs) -> None:
             peaks = " / ".join(f"{p:.0f}" for p in max((r["peaks_mib"] for r in results), key=len))
             sent = [r["sent"] for r in results if r["sent"] is not None]
             shuffle = f"{statistics.median(sent) / 1e6 / megabytes:.2f}" if sent else "-"
-            print(f"{name:12} {megabytes:5.1f} {runner:9} {seconds:7.1f} {speedup:7.2f}x {speedup / workers:10.2f} "
+            print(f"{name:12} {megabytes:5.1f} {runner:9} {seconds:7.1f} {fixed[(name, runner)]:7.1f} "
+                  f"{100 * fixed[(name, runner)] / seconds:6.0f}% {speedup:7.2f}x {speedup / workers:10.2f} "
                   f"{cpu:8.2f} {peaks:>20} {shuffle:>13} {'same' if len(digests) == 1 else 'DIFFER':>8}")
-    print(f"\nspeed-up: against {runners[0]} on the same input (medians of the rounds)")
+    print(f"\nspeed-up: against {runners[0]} on the same input (medians of the rounds); fixed: the same command on "
+          f"a {TINY_MB} MB input ({TINY_ROWS} sentences for augment), once")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,21 @@ WORDS = ("the a film movie story actor plot scene good bad great boring funny sa
          "fine dull bright dark slow fast clever silly warm cold old new strong weak best worst").split()
 
 
+# A subprocess's page faults while it allocates and frees buffers (tests of `pipelines.freed_memory`): the probe
+# defines `faults()`, the test's own lines follow and print the counts.
+FAULT_PROBE = """
+import resource
+
+def faults(rounds=40, size=4 << 20):  # page faults of allocating and freeing a 4 MiB buffer, 40 times
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        buffer = bytearray(size)
+        del buffer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+FAULT_PROBE_PAGES = 40 * (4 << 20) // 4096  # the pages of 40 fresh 4 MiB buffers
+
+
 def make_tokenizer(directory: str):
     """A BertTokenizerFast: the shared bert-base-uncased vocab where present, else a small WordPiece vocab."""
     from transformers import BertTokenizerFast

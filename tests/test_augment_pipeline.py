@@ -16,6 +16,7 @@ from pipelines.augment.read import InputLayout
 from pipelines.augment.transforms import ReadExamplesFn
 from pipelines import outputs
 from contract.errors import UserError
+from tests import builders
 
 # One data row per GLUE task, in the layout of its train.tsv (header, columns), texts at the reference's indices.
 GLUE_ROWS = {
@@ -337,22 +338,16 @@ def test_glove_is_parsed_once_per_run_in_process_and_again_when_the_file_changes
     resources.forget_glove()
 
 
-_FAULT_PROBE = """
-import resource
-from pipelines.augment import resources
-
-def faults(rounds=40, size=4 << 20):  # page faults of allocating and freeing a 4 MiB buffer, 40 times
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(rounds):
-        buffer = bytearray(size)
-        del buffer
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+_FAULT_PROBE = builders.FAULT_PROBE + """
+from pipelines import freed_memory
 
 trimmed = faults()
-kept = resources.keep_freed_memory()
+kept = freed_memory.hold()
+inner = freed_memory.hold()  # a task inside the scorer's hold
 faults(2)
-reused = faults()
-resources.restore_freed_memory(kept)
+freed_memory.release()
+reused = faults()  # the scorer still holds
+freed_memory.release()
 print(trimmed, kept, reused, faults())
 """
 
@@ -361,7 +356,8 @@ print(trimmed, kept, reused, faults())
 @pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="glibc malloc on Linux")
 def test_the_masked_lm_process_reuses_freed_buffers_where_a_dask_nanny_set_the_trim_threshold(tmp_path):
     """Under dask's MALLOC_TRIM_THRESHOLD_ every buffer over 128 KiB is mapped and faulted in afresh; in the scoring
-    process buffers are reused until the run ends, and the worker's own settings come back after."""
+    process buffers are reused from the model's load to teardown (a task's hold inside it does not end that), and the
+    worker's own settings come back after."""
     import os
     import subprocess
     import sys
@@ -369,7 +365,7 @@ def test_the_masked_lm_process_reuses_freed_buffers_where_a_dask_nanny_set_the_t
     out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env=environ, capture_output=True, text=True,
                          check=True, cwd=tmp_path)
     trimmed, kept, reused, restored = (int(value) for value in out.stdout.split())
-    pages = 40 * (4 << 20) // 4096
+    pages = builders.FAULT_PROBE_PAGES
     assert trimmed >= pages * 0.9 and restored >= pages * 0.9  # the nanny's setting, before and after
     assert kept == 65536 and reused < pages * 0.1
     out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env={k: v for k, v in environ.items()

@@ -13,6 +13,7 @@ import pytest
 
 from pipelines import augment as augment_pipeline
 from pipelines.augment.config import SAMPLE_INPUT
+from tests import builders
 from tests.test_corpus import TEXT_CORPUS
 
 pytestmark = pytest.mark.slow
@@ -430,6 +431,32 @@ def test_tasks_pause_the_garbage_collector_and_restore_it():
         assert not gc.isenabled()  # left off, as it was
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+_TASK_FAULT_PROBE = builders.FAULT_PROBE + """
+from pipelines import dask_partitions as tasks
+
+def in_task():
+    faults(2)
+    return faults()
+
+print(faults(), tasks._collector_paused(in_task)(), faults())
+"""
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="glibc malloc on Linux")
+def test_tasks_reuse_freed_buffers_where_the_nanny_set_the_trim_threshold(tmp_path):
+    """Under a nanny's MALLOC_TRIM_THRESHOLD_ every buffer over 128 KiB is mapped and faulted in afresh; while a task
+    runs, freed buffers are reused, and the nanny's setting is back once it ends."""
+    import subprocess
+    import sys
+    environ = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _TASK_FAULT_PROBE], env=environ, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    before, during, after = (int(value) for value in out.stdout.split())
+    pages = builders.FAULT_PROBE_PAGES
+    assert before >= pages * 0.9 and after >= pages * 0.9
+    assert during < pages * 0.1
 
 
 def test_local_workers_refuses_another_runner_or_cluster(tmp_path, tiny_bert):

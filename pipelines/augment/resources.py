@@ -7,7 +7,6 @@ must fit its embeddings. A problem is one line naming the file. Workers load the
 their DoFns' setup (transforms).
 """
 
-import ctypes
 import dataclasses
 import hashlib
 import io
@@ -247,50 +246,6 @@ def load_masked_lm(name_or_path: str):
 def load_tokenizer(name_or_path: str):
     """The transformers fast tokenizer (the scorer needs its methods), under the same lock as the model."""
     return tokenizer_lib.load_transformers_tokenizer(name_or_path)
-
-
-# ------------------------------------------------------------------------------------------------------ memory
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_GLIBC_MMAP_THRESHOLD = 128 * 1024  # glibc's static default, in force once the trim threshold is set
-_KEPT_MMAP_THRESHOLD = 32 * 1024 * 1024  # the top of glibc's own dynamic threshold on 64-bit Linux
-_KEPT_TRIM_THRESHOLD = 1 << 30
-
-
-def keep_freed_memory() -> Optional[int]:
-    """Lets this process's malloc reuse the buffers that the masked LM's forwards free, where a dask worker's nanny
-    set `MALLOC_TRIM_THRESHOLD_` (65536 by default). Setting it also turns off glibc's dynamic mmap threshold, so
-    every buffer over 128 KiB (a batch's activations, tens of MB) was mapped and faulted in afresh at every forward:
-    13% of the scorer's time (161 queries, fp32, one thread: 24.1-24.5 s against 21.1-21.7 s). Here buffers up to
-    32 MiB come from the heap again and the heap keeps up to 1 GiB of freed memory, as glibc does by itself.
-
-    Returns:
-      The trim threshold to restore (`restore_freed_memory`), or None where nothing was changed (no such variable,
-      not glibc).
-    """
-    value = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
-    if not value.isdigit() or not sys.platform.startswith("linux"):
-        return None
-    mallopt = _mallopt()
-    if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, _KEPT_MMAP_THRESHOLD):
-        return None
-    mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_THRESHOLD)
-    return int(value)
-
-
-def restore_freed_memory(trim_threshold: Optional[int]) -> None:
-    """Puts back the malloc settings that `keep_freed_memory` changed (the worker outlives the run)."""
-    mallopt = _mallopt() if trim_threshold is not None else None
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-
-
-def _mallopt():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt if libc.gnu_get_libc_version else None
-    except (OSError, AttributeError):  # not glibc (musl has no gnu_get_libc_version)
-        return None
 
 
 # ------------------------------------------------------------------------------------------------------ device

@@ -15,7 +15,7 @@ from augment import store as store_lib
 from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_queries
 from contract import seeds
 from contract.errors import UserError
-from pipelines import cli, progress
+from pipelines import cli, freed_memory, progress
 from pipelines.runners import COSTLY_GROUPS
 from pipelines.augment import candidate_store, resources
 from pipelines.augment.config import MaskedLMSettings, StoreSettings
@@ -42,7 +42,7 @@ class ScoreMaskedLMFn(beam.DoFn):
         self._scorer = None
         self._store = None
         self._settings_id = None
-        self._trim_threshold = None
+        self._holds_memory = False  # a freed_memory hold, from the model's load to teardown
 
     def setup(self):
         settings = self._settings
@@ -60,10 +60,11 @@ class ScoreMaskedLMFn(beam.DoFn):
     def _load_scorer(self) -> None:
         settings = self._settings
 
-        self._trim_threshold = resources.keep_freed_memory()
-        if self._trim_threshold is not None:
+        trim_threshold = freed_memory.hold()
+        self._holds_memory = True
+        if trim_threshold is not None:
             logging.info("masked LM: malloc keeps freed buffers in this process (MALLOC_TRIM_THRESHOLD_=%d was "
-                         "set) until the run ends", self._trim_threshold)
+                         "set) until the run ends", trim_threshold)
 
         def load():
             device, claim = resources.choose_device(settings.device)
@@ -87,8 +88,9 @@ class ScoreMaskedLMFn(beam.DoFn):
             self._store = candidate_store.CandidateStore(settings.store.root, settings.store.model_id, actual)
 
     def teardown(self):
-        resources.restore_freed_memory(self._trim_threshold)
-        self._trim_threshold = None
+        if self._holds_memory:
+            freed_memory.release()
+            self._holds_memory = False
 
     @cli.reports_user_errors
     def process(self, element, total_queries=None):
