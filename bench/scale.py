@@ -221,12 +221,22 @@ class _ShellCluster:
             return sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
 
     def close(self):
+        """Stops the cluster and waits until every one of its processes is gone: a worker still exiting would take
+        CPU from the next run."""
+        import psutil
+        processes = [psutil.Process(process.pid) for process in (self.workers, self.scheduler)
+                     if process.poll() is None]
+        processes += [child for process in processes for child in process.children(recursive=True)]
         for process in (self.workers, self.scheduler):
             process.terminate()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        _, alive = psutil.wait_procs(processes, timeout=30)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
 
 
 def _run(argv, runner: str, output: pathlib.Path, tmp: pathlib.Path) -> dict:
