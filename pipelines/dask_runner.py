@@ -24,9 +24,10 @@ Here every PCollection is a list of partitions (one dask task each, elements are
   work items) into 16: a pipeline that starts from Impulse (one element, one partition) would otherwise run every
   stage as one task on one worker, and with few pieces a worker that runs out waits on another's last;
 * a GroupByKey inside a composite annotated `costly_groups` (each group costs far more to process
-  than to move: the augmentation's masked-LM batches) has 16 output partitions per worker thread, so that the
-  workers balance its groups by taking partitions as they free up, where 2 per thread left one worker running a
-  third of the work alone;
+  than to move) has more output partitions, so that the workers balance its groups by taking partitions as they
+  free up: 16 per worker thread for `fine` (the augmentation's masked-LM batches, where 2 per thread left one
+  worker running a third of the work alone), 4 for `few` (the corpus's random-next buckets: every document crosses
+  that shuffle, and each more partition costs a piece task per input partition);
 * side inputs are ordinary dask dependencies, computed once (Beam's translation recomputes a side input's whole
   lineage inside every task that reads it);
 * every leaf is computed, in one graph (no lineage is computed twice), and results stay on the workers.
@@ -55,7 +56,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import dask_partitions as tasks
 from pipelines import local_cluster
-from pipelines.runners import COSTLY_GROUPS
+from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS, FINE_GROUPS
 
 
 class _Translator(PipelineVisitor):
@@ -191,7 +192,7 @@ class _Translator(PipelineVisitor):
         parts = self.parts_of(node.inputs[0])
         count = self.partitions
         if isinstance(transform, _GroupByKey):
-            count = self.root_spread if _costly_groups(node) else count
+            count = {FINE_GROUPS: self.root_spread, FEW_GROUPS: self.spread}.get(_costly_groups(node), count)
             out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces,
                                 pieces=count)
         else:  # CombinePerKey: one accumulator per key and partition crosses, so each merge reads every cut whole
@@ -313,15 +314,17 @@ def _ignore_offset(function, items, *, offset):
     return function(items)
 
 
-def _costly_groups(node) -> bool:
-    """Whether a transform lies inside a composite annotated `costly_groups` (an annotation, not an attribute: Beam
-    rebuilds a composite from its proto before a runner sees it, and only its label and annotations survive)."""
+def _costly_groups(node) -> Optional[str]:
+    """The `costly_groups` annotation of the innermost composite around a transform that has one (FINE_GROUPS or
+    FEW_GROUPS), else None. An annotation, not an attribute: Beam rebuilds a composite from its proto before a runner
+    sees it, and only its label and annotations survive (as bytes)."""
     node = node.parent
     while node is not None:
-        if (getattr(node, "annotations", None) or {}).get(COSTLY_GROUPS):
-            return True
+        value = (getattr(node, "annotations", None) or {}).get(COSTLY_GROUPS)
+        if value:
+            return value.decode() if isinstance(value, bytes) else str(value)
         node = node.parent
-    return False
+    return None
 
 
 def _translated_whole(node) -> bool:

@@ -25,9 +25,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from contract.errors import UserError
 
 DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
-# A composite transform's annotation: each group of its GroupByKey costs far more to process than to move (the
-# augmentation's masked-LM batches), so a runner that can cuts its groups into many small tasks (our Dask runner).
+# A composite transform's annotation: each group of its GroupByKey costs far more to process than to move, so a runner
+# that can cuts its groups into more tasks than another GroupByKey's (our Dask runner). Its value says how many:
+# FINE_GROUPS, many small tasks (the augmentation's masked-LM batches: their input is small), or FEW_GROUPS, a few
+# per worker (the corpus's random-next buckets: every document crosses that shuffle, and each more partition is a
+# piece task per input partition).
 COSTLY_GROUPS = "costly_groups"
+FINE_GROUPS, FEW_GROUPS = "fine", "few"
 DIRECT_RUNNER_NAMES = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner",
                        "switchingdirectrunner", "apache_beam.runners.direct.direct_runner.switchingdirectrunner")
 

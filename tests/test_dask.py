@@ -342,34 +342,42 @@ def test_selections_flattens_and_combines_add_no_tasks_of_their_own():
 
 
 class _Costly(beam.PTransform):
+    def __init__(self, value):
+        super().__init__()
+        self._value = value
+
     def annotations(self):
         from pipelines.runners import COSTLY_GROUPS
-        return {**super().annotations(), COSTLY_GROUPS: "true"}
+        return {**super().annotations(), COSTLY_GROUPS: self._value}
 
     def expand(self, pcoll):
         return pcoll | "Inner" >> beam.GroupByKey()
 
 
 def test_a_costly_composites_groups_are_cut_finely():
-    """A GroupByKey inside a composite annotated costly_groups (the augmentation's masked-LM batches) gets the fine
-    partition count; another keeps `partitions`. The annotation survives Beam's proto round trip, which turns every
+    """A GroupByKey inside a composite annotated costly_groups gets the fine partition count (the augmentation's
+    masked-LM batches) or a Reshuffle's (`few`: the corpus's buckets); another keeps `partitions`. The annotation survives Beam's proto round trip, which turns every
     composite into a plain PTransform before a runner sees it (an attribute of the class did not)."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.overrides import dask_overrides
     from pipelines.augment.scoring import _ScoreGroups
+    from pipelines.corpus.transforms import CreateInstances
     from pipelines.dask_runner import _Translator
-    from pipelines.runners import COSTLY_GROUPS
-    assert _ScoreGroups(None, None).annotations()[COSTLY_GROUPS] == "true"
+    from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS, FINE_GROUPS
+    assert _ScoreGroups(None, None).annotations()[COSTLY_GROUPS] == FINE_GROUPS
+    assert CreateInstances(None, None).annotations()[COSTLY_GROUPS] == FEW_GROUPS
     built = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
     keyed = built | beam.Create([(i % 5, i) for i in range(20)])
-    _ = keyed | "Costly" >> _Costly()
+    _ = keyed | "Costly" >> _Costly(FINE_GROUPS)
+    _ = keyed | "Few" >> _Costly(FEW_GROUPS)
     _ = keyed | "Plain" >> beam.GroupByKey()
     pipeline = beam.Pipeline.from_runner_api(built.to_runner_api(), built.runner, built.options)
     pipeline.replace_all(dask_overrides())
     translator = _Translator(partitions=3, spread=4, root_spread=7, run_id="run")
     pipeline.visit(translator)
     counts = {node.full_label: len(parts) for node, parts in translator.parts.items()}
-    assert counts == {"Create": 1, "Costly/Inner/GroupByWindow": 7, "Plain/GroupByWindow": 3}
+    assert counts == {"Create": 1, "Costly/Inner/GroupByWindow": 7, "Few/Inner/GroupByWindow": 4,
+                      "Plain/GroupByWindow": 3}
 
 
 def test_a_named_cluster_is_connected_and_warmed_while_the_command_starts(dask_cluster):

@@ -16,7 +16,7 @@ from augment.mlm import MAX_POSITIONS, WINDOW_PIECES, MaskedLMScorer, window_que
 from contract import seeds
 from contract.errors import UserError
 from pipelines import cli, freed_memory, progress
-from pipelines.runners import COSTLY_GROUPS
+from pipelines.runners import COSTLY_GROUPS, FINE_GROUPS
 from pipelines.augment import candidate_store, resources
 from pipelines.augment.config import MaskedLMSettings, StoreSettings
 from pipelines.augment.transforms import SharedHolder
@@ -201,7 +201,7 @@ class _ScoreGroups(beam.PTransform):
         self._total = total
 
     def annotations(self):
-        return {**super().annotations(), COSTLY_GROUPS: "true"}
+        return {**super().annotations(), COSTLY_GROUPS: FINE_GROUPS}
 
     def expand(self, keyed):
         return (keyed

@@ -25,6 +25,7 @@ from corpus import documents as documents_lib
 from corpus import instances as instances_lib
 from corpus import wordpiece
 from pipelines import outputs, progress
+from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS
 
 COUNTS_TABLE = "corpus"  # the manifest's count table; `counts` outputs are ((COUNTS_TABLE, name), n) pairs
 
@@ -377,7 +378,9 @@ class TokenizeDocuments(beam.PTransform):
 
 
 class CreateInstances(beam.PTransform):
-    """Tokenized documents to instances of every epoch, drawn per random-next bucket.
+    """Tokenized documents to instances of every epoch, drawn per random-next bucket. Annotated `costly_groups`
+    (few): a bucket takes far longer to cut than to move, so a runner that can spreads the buckets over a few tasks
+    per worker, not one or two.
 
     Args:
       document_counts: the summed `counts` of `TokenizeDocuments` (((COUNTS_TABLE, "documents"), n) among them),
@@ -393,6 +396,9 @@ class CreateInstances(beam.PTransform):
         super().__init__()
         self._document_counts = document_counts
         self._settings = settings
+
+    def annotations(self):
+        return {**super().annotations(), COSTLY_GROUPS: FEW_GROUPS}
 
     def expand(self, documents):
         return (documents
