@@ -313,7 +313,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     # Sizes at which each run's fixed cost (the "fixed" column: the same command on a 0.3 MB input; start-up,
     # a local cluster's start and stop, the output's finalization) is about 10% of a two-worker run on 2 cores; at
-    # 100 MB it was 15-20% of a --local_workers 2 run.
+    # 100 MB it was 20-25% of a --local_workers 2 run.
     parser.add_argument("--corpus_mb", type=float, default=200)
     parser.add_argument("--xml_mb", type=float, default=250)
     parser.add_argument("--augment_rows", type=int, default=200, help="sentences (200 distinct, then copies)")

@@ -56,7 +56,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines import dask_partitions as tasks
 from pipelines import local_cluster
-from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS, FINE_GROUPS
+from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS, FINE_GROUPS, names_a_cluster
 
 
 class _Translator(PipelineVisitor):
@@ -353,8 +353,7 @@ class AllLeavesDaskRunner(DaskRunner):
         # Only a named one: a Client without an address starts a cluster of its own, which a command that stops on a
         # bad input must not have started.
         kwargs = _client_kwargs(options)[0] if options is not None and not local_workers else {}
-        self._client_start = (_ClientStart(kwargs, worker_modules)
-                              if kwargs.get("address") or kwargs.get("scheduler_file") else None)
+        self._client_start = _ClientStart(kwargs, worker_modules) if names_a_cluster(kwargs) else None
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist

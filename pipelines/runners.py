@@ -51,8 +51,7 @@ def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = N
         if isinstance(name, str) and name.lower() not in DIRECT_RUNNER_NAMES + DASK_RUNNER_NAMES:
             raise UserError(f"--local_workers runs the pipeline on a Dask cluster of this machine: it does not go "
                             f"with --runner={name}")
-        all_options = options.get_all_options()
-        if all_options.get("address") or all_options.get("scheduler_file"):
+        if names_a_cluster(options.get_all_options()):
             raise UserError("--local_workers starts a cluster of its own: drop it to use the cluster of "
                             "--dask_client_address (or --dask_scheduler_file)")
         from pipelines.dask_runner import AllLeavesDaskRunner
@@ -66,3 +65,9 @@ def resolve_runner(options: PipelineOptions, *, local_workers: Optional[int] = N
         from pipelines.dask_runner import AllLeavesDaskRunner
         return AllLeavesDaskRunner(worker_modules=worker_modules, options=options)
     return name
+
+
+def names_a_cluster(dask_options) -> bool:
+    """Whether Dask options name a running cluster (`--dask_client_address` or `--dask_scheduler_file`); without
+    one, a dask Client starts a cluster of its own."""
+    return bool(dask_options.get("address") or dask_options.get("scheduler_file"))

@@ -356,8 +356,9 @@ class _Costly(beam.PTransform):
 
 def test_a_costly_composites_groups_are_cut_finely():
     """A GroupByKey inside a composite annotated costly_groups gets the fine partition count (the augmentation's
-    masked-LM batches) or a Reshuffle's (`few`: the corpus's buckets); another keeps `partitions`. The annotation survives Beam's proto round trip, which turns every
-    composite into a plain PTransform before a runner sees it (an attribute of the class did not)."""
+    masked-LM batches) or a Reshuffle's (`few`: the corpus's buckets); another keeps `partitions`. The annotation
+    survives Beam's proto round trip, which turns every composite into a plain PTransform before a runner sees it (an
+    attribute of the class did not)."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.overrides import dask_overrides
     from pipelines.augment.scoring import _ScoreGroups
