@@ -287,7 +287,7 @@ def _translated():
     """The translation pipeline's graph (3 partitions), without running it."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.overrides import dask_overrides
-    from pipelines.dask_runner import _Translator
+    from pipelines.dask_translation import _Translator
     pipeline = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
     _translation_pipeline(pipeline, "unused")
     pipeline.replace_all(dask_overrides())
@@ -363,7 +363,7 @@ def test_a_costly_composites_groups_are_cut_finely():
     from apache_beam.runners.dask.overrides import dask_overrides
     from pipelines.augment.scoring import _ScoreGroups
     from pipelines.corpus.transforms import CreateInstances
-    from pipelines.dask_runner import _Translator
+    from pipelines.dask_translation import _Translator
     from pipelines.runners import COSTLY_GROUPS, FEW_GROUPS, FINE_GROUPS
     assert _ScoreGroups(None, None).annotations()[COSTLY_GROUPS] == FINE_GROUPS
     assert CreateInstances(None, None).annotations()[COSTLY_GROUPS] == FEW_GROUPS
@@ -379,6 +379,77 @@ def test_a_costly_composites_groups_are_cut_finely():
     counts = {node.full_label: len(parts) for node, parts in translator.parts.items()}
     assert counts == {"Create": 1, "Costly/Inner/GroupByWindow": 7, "Few/Inner/GroupByWindow": 4,
                       "Plain/GroupByWindow": 3}
+
+
+def _fine_group_pipeline(pipeline, folder: str):
+    """Sums per key through a `fine` costly group and through a plain one, each written as sorted lines."""
+    from pipelines.runners import FINE_GROUPS
+    keyed = pipeline | beam.Create([(i % 37, i) for i in range(500)]) | "Spread" >> beam.Reshuffle()
+    for name, grouped in (("fine", keyed | "Costly" >> _Costly(FINE_GROUPS)), ("plain", keyed | beam.GroupByKey())):
+        _ = (grouped
+             | f"Sum{name}" >> beam.MapTuple(lambda key, values: f"{key} {sum(values)}")
+             | f"All{name}" >> beam.combiners.ToList()
+             | f"Write{name}" >> beam.Map(lambda lines, path: pathlib.Path(path).write_text(
+                 "\n".join(sorted(lines))), f"{folder}/{name}.txt"))
+
+
+def test_a_fine_groups_readers_wait_in_the_schedulers_queue(tmp_path, dask_cluster):
+    """The tasks that read a `fine` group join its pieces themselves and are data producers (root-ish: the
+    scheduler queues them and hands each to a worker with a free thread, wherever the pieces are); the pieces run
+    first (priority 1). On a real cluster: the scheduler treats the readers as root-ish, the pieces come first, and
+    the results are those of a plain group."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.overrides import dask_overrides
+    from distributed.diagnostics.plugin import SchedulerPlugin
+    from pipelines.dask_runner import AllLeavesDaskRunner
+    from pipelines.dask_translation import _Translator
+
+    built = beam.Pipeline(options=PipelineOptions(["--no_pipeline_type_check"]))
+    _fine_group_pipeline(built, "unused")
+    pipeline = beam.Pipeline.from_runner_api(built.to_runner_api(), built.runner, built.options)
+    pipeline.replace_all(dask_overrides())
+    translator = _Translator(partitions=3, spread=4, root_spread=7, run_id="run")
+    pipeline.visit(translator)
+    leaves = translator.leaves()
+    readers = {node.full_label: group for node, group in translator.groups.items()}
+    fine, plain = readers["Sumfine"], readers["Sumplain"]
+    assert fine.queued and not plain.queued
+    assert len(fine.keys) == 7 and all(translator.graph[key].data_producer for key in fine.keys)
+    labels = {key: key[0].rsplit("-", 1)[0] for key in translator.graph}
+    assert "Costly/Inner" not in labels.values() and "GroupByKey" in labels.values()  # no join tasks of its own
+    pieces = {key for key, label in labels.items() if label == "Costly/Inner/piece"}
+    assert len(pieces) == 7 * 7  # the reshuffle's 7 partitions, each cut in 7 pieces
+    annotations = leaves[0].__dask_graph__().layers[leaves[0].__dask_layers__()[0]].annotations["priority"]
+    assert all(annotations(key) for key in pieces) and not any(annotations(key) for key in fine.keys)
+
+    class Recorder(SchedulerPlugin):
+        def __init__(self, scheduler):
+            self.scheduler, self.rootish, self.priorities = scheduler, {}, {}
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "processing" and isinstance(key, tuple):
+                task = self.scheduler.tasks[key]
+                label = key[0].rsplit("-", 1)[0]
+                self.rootish.setdefault(label, set()).add(self.scheduler.is_rootish(task))
+                self.priorities.setdefault(label, set()).add(task.priority[0])
+
+    recorder = Recorder(dask_cluster.scheduler)
+    dask_cluster.scheduler.add_plugin(recorder, name="fine-group-recorder")
+    try:
+        options = PipelineOptions(["--no_pipeline_type_check",
+                                   f"--dask_client_address={dask_cluster.scheduler_address}"])
+        with beam.Pipeline(runner=AllLeavesDaskRunner(), options=options) as run:
+            _fine_group_pipeline(run, str(tmp_path))
+    finally:
+        dask_cluster.scheduler.remove_plugin(name="fine-group-recorder")
+    fine_readers = [label for label in recorder.rootish if label.startswith("Sumfine")]
+    plain_readers = [label for label in recorder.rootish if label.startswith("Sumplain")]
+    assert fine_readers and plain_readers
+    assert all(recorder.rootish[label] == {True} for label in fine_readers), recorder.rootish
+    assert recorder.priorities["Costly/Inner/piece"] == {-1}
+    assert all(recorder.priorities[label] == {0} for label in fine_readers + plain_readers)
+    expected = "\n".join(sorted(f"{key} {sum(range(key, 500, 37))}" for key in range(37)))
+    assert (tmp_path / "fine.txt").read_text() == expected == (tmp_path / "plain.txt").read_text()
 
 
 def test_a_named_cluster_is_connected_and_warmed_while_the_command_starts(dask_cluster):
