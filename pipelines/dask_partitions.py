@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import gc
 import hashlib
-import importlib
 import pickle
 import threading
 from typing import Any, Dict, List, Sequence
@@ -174,16 +173,6 @@ def _acquire(spec, side_values):
 def _release(spec, invoker, receivers) -> None:
     with _IDLE_LOCK:
         _IDLE_DOFNS.setdefault(spec.key, []).append((invoker, receivers))
-
-
-def import_modules(modules: Sequence[str]) -> None:
-    """Imports a pipeline's worker modules ahead of its first tasks (`dask_runner._ClientStart`); a module that does
-    not import is left to the task that needs it, which reports it."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
 
 
 def forget_run(run_id: str) -> None:

@@ -4,9 +4,8 @@ one `--dask_client_address` names (connected, and its workers warmed, while the 
 `--local_workers` a cluster of this machine's processes that the command starts and stops (`pipelines.local_cluster`).
 """
 
-import functools
 import uuid
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
 from apache_beam.runners.dask.overrides import dask_overrides
@@ -28,12 +27,12 @@ class AllLeavesDaskRunner(DaskRunner):
         # The local cluster the entry point started, else one started now, in the background: its workers start while
         # the command loads the tokenizer or model, claims the output and builds the pipeline.
         self._cluster_start = local_cluster.start(local_workers, worker_modules) if local_workers else None
-        # A cluster the options name: connected now, in the background, and its workers import the pipeline's modules
-        # while the command checks its resources (a shell-started worker otherwise imports them at its first tasks).
-        # Only a named one: a Client without an address starts a cluster of its own, which a command that stops on a
-        # bad input must not have started.
+        # A cluster the options name: connected by the entry point as the command started, else now, in the
+        # background, and its workers import the pipeline's modules while the command checks its resources (a
+        # shell-started worker otherwise imports them at its first tasks). Only a named one: a Client without an
+        # address starts a cluster of its own, which a command that stops on a bad input must not have started.
         kwargs = _client_kwargs(options)[0] if options is not None and not local_workers else {}
-        self._client_start = _ClientStart(kwargs, worker_modules) if names_a_cluster(kwargs) else None
+        self._client_start = local_cluster.client_start(kwargs, worker_modules) if names_a_cluster(kwargs) else None
 
     def run_pipeline(self, pipeline, options):
         import dask.distributed as ddist
@@ -64,25 +63,6 @@ def _client_kwargs(options):
     dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
     bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
     return dask_options, bag_kwargs
-
-
-class _ClientStart(local_cluster.BackgroundStart):
-    """A Client of the cluster that `kwargs` name, connected in the background, and on each of the cluster's workers
-    a task (fire and forget) that imports `modules`."""
-
-    def __init__(self, kwargs: Dict[str, Any], modules: Sequence[str]):
-        self.kwargs = kwargs
-        super().__init__(functools.partial(_connect, kwargs, tuple(modules)), "dask-client", wait_at_exit=False)
-
-
-def _connect(kwargs: Dict[str, Any], modules: Sequence[str]):
-    import dask.distributed as ddist
-    client = ddist.Client(**kwargs)
-    if modules:
-        for address in client.scheduler_info().get("workers", {}):
-            ddist.fire_and_forget(client.submit(tasks.import_modules, modules, workers=[address],
-                                                allow_other_workers=False, pure=False))
-    return client
 
 
 class _ClosingDaskRunnerResult(DaskRunnerResult):

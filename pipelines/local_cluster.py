@@ -1,18 +1,27 @@
-"""The `--local_workers N` cluster: N single-threaded dask worker processes of this machine, started in the
-background as early as the command knows it needs them, and stopped at the end of the run (`pipelines.dask_runner`).
+"""The cluster of a Dask run, started or connected in the background as early as the command knows it
+(`pipelines.dask_runner`): the `--local_workers N` cluster (N single-threaded dask worker processes of this machine,
+stopped at the end of the run), or a Client of the cluster that `--dask_client_address` (or `--dask_scheduler_file`)
+names, whose workers are then asked to import the pipeline's modules.
 
-Beam-free, so that the entry point can start the cluster before it imports the pipeline (Beam's import is a second
-of a run's serial start-up): `start_early(argv, pipeline)` reads `--local_workers` from the command line, and the
-runner's `start()` takes that cluster when it asks for the same size. A cluster nobody takes (the command stopped on
-a bad option or input) is closed when the process exits.
+Beam-free, so that the entry point can start either before it imports the pipeline (Beam's import is a second of a
+run's serial start-up, 2.5 s passed before the runner connected): `start_early(argv, pipeline)` reads the command
+line, and the runner's `start()` / `client_start()` take what it started when they ask for the same. What nobody
+takes (the command stopped on a bad option or input) is closed when the process exits.
 """
 
 import atexit
+import functools
+import importlib
 import logging
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from contract.options import raw_value
+
+# Every spelling of `--runner` that means our Dask runner (pipelines.runners).
+DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
+# The Client keyword of each option that names a running cluster, as Beam's DaskOptions gives them.
+_CLUSTER_FLAGS = (("--dask_client_address", "address"), ("--dask_scheduler_file", "scheduler_file"))
 
 # The DoFn modules each pipeline's workers import as they start (through the fork server, below).
 WORKER_MODULES = {
@@ -21,17 +30,23 @@ WORKER_MODULES = {
     "pipelines.augment": ("pipelines.augment.transforms", "pipelines.augment.scoring",
                           "transformers.models.auto.modeling_auto", "transformers.models.bert.modeling_bert"),
 }
-_EARLY: dict = {}  # {"workers": N, "modules": (...), "start": ClusterStart} of start_early
+_EARLY: dict = {}  # {"workers": N, "modules": (...), "start": ClusterStart} or {"client": ClientStart} of start_early
 
 
 def start_early(argv: Sequence[str], pipeline: str) -> None:
-    """Starts the cluster of a command line's `--local_workers N` (or `=N`), if it has one with a number >= 1.
+    """Starts the cluster of a command line's `--local_workers N` (or `=N`), if it has one with a number >= 1; else,
+    with `--runner=DaskRunner` (any spelling) and a cluster's address or scheduler file, connects to that cluster.
     Anything else is left to the command's own option parsing."""
-    value = raw_value(argv, "--local_workers")
-    if value is None or not value.isdigit() or int(value) < 1:
-        return
     modules = WORKER_MODULES.get(pipeline, ())
-    _EARLY.update(workers=int(value), modules=modules, start=ClusterStart(int(value), modules))
+    value = raw_value(argv, "--local_workers")
+    if value is not None:
+        if value.isdigit() and int(value) >= 1:
+            _EARLY.update(workers=int(value), modules=modules, start=ClusterStart(int(value), modules))
+        return
+    runner = raw_value(argv, "--runner")
+    kwargs = {name: raw_value(argv, flag) for flag, name in _CLUSTER_FLAGS if raw_value(argv, flag)}
+    if runner is not None and runner.lower() in DASK_RUNNER_NAMES and kwargs:
+        _EARLY.update(client=ClientStart(kwargs, modules))
 
 
 def start(workers: int, worker_modules: Sequence[str]) -> "ClusterStart":
@@ -40,6 +55,15 @@ def start(workers: int, worker_modules: Sequence[str]) -> "ClusterStart":
     if early is not None and early_workers == workers and tuple(early_modules) == tuple(worker_modules):
         return early
     return ClusterStart(workers, worker_modules)
+
+
+def client_start(kwargs: Dict[str, Any], modules: Sequence[str]) -> "ClientStart":
+    """The connection the entry point started to the cluster `kwargs` name, for these modules, else one started
+    now."""
+    early = _EARLY.pop("client", None)
+    if early is not None and early.kwargs == kwargs and early.modules == tuple(modules):
+        return early
+    return ClientStart(kwargs, modules)
 
 
 class BackgroundStart:
@@ -76,6 +100,36 @@ class BackgroundStart:
         self._thread.join()
         if self._value is not None:
             self._value.close()
+
+
+class ClientStart(BackgroundStart):
+    """A Client of the cluster that `kwargs` name, connected in the background, and on each of the cluster's workers
+    a task (fire and forget) that imports `modules`."""
+
+    def __init__(self, kwargs: Dict[str, Any], modules: Sequence[str]):
+        self.kwargs = dict(kwargs)
+        self.modules = tuple(modules)
+        super().__init__(functools.partial(_connect, self.kwargs, self.modules), "dask-client", wait_at_exit=False)
+
+
+def _connect(kwargs: Dict[str, Any], modules: Sequence[str]):
+    import dask.distributed as ddist
+    client = ddist.Client(**kwargs)
+    if modules:
+        for address in client.scheduler_info().get("workers", {}):
+            ddist.fire_and_forget(client.submit(import_modules, modules, workers=[address],
+                                                allow_other_workers=False, pure=False))
+    return client
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports a pipeline's worker modules ahead of its first tasks, on a worker; a module that does not import is
+    left to the task that needs it, which reports it."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
 
 
 class ClusterStart(BackgroundStart):

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from contract.errors import UserError
+from pipelines.local_cluster import DASK_RUNNER_NAMES
 
-DASK_RUNNER_NAMES = ("daskrunner", "dask", "apache_beam.runners.dask.dask_runner.daskrunner")
 # A composite transform's annotation: each group of its GroupByKey costs far more to process than to move, so a runner
 # that can cuts its groups into more tasks than another GroupByKey's (our Dask runner). Its value says how many:
 # FINE_GROUPS, many small tasks (the augmentation's masked-LM batches: their input is small), or FEW_GROUPS, a few

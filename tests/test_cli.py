@@ -137,6 +137,45 @@ def test_beam_options_still_pass():
     assert options.get_all_options()["direct_num_workers"] == 2
 
 
+def test_run_options_make_one_view_per_class(monkeypatch):
+    """A pipeline's construction asks Beam's options for a view per transform; the run's options make each kind of
+    view once (Beam builds a parser and parses every flag for each), and the views share their values as Beam's do."""
+    import pickle
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TypeOptions
+    _, options = _parse_augment(["--runner=DirectRunner", "--direct_num_workers=2"])
+    assert isinstance(options, cli.RunOptions)
+    made = []
+    original = PipelineOptions.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PipelineOptions, "__init__", counted)
+
+    def views_made(run_options, steps):
+        made.clear()
+        pcoll = beam.Pipeline(options=run_options) | beam.Create([1, 2, 3])
+        for step in range(steps):
+            pcoll = pcoll | f"Step{step}" >> beam.Map(lambda x: x + 1)
+        return len(made)
+
+    # Each new Pipeline makes a few views of its own; the transforms add none.
+    first = views_made(options, 1)
+    assert views_made(options, 40) == views_made(options, 80) <= first < 20, made
+    plain = PipelineOptions(["--runner=DirectRunner"])
+    assert views_made(plain, 80) - views_made(plain, 40) >= 80  # Beam's own: two or more per transform
+    monkeypatch.setattr(PipelineOptions, "__init__", original)
+    direct = options.view_as(DirectOptions)
+    assert options.view_as(DirectOptions) is direct and direct.direct_num_workers == 2
+    options.view_as(StandardOptions).streaming = True
+    assert options.get_all_options()["streaming"] is True and options.view_as(TypeOptions).pipeline_type_check
+    copied = pickle.loads(pickle.dumps(options))
+    assert "_views" not in copied.__dict__ and copied.get_all_options() == options.get_all_options()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command, expected", [
     ("tinybert-augment --help", ["--num_aug", "default per task: CoLA 30, SST-2 20", "MNLI 10", "--precision",

@@ -579,3 +579,41 @@ def test_the_entry_point_starts_the_local_cluster_before_the_pipeline(monkeypatc
     local_cluster.start_early(["--local_workers=3"], "pipelines.corpus")
     assert isinstance(local_cluster.start(2, corpus_modules), Recorded) and started == [(3, corpus_modules),
                                                                                         (2, corpus_modules)]
+
+
+def test_the_entry_point_connects_to_a_named_cluster_before_the_pipeline(monkeypatch):
+    """With the Dask runner (any spelling) and a cluster's address or scheduler file, the command connects as it
+    starts (its workers import the pipeline's modules meanwhile); the runner takes that connection when its options
+    name the same cluster for the same modules, and connects again otherwise. Without the Dask runner, without a
+    cluster, or with --local_workers, nothing connects early."""
+    from pipelines import local_cluster
+    connected = []
+
+    class Recorded:
+        def __init__(self, kwargs, modules):
+            self.kwargs, self.modules = dict(kwargs), tuple(modules)
+            connected.append(self)
+
+    monkeypatch.setattr(local_cluster, "ClientStart", Recorded)
+    monkeypatch.setattr(local_cluster, "ClusterStart", lambda workers, modules: ("cluster", workers))
+    monkeypatch.setattr(local_cluster, "_EARLY", {})
+    modules = local_cluster.WORKER_MODULES["pipelines.augment"]
+    for argv, kwargs in ((["--runner=DaskRunner", "--dask_client_address", "tcp://host:8786"],
+                          {"address": "tcp://host:8786"}),
+                         (["--runner", "dask", "--dask_scheduler_file=/shared/scheduler.json"],
+                          {"scheduler_file": "/shared/scheduler.json"})):
+        local_cluster.start_early(argv, "pipelines.augment")
+        early = local_cluster._EARLY["client"]
+        assert (early.kwargs, early.modules) == (kwargs, modules)
+        assert local_cluster.client_start(kwargs, modules) is early and len(connected) == 1
+        connected.clear()
+    local_cluster.start_early(["--runner=DaskRunner", "--dask_client_address=tcp://a:1"], "pipelines.augment")
+    other = local_cluster.client_start({"address": "tcp://b:1"}, modules)
+    assert other is connected[-1] and other.kwargs == {"address": "tcp://b:1"} and len(connected) == 2
+    connected.clear()
+    for argv in (["--dask_client_address=tcp://a:1"], ["--runner=DirectRunner", "--dask_client_address=tcp://a:1"],
+                 ["--runner=DaskRunner"], ["--runner=DaskRunner", "--dask_client_address=tcp://a:1",
+                                           "--local_workers=2"]):
+        monkeypatch.setattr(local_cluster, "_EARLY", {})
+        local_cluster.start_early(argv, "pipelines.augment")
+        assert not connected and "client" not in local_cluster._EARLY, argv
