@@ -274,6 +274,8 @@ def load_masked_lm(name_or_path: str):
     with TRANSFORMERS_LOCK:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # its load report would list what we refuse below anyway
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar, on every run's (and worker's) stderr
         try:
             # sdpa: the fused attention kernel (no attention scores materialised); bf16 runs measured 1.7x faster
             # than eager attention on an avx512_bf16 CPU, fp32 results are those of the reference's own loading.
@@ -281,6 +283,8 @@ def load_masked_lm(name_or_path: str):
                                                                attn_implementation="sdpa")
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bar:
+                hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys") or ())
     if missing or mismatched:

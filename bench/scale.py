@@ -15,8 +15,9 @@ Inputs (built under a temporary folder from the real data in ../shared/data):
     per worker.
 Runners: direct-1 (DirectRunner, one worker), direct-2 (`--direct_num_workers 2 --direct_running_mode
 multi_processing`), dask-2 (a cluster started from the shell, `dask scheduler` + `dask worker --nworkers 2
---nthreads 1`, fresh for each run and started before the clock: the run's workers import the project at their
-first task), local-2 (`--local_workers 2`: the command starts and stops its own cluster, inside the clock).
+--nthreads 1 --preload pipelines.PIPELINE.worker` as docs/scaling.md starts one, fresh for each run and
+started before the clock: its workers imported the pipeline's modules as they started), local-2 (`--local_workers
+2`: the command starts and stops its own cluster, inside the clock).
 
 Every run is the pipeline's command as a user types it (`python -m pipelines.X ...`, whole process: start-up
 included). Runs are interleaved (round 1: every runner, round 2: every runner, ...) so that load on a shared
@@ -192,9 +193,10 @@ def _env():
 
 
 class _ShellCluster:
-    """`dask scheduler` + `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, as docs/scaling.md starts them."""
+    """`dask scheduler` + `dask worker --nworkers 2 --nthreads 1 --preload pipelines.PIPELINE.worker` on 127.0.0.1,
+    as docs/scaling.md starts them for a pipeline."""
 
-    def __init__(self, folder: pathlib.Path):
+    def __init__(self, folder: pathlib.Path, pipeline: str):
         dask = shutil.which("dask", path=str(BIN)) or "dask"
         scheduler_file = folder / "scheduler.json"
         scheduler_file.unlink(missing_ok=True)
@@ -206,8 +208,8 @@ class _ShellCluster:
             time.sleep(0.1)
         self.address = json.loads(scheduler_file.read_text())["address"]
         self.workers = subprocess.Popen([dask, "worker", self.address, "--nworkers", "2", "--nthreads", "1",
-                                         "--no-dashboard"], env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=folder)
+                                         "--no-dashboard", "--preload", f"{pipeline}.worker"], env=_env(),
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=folder)
         import dask.distributed
         with dask.distributed.Client(self.address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
@@ -244,7 +246,7 @@ def _run(argv, runner: str, output: pathlib.Path, tmp: pathlib.Path) -> dict:
     extra = {"direct-1": ["--runner=DirectRunner"],
              "direct-2": ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
              "local-2": ["--local_workers=2"]}.get(runner, [])
-    cluster = _ShellCluster(tmp) if runner == "dask-2" else None
+    cluster = _ShellCluster(tmp, argv[0]) if runner == "dask-2" else None
     try:
         if cluster is not None:
             extra = ["--runner=DaskRunner", f"--dask_client_address={cluster.address}"]

@@ -197,9 +197,10 @@ def write_sst2_dev(path: str, *, rows: int = 20, malformed: int = 1, seed: int =
 
 
 @contextlib.contextmanager
-def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str]) -> Iterator[str]:
-    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, started as a user starts them (in
-    `folder`, with `env`); yields the scheduler's address once both workers are up, and stops them after.
+def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Sequence[str] = ()) -> Iterator[str]:
+    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1 --preload pipelines.dask_worker` (and
+    `--preload pipelines.NAME.worker` for each NAME of `warm`) on 127.0.0.1, started as docs/scaling.md tells users
+    to (in `folder`, with `env`); yields the scheduler's address once both workers are up, and stops them after.
 
     Raises:
       FileNotFoundError: the `dask` command is not installed.
@@ -220,7 +221,9 @@ def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str]) -> Iterator
         assert scheduler_file.exists(), (folder / "scheduler.log").read_text()
         workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
                                     "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
-                                    "--local-directory", str(folder / "workers")], cwd=folder, env=dict(env),
+                                    "--local-directory", str(folder / "workers"), "--preload", "pipelines.dask_worker",
+                                    *[arg for name in warm for arg in ("--preload", f"pipelines.{name}.worker")]],
+                                   cwd=folder, env=dict(env),
                                    stdout=logs[1], stderr=subprocess.STDOUT)
         address = json.loads(scheduler_file.read_text())["address"]
         import dask.distributed

@@ -337,6 +337,7 @@ def test_progress_and_summary_from_the_shell(tmp_path, tiny_bert, tiny_glove):
          f"--glove={tiny_glove}", "--output=out2", "--num_aug=2", "--quiet"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env(TINYBERT_PROGRESS_INTERVAL="0"))
     assert quiet.returncode == 0 and "progress" not in quiet.stderr and "augment finished" in quiet.stdout
+    assert "Loading weights" not in quiet.stderr + result.stderr  # transformers' bar: not the run's news
 
 
 # ------------------------------------------------------------------------------------------ datasets

@@ -29,11 +29,18 @@ def _env():
 
 
 @contextlib.contextmanager
-def _shell_cluster(folder: pathlib.Path):
+def _shell_cluster(folder: pathlib.Path, warm=()):
     if (shutil.which("dask", path=str(BIN)) or shutil.which("dask")) is None:
         pytest.skip("the dask command is not installed")
-    with builders.shell_dask_cluster(folder, _env()) as address:
+    with builders.shell_dask_cluster(folder, _env(), warm=warm) as address:
         yield address
+
+
+def _imported(address: str, modules):
+    """{worker: whether it has imported every one of `modules`}."""
+    import dask.distributed
+    with dask.distributed.Client(address, timeout=60) as client:
+        return client.run(lambda: all(name in sys.modules for name in modules))
 
 
 def _files(out: pathlib.Path):
@@ -60,7 +67,11 @@ def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert,
                    "--num_shards=2", "--epochs=2", "--docs_per_bucket=3", "--quiet"]
     _run(work, *augment_args, "--runner=DirectRunner", "--output=direct-aug")
     _run(work, *corpus_args, "--runner=DirectRunner", "--output=direct-corpus")
-    with _shell_cluster(tmp_path) as address:
+    with _shell_cluster(tmp_path, warm=("augment", "corpus")) as address:
+        # `--preload pipelines.augment.worker --preload pipelines.corpus.worker`: their modules before any run.
+        from pipelines.local_cluster import WORKER_MODULES
+        modules = [*WORKER_MODULES["pipelines.augment"], *WORKER_MODULES["pipelines.corpus"], "torch"]
+        assert set(_imported(address, modules).values()) == {True}
         _run(work, *augment_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-aug")
         _run(work, *corpus_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-corpus")
     for name in ("aug", "corpus"):
