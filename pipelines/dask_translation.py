@@ -75,8 +75,6 @@ class _Translator(PipelineVisitor):
         self._joined = 0  # keyed joins of selections (`_keyed`)
         self._sides: Dict[Any, Any] = {}
         self._whole = None  # a composite translated as one (its parts are skipped)
-        self._fine_joins = set()  # ids of the nested joins that are a `fine` costly group's partitions
-        self._first = set()  # keys that run before any other ready task: the pieces of `fine` groups
 
     # -- dask graph helpers
     def _key(self, label: str, index) -> tuple:
@@ -166,14 +164,20 @@ class _Translator(PipelineVisitor):
             self._sides[key] = self._task(label, 0, tasks.concat, self._keyed(self.parts_of(side.pvalue)))
         return self._sides[key]
 
-    def _shuffle(self, label: str, parts, cut, join, *, pieces: Optional[int] = None, **join_fixed) -> List[Any]:
+    def _shuffle(self, label: str, parts, cut, join, *, pieces: Optional[int] = None, nested: bool = False,
+                 **join_fixed) -> List[Any]:
         """One all-to-all exchange: `cut(partition, offset=i)` gives `pieces` (default `partitions`) pieces; output
-        j = join(pieces j)."""
+        j = join(pieces j), a task of its own or, `nested`, a nested task `(join, [piece keys])` that runs inside the
+        task that reads it."""
         count = pieces or self.partitions
         cuts = self._cuts(label, parts, cut)
-        return [self._task(label, j, join, [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
-                                            for i, cut_key in enumerate(cuts)], **join_fixed)
-                for j in range(count)]
+        joined = functools.partial(join, **join_fixed) if join_fixed else join
+        out = []
+        for j in range(count):
+            piece_keys = [self._task(f"{label}/piece", (i, j), operator.getitem, cut_key, j)
+                          for i, cut_key in enumerate(cuts)]
+            out.append((joined, piece_keys) if nested else self._task(label, j, joined, piece_keys))
+        return out
 
     def _cuts(self, label: str, parts, cut) -> List[Any]:
         """An exchange's first half: `cut(partition, offset=i)` for every input partition i."""
@@ -194,14 +198,10 @@ class _Translator(PipelineVisitor):
         if isinstance(transform, _GroupByKey):
             costly = _costly_groups(node)
             count = {FINE_GROUPS: self.root_spread, FEW_GROUPS: self.spread}.get(costly, count)
+            # A `fine` group's partition is joined inside the task that reads it, which waits in the scheduler's
+            # queue for a free worker thread (`leaves`); the pieces run first.
             out = self._shuffle(node.full_label, parts, _cut(tasks.split_by_key, pieces=count), tasks.group_pieces,
-                                pieces=count)
-            if costly == FINE_GROUPS:
-                # Each partition is joined inside the task that reads it, which waits in the scheduler's queue
-                # for a free worker thread (`leaves`); the pieces run first.
-                out = [self.graph.pop(key) for key in out]
-                self._first.update(key for _, pieces in out for key in pieces)
-                self._fine_joins.update(map(id, out))
+                                pieces=count, nested=costly == FINE_GROUPS)
         else:  # CombinePerKey: one accumulator per key and partition crosses, so each merge reads every cut whole
             combine_fn = curry_combine_fn(transform.fn, transform.args, transform.kwargs)
             cuts = self._cuts(node.full_label, parts, _cut(tasks.precombine, combine_fn=combine_fn, pieces=count))
@@ -235,8 +235,7 @@ class _Translator(PipelineVisitor):
         elif type(transform) is beam.ParDo:
             sides = [self._side_input(si) for si in node.side_inputs]
             group = _Group(keys=[self._key(label, i) for i in range(len(inputs[0]))], inputs=inputs[0], sides=sides,
-                           steps=[tasks.FusedStep(self._spec(node), None)],
-                           queued=any(id(part) in self._fine_joins for part in inputs[0]))
+                           steps=[tasks.FusedStep(self._spec(node), None)])
             self.groups[node] = group
             self.parts[node] = group.keys
         else:  # Beam's own translation (Read), on bags
@@ -290,23 +289,26 @@ class _Translator(PipelineVisitor):
         for node, parts in list(self.parts.items()):
             if node not in self.consumed:
                 leaves.extend(self._select(node, None) if node in self.groups else self._keyed(parts))
-        for group in {id(group): group for group in self.groups.values()}.values():
+        chains = list({id(group): group for group in self.groups.values()}.values())
+        for group in chains:
             for key, part in zip(group.keys, group.inputs):
                 self.graph[key] = (functools.partial(tasks.run_fused, steps=tuple(group.steps),
                                                      kept=frozenset(group.kept)), part, group.sides)
-        queued = {key for group in self.groups.values() if group.queued for key in group.keys}
-        if not queued and not self._first:
+        queued_groups = [group for group in chains if group.queued]
+        if not queued_groups:
             return [Delayed(key, self.graph) for key in leaves]
         from dask._task_spec import convert_legacy_task
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
         keys = set(self.graph)
-        for key in queued:
+        for key in (key for group in queued_groups for key in group.keys):
             task = convert_legacy_task(key, self.graph[key], keys)
             task._data_producer = True  # what dask's `Task(..., _data_producer=True)` sets
             self.graph[key] = task
         name = f"graph-{self.run_id}"
         # 1 (True) for the pieces, 0 for the other tasks; computed per key where the graph is materialised.
-        first = functools.partial(operator.contains, frozenset(self._first))
+        pieces = frozenset(key for group in queued_groups for part in group.inputs if _is_nested_join(part)
+                           for key in part[1])
+        first = functools.partial(operator.contains, pieces)
         graph = HighLevelGraph({name: MaterializedLayer(self.graph, annotations={"priority": first})}, {name: set()})
         return [Delayed(key, graph, layer=name) for key in leaves]
 
@@ -326,12 +328,20 @@ class _Group:
     sides: List[Any]
     steps: List[Any]
     kept: set = dataclasses.field(default_factory=set)
-    queued: bool = False
+
+    @property
+    def queued(self) -> bool:
+        return any(map(_is_nested_join, self.inputs))
 
 
 def _is_selection(part) -> bool:
     """Whether a partition is a nested selection from a chain's partition (`_Translator._inline_select`)."""
     return isinstance(part, tuple) and len(part) == 3 and part[0] is tasks.select
+
+
+def _is_nested_join(part) -> bool:
+    """Whether a partition is a `fine` group's join nested in its reader's task (`_Translator._shuffle`)."""
+    return isinstance(part, tuple) and len(part) == 2 and part[0] is tasks.group_pieces
 
 
 def _cut(function, **fixed):

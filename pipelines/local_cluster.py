@@ -44,7 +44,7 @@ def start_early(argv: Sequence[str], pipeline: str) -> None:
             _EARLY.update(workers=int(value), modules=modules, start=ClusterStart(int(value), modules))
         return
     runner = raw_value(argv, "--runner")
-    kwargs = {name: raw_value(argv, flag) for flag, name in _CLUSTER_FLAGS if raw_value(argv, flag)}
+    kwargs = {name: value for flag, name in _CLUSTER_FLAGS if (value := raw_value(argv, flag))}
     if runner is not None and runner.lower() in DASK_RUNNER_NAMES and kwargs:
         _EARLY.update(client=ClientStart(kwargs, modules))
 
