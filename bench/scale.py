@@ -14,9 +14,10 @@ Inputs (built under a temporary folder from the real data in ../shared/data):
     BERT-base-shaped masked LM (12 layers, hidden 768) with the real vocab, GloVe 6B 50d 20k, `--torch_threads 1`
     per worker.
 Runners: direct-1 (DirectRunner, one worker), direct-2 (`--direct_num_workers 2 --direct_running_mode
-multi_processing`), dask-2 (a cluster started from the shell, `dask scheduler` + `dask worker --nworkers 2
---nthreads 1 --preload pipelines.PIPELINE.worker` as docs/scaling.md starts one, fresh for each run and
-started before the clock: its workers imported the pipeline's modules as they started), local-2 (`--local_workers
+multi_processing`), dask-2 (a cluster started from the shell, `dask scheduler --preload pipelines.dask_worker` +
+`dask worker --nworkers 2 --nthreads 1 --preload pipelines.PIPELINE.worker --preload-nanny pipelines.PIPELINE.worker`
+as docs/scaling.md starts one, fresh for each run and started before the clock: its workers imported the pipeline's
+modules as they started), local-2 (`--local_workers
 2`: the command starts and stops its own cluster, inside the clock).
 
 Every run is the pipeline's command as a user types it (`python -m pipelines.X ...`, whole process: start-up
@@ -193,8 +194,9 @@ def _env():
 
 
 class _ShellCluster:
-    """`dask scheduler` + `dask worker --nworkers 2 --nthreads 1 --preload pipelines.PIPELINE.worker` on 127.0.0.1,
-    as docs/scaling.md starts them for a pipeline."""
+    """`dask scheduler --preload pipelines.dask_worker` + `dask worker --nworkers 2 --nthreads 1 --preload
+    pipelines.PIPELINE.worker --preload-nanny pipelines.PIPELINE.worker` on 127.0.0.1, as docs/scaling.md starts them
+    for a pipeline."""
 
     def __init__(self, folder: pathlib.Path, pipeline: str):
         dask = shutil.which("dask", path=str(BIN)) or "dask"
@@ -202,13 +204,15 @@ class _ShellCluster:
         scheduler_file.unlink(missing_ok=True)
         log = open(folder / "cluster.log", "w")
         self.scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                           "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                           "--no-dashboard", "--scheduler-file", str(scheduler_file),
+                                           "--preload", "pipelines.dask_worker"],
                                           env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=folder)
         while not scheduler_file.exists() or not scheduler_file.stat().st_size:
             time.sleep(0.1)
         self.address = json.loads(scheduler_file.read_text())["address"]
         self.workers = subprocess.Popen([dask, "worker", self.address, "--nworkers", "2", "--nthreads", "1",
-                                         "--no-dashboard", "--preload", f"{pipeline}.worker"], env=_env(),
+                                         "--no-dashboard", "--preload", f"{pipeline}.worker",
+                                         "--preload-nanny", f"{pipeline}.worker"], env=_env(),
                                         stdout=log, stderr=subprocess.STDOUT, cwd=folder)
         import dask.distributed
         with dask.distributed.Client(self.address, timeout=60) as client:

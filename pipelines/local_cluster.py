@@ -172,6 +172,8 @@ def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
 
     import dask
     import dask.distributed as ddist
+    from pipelines.dask_worker import QUIET_TIMERS
+    quiet = {name: seconds for name, _, _, seconds in QUIET_TIMERS}
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "forkserver":
         multiprocessing.get_context("forkserver").set_forkserver_preload(_fork_server_preload(worker_modules))
@@ -181,9 +183,11 @@ def local_cluster(workers: int, worker_modules: Sequence[str] = ()):
     # dask's transfer estimate stays its default (100 MB/s): at 1 GB/s (what processes of one machine reach) the
     # scheduler moved more tasks away from their inputs, and the 100 MB text took 20.4-22.1 s instead of 16.9-17.7 s.
     # No dashboard, so no one reads the workers' statistical profiles: none is taken (the sampling wakes each
-    # worker's event loop 100 times a second to read the task thread's stack).
+    # worker's event loop 100 times a second to read the task thread's stack), and the event loops' health ticks
+    # come every second, not 50 times (`pipelines.dask_worker.QUIET_TIMERS`).
     with dask.config.set({"distributed.worker.multiprocessing-method": method,
-                          "distributed.worker.profile.enabled": False}):
+                          "distributed.worker.profile.enabled": False,
+                          "distributed.admin.tick.interval": f"{quiet['tick']}s"}):
         return ddist.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None, preload=["pipelines.dask_worker"],
                                   silence_logs=logging.ERROR,

@@ -198,8 +198,9 @@ def write_sst2_dev(path: str, *, rows: int = 20, malformed: int = 1, seed: int =
 
 @contextlib.contextmanager
 def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Sequence[str] = ()) -> Iterator[str]:
-    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1 --preload pipelines.dask_worker` (and
-    `--preload pipelines.NAME.worker` for each NAME of `warm`) on 127.0.0.1, started as docs/scaling.md tells users
+    """`dask scheduler --preload pipelines.dask_worker` and `dask worker --nworkers 2 --nthreads 1 --preload
+    pipelines.dask_worker --preload-nanny pipelines.dask_worker` (and `--preload pipelines.NAME.worker` for each NAME
+    of `warm`) on 127.0.0.1, started as docs/scaling.md tells users
     to (in `folder`, with `env`); yields the scheduler's address once both workers are up, and stops them after.
 
     Raises:
@@ -211,7 +212,8 @@ def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Seque
     scheduler_file = folder / "scheduler.json"
     logs = [open(folder / name, "w") for name in ("scheduler.log", "workers.log")]
     scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-                                  ":0", "--scheduler-file", str(scheduler_file)], cwd=folder, env=dict(env),
+                                  ":0", "--scheduler-file", str(scheduler_file), "--preload", "pipelines.dask_worker"],
+                                 cwd=folder, env=dict(env),
                                  stdout=logs[0], stderr=subprocess.STDOUT)
     workers = None
     try:
@@ -222,7 +224,7 @@ def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Seque
         workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
                                     "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
                                     "--local-directory", str(folder / "workers"), "--preload", "pipelines.dask_worker",
-                                    *[arg for name in warm for arg in ("--preload", f"pipelines.{name}.worker")]],
+                                    "--preload-nanny", "pipelines.dask_worker", *[arg for name in warm for arg in ("--preload", f"pipelines.{name}.worker")]],
                                    cwd=folder, env=dict(env),
                                    stdout=logs[1], stderr=subprocess.STDOUT)
         address = json.loads(scheduler_file.read_text())["address"]

@@ -490,8 +490,36 @@ def test_the_local_clusters_workers_do_not_profile():
             assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
             callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
             assert not any("profile" in name for names in callbacks.values() for name in names), callbacks
+            # the event loops' health ticks every second (pipelines.dask_worker.QUIET_TIMERS), workers and scheduler
+            ticks = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+            assert list(ticks.values()) == [1000] and cluster.scheduler.periodic_callbacks["tick"].callback_time == 1000
     finally:
         cluster.close()
+
+
+def test_preloads_slow_the_idle_timers_a_user_left_at_their_defaults():
+    """`pipelines.dask_worker.quiet_timers`: distributed's 20 ms tick and 10 ms profile sample become 1 s and 100 ms;
+    a period the user configured stays; a server without a timer (a scheduler has no profile) gets none."""
+    import dask
+    from tornado.ioloop import PeriodicCallback
+    from pipelines.dask_worker import quiet_timers
+
+    class Server:
+        def __init__(self, **periods):
+            self.periodic_callbacks = {name: PeriodicCallback(lambda: None, ms) for name, ms in periods.items()}
+
+    def periods(server):
+        return {name: callback.callback_time for name, callback in server.periodic_callbacks.items()}
+    server = Server(tick=20, profile=10, heartbeat=1000)
+    quiet_timers(server)
+    assert periods(server) == {"tick": 1000, "profile": 100, "heartbeat": 1000}
+    with dask.config.set({"distributed.admin.tick.interval": "50ms", "distributed.worker.profile.interval": 10}):
+        server = Server(tick=50, profile=10)
+        quiet_timers(server)
+        assert periods(server) == {"tick": 50, "profile": 100}
+    server = Server(tick=20)
+    quiet_timers(server)
+    assert periods(server) == {"tick": 1000}
 
 
 def test_tasks_pause_the_garbage_collector_and_restore_it():

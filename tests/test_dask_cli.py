@@ -43,6 +43,19 @@ def _imported(address: str, modules):
         return client.run(lambda: all(name in sys.modules for name in modules))
 
 
+def _timers(address: str):
+    """The period (ms) of the tick and profile timers of the cluster's scheduler, nannies and workers."""
+    import dask.distributed
+
+    def timers(server):
+        return {name: callback.callback_time for name, callback in server.periodic_callbacks.items()
+                if name in ("tick", "profile")}
+    with dask.distributed.Client(address, timeout=60) as client:
+        return {"scheduler": client.run_on_scheduler(lambda dask_scheduler: timers(dask_scheduler)),
+                "nannies": list(client.run(lambda dask_worker: timers(dask_worker), nanny=True).values()),
+                "workers": list(client.run(lambda dask_worker: timers(dask_worker)).values())}
+
+
 def _files(out: pathlib.Path):
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
             and p.name != "manifest.json"}  # the manifest holds the output path
@@ -72,6 +85,9 @@ def test_both_pipelines_on_a_cluster_started_from_the_shell(tmp_path, tiny_bert,
         from pipelines.local_cluster import WORKER_MODULES
         modules = [*WORKER_MODULES["pipelines.augment"], *WORKER_MODULES["pipelines.corpus"], "torch"]
         assert set(_imported(address, modules).values()) == {True}
+        # The preloads on the scheduler, the nannies and the workers slowed their event loops' idle timers.
+        assert _timers(address) == {"scheduler": {"tick": 1000}, "nannies": [{"tick": 1000}] * 2,
+                                    "workers": [{"tick": 1000, "profile": 100}] * 2}
         _run(work, *augment_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-aug")
         _run(work, *corpus_args, "--runner=DaskRunner", f"--dask_client_address={address}", "--output=dask-corpus")
     for name in ("aug", "corpus"):

@@ -4,6 +4,6 @@ imports Beam's runner modules, torch and transformers' BERT modules as each work
 from pipelines import dask_worker
 
 
-def dask_setup(worker) -> None:
-    """dask's preload hook, called once in each worker process as it starts."""
-    dask_worker.setup(worker, "pipelines.augment")
+def dask_setup(server) -> None:
+    """dask's preload hook, called once in each worker, nanny or scheduler as it starts (`pipelines.dask_worker`)."""
+    dask_worker.setup(server, "pipelines.augment")

@@ -4,6 +4,6 @@ Beam's runner modules and the corpus's DoFn modules as each worker starts (`pipe
 from pipelines import dask_worker
 
 
-def dask_setup(worker) -> None:
-    """dask's preload hook, called once in each worker process as it starts."""
-    dask_worker.setup(worker, "pipelines.corpus")
+def dask_setup(server) -> None:
+    """dask's preload hook, called once in each worker, nanny or scheduler as it starts (`pipelines.dask_worker`)."""
+    dask_worker.setup(server, "pipelines.corpus")
