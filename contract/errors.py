@@ -10,6 +10,7 @@ reads it back (`message_of_record`).
 import errno
 import json
 import lzma
+import os
 import zlib
 from typing import Optional
 
@@ -48,6 +49,42 @@ def find_user_error(error: Optional[BaseException]) -> Optional[UserError]:
             return current
         pending.extend([current.__cause__, current.__context__])
     return None
+
+
+# The exit status of a command whose standard output's reader went away (`cmd | head`): a shell's status for a
+# program that SIGPIPE ended (128 + 13), as `yes | head` gives; Python turns SIGPIPE into BrokenPipeError instead.
+STDOUT_CLOSED_STATUS = 141
+
+
+def stdout_closed(error: Optional[BaseException]) -> bool:
+    """Whether `error` is (or was raised from) a broken pipe while this process's standard output has no reader left.
+    If so, the standard output now goes to the null device, so that nothing written later (the interpreter's last
+    flush) fails again; the caller exits with `STDOUT_CLOSED_STATUS` and prints nothing."""
+    seen, pending, broken = set(), [error], False
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        broken = broken or isinstance(current, BrokenPipeError)
+        pending.extend([current.__cause__, current.__context__])
+    if not broken or not _reader_gone(1):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return True
+
+
+def _reader_gone(fd: int) -> bool:
+    """A pipe whose reading end is closed polls as an error for writing (Linux, macOS); False where poll is missing."""
+    try:
+        import select
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def error_record(error: UserError) -> bytes:

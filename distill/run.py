@@ -22,7 +22,7 @@ import sys
 from typing import List, Optional
 
 from distill import config as config_lib
-from contract.errors import UserError, describe, find_user_error
+from contract.errors import STDOUT_CLOSED_STATUS, UserError, describe, find_user_error, stdout_closed
 from contract import claim
 from contract.filesystem import LocalFilesystem
 from contract.options import StrictParser, raw_value
@@ -216,6 +216,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     except SystemExit:
         raise
     except Exception as error:  # pylint: disable=broad-except
+        if stdout_closed(error):  # `... | head`: the reader has what it wanted; as `yes | head` ends, silently
+            raise SystemExit(STDOUT_CLOSED_STATUS) from None
         found = find_user_error(error)
         if found is not None:
             raise SystemExit(f"error: {' '.join(found.message.split())}") from None

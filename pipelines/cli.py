@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from contract import options as options_lib
-from contract.errors import ERRORS_SUBDIR, UserError, error_record, find_user_error, message_of_record
+from contract.errors import (ERRORS_SUBDIR, STDOUT_CLOSED_STATUS, UserError, error_record, find_user_error,
+                             message_of_record, stdout_closed)
 
 BEAM_OPTIONS_NOTE = ("Beam's runner options (--runner, --direct_num_workers, --direct_running_mode, "
                      "--dask_client_address, --project, ...) pass through to Beam.")
@@ -255,6 +256,8 @@ def run_main(run: Callable[[List[str]], object], argv: Optional[Iterable[str]]) 
     except BaseException as error:  # pylint: disable=broad-except
         if isinstance(error, SystemExit) and _Stop.name is None:
             raise
+        if stdout_closed(error):  # `cmd | head`: the reader has what it wanted; as `yes | head` ends, silently
+            raise SystemExit(STDOUT_CLOSED_STATUS) from None
         if _Stop.name is not None or isinstance(error, KeyboardInterrupt):
             name = _Stop.name or "SIGINT"
             sys.stderr.write(f"error: {_stopped_line(name)}\n")

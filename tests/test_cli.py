@@ -192,6 +192,40 @@ def test_help_as_typed(tmp_path, command, expected):
         assert piece in text, (piece, result.stdout[-3000:])
 
 
+@pytest.mark.slow
+def test_a_reader_that_stops_early_ends_the_command_silently(tmp_path, tiny_bert):
+    """`cmd | head`: the standard output's reader went away before the command wrote to it. The command ends as
+    `yes | head` does (status 141, nothing on stderr but its log), not with an "unexpected failure" line; a corpus run
+    that finished before its last line keeps its _SUCCESS."""
+    text = tmp_path / "t.txt"
+    text.write_text("One sentence here .\nAnother one .\n\nA second document .\n", encoding="utf-8")
+    for argv in (["pipelines.augment", "--help"], ["pipelines.corpus", "--help"],
+                 ["pipelines.corpus", f"--input={text}", f"--tokenizer={tiny_bert}", "--max_seq_len=24",
+                  f"--output={tmp_path / 'out'}"]):
+        process = subprocess.Popen([sys.executable, "-m", *argv], cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=_env())
+        process.stdout.close()  # long before the command's first line (it imports for a second or more)
+        stderr = process.stderr.read().decode("utf-8")
+        assert process.wait(timeout=300) == 141, (argv, stderr[-2000:])
+        assert "error" not in stderr and "Traceback" not in stderr, (argv, stderr[-2000:])
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_broken_pipe_elsewhere_stays_an_error():
+    """A BrokenPipeError while the standard output still has its reader (a worker's socket, a child's pipe) is not
+    mistaken for `cmd | head`: it stays the run's failure, and the standard output is left as it was."""
+    from contract.errors import stdout_closed
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError as error:
+            raise RuntimeError("the runner's wrapper") from error
+    except RuntimeError as wrapped:
+        assert not stdout_closed(wrapped)
+    assert not stdout_closed(ValueError("no pipe at all"))
+    os.fstat(1)  # still open
+
+
 def test_corpus_refuses_the_augment_flags_and_bad_values(tmp_path):
     def parse(argv):
         return cli.parse_args(argv, prog="python -m pipelines.corpus", doc="", settings=[CorpusConfig])
