@@ -4,8 +4,9 @@
 # usage: bash bench/scale_pair.sh INPUT FORMAT TOKENIZER_DIR [ROUNDS] [extra pipelines.corpus flags]
 #   e.g. bash bench/scale_pair.sh /data/short-50mb.txt text /data/tokenizer 4
 # Each round: direct-1 (DirectRunner), direct-2 (--direct_num_workers=2 --direct_running_mode=multi_processing),
-# a Dask cluster started from the shell (dask scheduler + dask worker --nworkers 2 --nthreads 1, fresh each round,
-# started before the clock) for its first and its second run, and --local_workers 2 (its cluster inside the clock).
+# a Dask cluster started from the shell as docs/scaling.md starts one (dask scheduler + dask worker --nworkers 2
+# --nthreads 1, with the preloads; fresh each round, started before the clock) for its first and its second run, and
+# --local_workers 2 (its cluster inside the clock).
 # Prints wall seconds and speed-ups over direct-1 per round, then whether every engine wrote direct-1's Parquet bytes.
 # Run from the repository root, with the project importable by $PYTHON (default: python).
 set -euo pipefail
@@ -24,10 +25,11 @@ for round in $(seq "$ROUNDS"); do
   d2=$(timed "$PY" -m pipelines.corpus "${common[@]}" --output "$WORK/direct-2" --direct_num_workers=2 \
        --direct_running_mode=multi_processing)
   "$PY" -m distributed.cli.dask_scheduler --host 127.0.0.1 --port 0 --no-dashboard \
-      --scheduler-file "$WORK/scheduler.json" >"$WORK/scheduler.log" 2>&1 & scheduler=$!
+      --scheduler-file "$WORK/scheduler.json" --preload pipelines.dask_worker >"$WORK/scheduler.log" 2>&1 & scheduler=$!
   for _ in $(seq 120); do [ -s "$WORK/scheduler.json" ] && break; sleep 0.5; done
   address=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['address'])" "$WORK/scheduler.json")
-  "$PY" -m distributed.cli.dask_worker "$address" --nworkers 2 --nthreads 1 --no-dashboard >"$WORK/workers.log" 2>&1 &
+  "$PY" -m distributed.cli.dask_worker "$address" --nworkers 2 --nthreads 1 --no-dashboard \
+      --preload pipelines.corpus.worker --preload-nanny pipelines.corpus.worker >"$WORK/workers.log" 2>&1 &
   workers=$!
   "$PY" -c "import dask.distributed as d, sys; d.Client(sys.argv[1], timeout=60).wait_for_workers(2, timeout=120)" "$address"
   k1=$(timed "$PY" -m pipelines.corpus "${common[@]}" --output "$WORK/dask" --runner=DaskRunner --dask_client_address="$address")
