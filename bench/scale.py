@@ -17,8 +17,8 @@ Runners: direct-1 (DirectRunner, one worker), direct-2 (`--direct_num_workers 2 
 multi_processing`), dask-2 (a cluster started from the shell, `dask scheduler --preload pipelines.dask_worker` +
 `dask worker --nworkers 2 --nthreads 1 --preload pipelines.PIPELINE.worker --preload-nanny pipelines.PIPELINE.worker`
 as docs/scaling.md starts one, fresh for each run and started before the clock: its workers imported the pipeline's
-modules as they started), local-2 (`--local_workers
-2`: the command starts and stops its own cluster, inside the clock).
+modules as they started), local-2 (`--local_workers 2`: the command starts and stops its own cluster, inside the
+clock).
 
 Every run is the pipeline's command as a user types it (`python -m pipelines.X ...`, whole process: start-up
 included). Runs are interleaved (round 1: every runner, round 2: every runner, ...) so that load on a shared

@@ -12,7 +12,7 @@ import json
 import lzma
 import os
 import zlib
-from typing import Optional
+from typing import Iterator, Optional
 
 ERRORS_SUBDIR = "_errors"  # a running pipeline's error records: OUTPUT/_errors/<uuid>.json
 
@@ -37,18 +37,21 @@ def disk_full(error: BaseException, path: str) -> Optional[UserError]:
     return None
 
 
-def find_user_error(error: Optional[BaseException]) -> Optional[UserError]:
-    """The UserError that `error` is or was raised from (its `__cause__`/`__context__` chain), or None."""
+def _chain(error: Optional[BaseException]) -> Iterator[BaseException]:
+    """`error` and every exception it was raised from (its `__cause__`/`__context__` chain), each once."""
     seen, pending = set(), [error]
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, UserError):
-            return current
+        yield current
         pending.extend([current.__cause__, current.__context__])
-    return None
+
+
+def find_user_error(error: Optional[BaseException]) -> Optional[UserError]:
+    """The UserError that `error` is or was raised from (its `__cause__`/`__context__` chain), or None."""
+    return next((current for current in _chain(error) if isinstance(current, UserError)), None)
 
 
 # The exit status of a command whose standard output's reader went away (`cmd | head`): a shell's status for a
@@ -60,15 +63,7 @@ def stdout_closed(error: Optional[BaseException]) -> bool:
     """Whether `error` is (or was raised from) a broken pipe while this process's standard output has no reader left.
     If so, the standard output now goes to the null device, so that nothing written later (the interpreter's last
     flush) fails again; the caller exits with `STDOUT_CLOSED_STATUS` and prints nothing."""
-    seen, pending, broken = set(), [error], False
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        broken = broken or isinstance(current, BrokenPipeError)
-        pending.extend([current.__cause__, current.__context__])
-    if not broken or not _reader_gone(1):
+    if not any(isinstance(current, BrokenPipeError) for current in _chain(error)) or not _reader_gone(1):
         return False
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)

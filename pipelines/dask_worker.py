@@ -34,7 +34,7 @@ _SET_UP = set()  # ids of the workers set up in this process (a process runs one
 # distributed's default in seconds, ours). The loop-health tick (20 ms: a block is reported past 3 s, which a 1 s
 # tick still sees) and a worker's statistical profile sample (10 ms: read the task thread's stack). Idle on the
 # 2-core AMD EPYC, a scheduler took 2.3% of a core, the nanny process of 2 workers 4.0% and each worker 4.0%; with
-# these 0.7%, 1.5% and 1.0% (the rest are the memory monitors, left as they are). A busy worker's task thread
+# these 0.6%, 1.6% and 0.9-1.0% (the rest are the memory monitors, left as they are). A busy worker's task thread
 # shares the interpreter with those wake-ups, and on a small machine the scheduler and nanny share its cores.
 QUIET_TIMERS = (("tick", "distributed.admin.tick.interval", 0.02, 1.0),
                 ("profile", "distributed.worker.profile.interval", 0.01, 0.1))

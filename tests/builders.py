@@ -200,8 +200,8 @@ def write_sst2_dev(path: str, *, rows: int = 20, malformed: int = 1, seed: int =
 def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Sequence[str] = ()) -> Iterator[str]:
     """`dask scheduler --preload pipelines.dask_worker` and `dask worker --nworkers 2 --nthreads 1 --preload
     pipelines.dask_worker --preload-nanny pipelines.dask_worker` (and `--preload pipelines.NAME.worker` for each NAME
-    of `warm`) on 127.0.0.1, started as docs/scaling.md tells users
-    to (in `folder`, with `env`); yields the scheduler's address once both workers are up, and stops them after.
+    of `warm`) on 127.0.0.1, started as docs/scaling.md tells users to (in `folder`, with `env`); yields the
+    scheduler's address once both workers are up, and stops them after.
 
     Raises:
       FileNotFoundError: the `dask` command is not installed.
@@ -224,7 +224,8 @@ def shell_dask_cluster(folder: pathlib.Path, env: Mapping[str, str], warm: Seque
         workers = subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2",
                                     "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0",
                                     "--local-directory", str(folder / "workers"), "--preload", "pipelines.dask_worker",
-                                    "--preload-nanny", "pipelines.dask_worker", *[arg for name in warm for arg in ("--preload", f"pipelines.{name}.worker")]],
+                                    "--preload-nanny", "pipelines.dask_worker",
+                                    *[arg for name in warm for arg in ("--preload", f"pipelines.{name}.worker")]],
                                    cwd=folder, env=dict(env),
                                    stdout=logs[1], stderr=subprocess.STDOUT)
         address = json.loads(scheduler_file.read_text())["address"]
